@@ -11,6 +11,9 @@ import traceback
 
 EVENTS = os.fdopen(int(os.environ.pop('KERNEL_EVENT_FD')), 'w', buffering=1)
 CTRL = os.fdopen(int(os.environ.pop('KERNEL_CTRL_FD')), 'r')
+# Whole lines reach the client as they are printed (a pipe would otherwise buffer until the run ends).
+sys.stdout.reconfigure(line_buffering=True, write_through=False)
+sys.stderr.reconfigure(line_buffering=True, write_through=False)
 NAMESPACE = {'__name__': '__main__', '__builtins__': builtins}
 
 try:  # under memory pressure the kernel, not the agent, is what the OOM killer should pick

@@ -1,0 +1,67 @@
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { randomUUID } from 'node:crypto'
+import type { Config } from './services/config.js'
+import configPlugin from './plugins/config.js'
+import errorsPlugin from './plugins/errors.js'
+import metricsPlugin from './plugins/metrics.js'
+import redisPlugin from './plugins/redis.js'
+import storePlugin from './plugins/store.js'
+import authPlugin from './plugins/auth.js'
+import rateLimitPlugin from './plugins/rate-limit.js'
+import swaggerPlugin from './plugins/swagger.js'
+import sandboxesPlugin, { type SandboxPluginOptions } from './plugins/sandboxes.js'
+import healthRoutes from './routes/health.js'
+import sessionRoutes from './routes/sessions.js'
+import sandboxRoutes from './routes/sandboxes.js'
+import metricsRoutes from './routes/metrics.js'
+
+export interface AppOptions {
+  config: Config
+  sandbox?: SandboxPluginOptions
+}
+
+/** The whole service as one plugin: what server.ts listens with and what tests register. */
+export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promise<void> {
+  await app.register(configPlugin, { config: opts.config })
+  await app.register(errorsPlugin)
+  await app.register(metricsPlugin)
+  await app.register(redisPlugin)
+  await app.register(storePlugin)
+  await app.register(authPlugin)
+  await app.register(rateLimitPlugin)
+  await app.register(swaggerPlugin)
+  await app.register(sandboxesPlugin, opts.sandbox ?? {})
+  app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
+  await app.register(healthRoutes, { prefix: '/v1' })
+  await app.register(sessionRoutes, { prefix: '/v1/sessions' })
+  await app.register(sandboxRoutes, { prefix: '/v1/sandboxes' })
+  await app.register(metricsRoutes)
+}
+
+/** Fastify's own options: logging with secrets redacted, request ids, body limit, strict validation. */
+export function serverOptions (config: Config, logger: FastifyServerOptions['logger'] = true): FastifyServerOptions {
+  return {
+    logger: logger === true || (typeof logger === 'object' && logger !== null)
+      ? {
+          level: config.LOG_LEVEL,
+          redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', '*.api_key', '*.apiKey', '*.secret', 'config.apiKeys'], censor: '[redacted]' },
+          ...(typeof logger === 'object' ? logger : {})
+        }
+      : logger,
+    bodyLimit: config.BODY_LIMIT,
+    requestIdHeader: 'x-request-id',
+    genReqId: () => randomUUID(),
+    trustProxy: false,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    return503OnClosing: true,
+    forceCloseConnections: true
+  }
+}
+
+export async function buildApp (opts: AppOptions, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
+  const app = Fastify(serverOptions(opts.config, logger)).withTypeProvider<TypeBoxTypeProvider>()
+  await app.register(fp(serviceApp), opts)
+  return app as unknown as FastifyInstance
+}

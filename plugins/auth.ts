@@ -1,0 +1,45 @@
+import fp from 'fastify-plugin'
+import type { FastifyRequest } from 'fastify'
+import { ApiKeyring, bearerToken, type Principal } from '../services/auth.js'
+import { AppError } from '../services/errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance { apiKeys: ApiKeyring }
+  interface FastifyRequest {
+    /** The API key's identity; set on every route that is not public. */
+    principal: Principal
+  }
+  interface FastifyContextConfig { public?: boolean }
+}
+
+const PUBLIC_PREFIXES = ['/docs']
+
+export function isPublic (request: FastifyRequest): boolean {
+  return request.routeOptions.config?.public === true || PUBLIC_PREFIXES.some(p => request.url === p || request.url.startsWith(`${p}/`))
+}
+
+/** A preHandler for routes only admin keys may use. */
+export async function requireAdmin (request: FastifyRequest): Promise<void> {
+  if (request.principal?.role !== 'admin') throw new AppError(403, 'admin_required', 'This route needs an admin API key')
+}
+
+/**
+ * Identifies the caller in onRequest (so rate limits can count per key, or per IP before authentication),
+ * then rejects unauthenticated calls in preParsing, before any body is read.
+ */
+export default fp(async (app) => {
+  const keyring = new ApiKeyring(app.config.apiKeys)
+  app.decorate('apiKeys', keyring)
+  app.decorateRequest('principal', null as unknown as Principal)
+  app.addHook('onRequest', async (request) => {
+    const principal = keyring.authenticate(bearerToken(request.headers.authorization))
+    if (principal) request.principal = principal
+  })
+  app.addHook('preParsing', async (request, reply) => {
+    if (request.principal || isPublic(request)) return
+    reply.header('WWW-Authenticate', 'Bearer')
+    throw request.headers.authorization
+      ? new AppError(401, 'invalid_api_key', 'The API key is not valid')
+      : new AppError(401, 'missing_api_key', 'Missing API key: send Authorization: Bearer <key>')
+  })
+}, { name: 'auth', dependencies: ['config'] })

@@ -1,0 +1,35 @@
+import fp from 'fastify-plugin'
+import { Registry, Counter, Histogram, collectDefaultMetrics } from 'prom-client'
+
+export interface Metrics {
+  registry: Registry
+  requests: Counter<'method' | 'route' | 'status'>
+  duration: Histogram<'method' | 'route'>
+  redisErrors: Counter
+  executions: Counter<'language' | 'status'>
+  executionDuration: Histogram<'language'>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance { metrics: Metrics }
+}
+
+/** Prometheus metrics in a registry of this app's own (tests build several apps in one process). */
+export default fp(async (app) => {
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry })
+  const metrics: Metrics = {
+    registry,
+    requests: new Counter({ name: 'http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] }),
+    duration: new Histogram({ name: 'http_request_duration_seconds', help: 'HTTP request durations', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
+    redisErrors: new Counter({ name: 'redis_errors_total', help: 'Requests that failed because Redis was unavailable', registers: [registry] }),
+    executions: new Counter({ name: 'sandbox_executions_total', help: 'Code executions by language and outcome', labelNames: ['language', 'status'], registers: [registry] }),
+    executionDuration: new Histogram({ name: 'sandbox_execution_duration_seconds', help: 'Code execution durations', labelNames: ['language'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] })
+  }
+  app.decorate('metrics', metrics)
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    metrics.requests.inc({ method: request.method, route, status: String(reply.statusCode) })
+    metrics.duration.observe({ method: request.method, route }, reply.elapsedTime / 1000)
+  })
+}, { name: 'metrics' })

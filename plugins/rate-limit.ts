@@ -1,0 +1,36 @@
+import fp from 'fastify-plugin'
+import rateLimit from '@fastify/rate-limit'
+import type { FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import { AppError } from '../services/errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** preHandler limiting requests that act on one session or sandbox (by its :id). */
+    limitPerTarget: preHandlerAsyncHookHandler
+  }
+}
+
+const tooMany = (max: number, ttlMs: number, what: string) => new AppError(429, 'rate_limit_exceeded',
+  `Rate limit exceeded: ${max} requests per minute ${what}; retry in ${Math.ceil(ttlMs / 1000)} s`, 'rate_limit_error',
+  { retry_after: Math.ceil(ttlMs / 1000) })
+
+/** Per key (per IP before authentication) on every route, and per session or sandbox on the routes that act on one. */
+export default fp(async (app) => {
+  const { RATE_LIMIT_PER_MINUTE, SESSION_RATE_LIMIT_PER_MINUTE } = app.config
+  await app.register(rateLimit, {
+    global: true,
+    max: RATE_LIMIT_PER_MINUTE,
+    timeWindow: 60_000,
+    nameSpace: 'ratelimit:',
+    ...(app.redis ? { redis: app.redis } : {}),
+    keyGenerator: (request: FastifyRequest) => request.principal ? `key:${request.principal.name}` : `ip:${request.ip}`,
+    errorResponseBuilder: (request, context) => tooMany(context.max, context.ttl, request.principal ? 'for this API key' : 'for this address')
+  })
+  const perTarget = app.rateLimit({
+    max: SESSION_RATE_LIMIT_PER_MINUTE,
+    timeWindow: 60_000,
+    keyGenerator: (request: FastifyRequest) => `target:${(request.params as { id?: string }).id ?? ''}`,
+    errorResponseBuilder: (_request, context) => tooMany(context.max, context.ttl, 'for this session')
+  })
+  app.decorate('limitPerTarget', perTarget as preHandlerAsyncHookHandler)
+}, { name: 'rate-limit', dependencies: ['config', 'redis', 'auth'] })

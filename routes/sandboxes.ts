@@ -1,0 +1,86 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
+import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema } from '../schemas/sandboxes.js'
+import type { ExecutionEvent } from '../schemas/sandboxes.js'
+import { openSse, type SseStream } from './sse.js'
+import { AppError } from '../services/errors.js'
+import fileRoutes from './files.js'
+
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sandboxes } = app
+  const tags = ['sandboxes']
+  const errors = { 404: ErrorSchema, 409: ErrorSchema, 413: ErrorSchema, ...commonErrors }
+  const enabled = async () => {
+    if (!app.config.SANDBOX_ENABLED) throw new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
+  }
+
+  app.post('/', {
+    preHandler: enabled,
+    schema: { tags, summary: 'Create a sandbox (from the warm pool)', body: CreateSandboxSchema, response: { 201: SandboxSchema, ...errors } }
+  }, async (request, reply) => {
+    const record = await sandboxes.create(request.principal, request.body)
+    return reply.status(201).send(sandboxes.view(record))
+  })
+
+  app.get('/', {
+    schema: { tags, summary: "List this key's sandboxes", response: { 200: SandboxListSchema, ...commonErrors } }
+  }, async (request) => ({ object: 'list' as const, data: (await sandboxes.list(request.principal)).map(r => sandboxes.view(r)) }))
+
+  app.get('/:id', {
+    schema: { tags, summary: 'Get a sandbox', params: IdParamsSchema, response: { 200: SandboxSchema, ...errors } }
+  }, async (request) => sandboxes.view(await sandboxes.get(request.params.id, request.principal)))
+
+  app.delete('/:id', {
+    preHandler: app.limitPerTarget,
+    schema: { tags, summary: 'Delete a sandbox and its container', params: IdParamsSchema, response: { 204: Type.Null(), ...errors } }
+  }, async (request, reply) => {
+    await sandboxes.destroy(await sandboxes.get(request.params.id, request.principal))
+    return reply.status(204).send(null)
+  })
+
+  app.post('/:id/execute', {
+    preHandler: [enabled, app.limitPerTarget],
+    bodyLimit: Math.max(app.config.BODY_LIMIT, app.config.MAX_CODE_SIZE * 6 + 65536),
+    schema: {
+      tags,
+      summary: 'Run code; the whole Execution as JSON, or its events as SSE with stream: true',
+      description: 'SSE events: start, stdout, stderr, result, display, error, end; each `data` is the event as JSON.',
+      params: IdParamsSchema,
+      body: ExecuteSchema,
+      response: { 200: ExecutionSchema, ...errors }
+    }
+  }, async (request, reply) => {
+    const record = await sandboxes.get(request.params.id, request.principal)
+    let sse: SseStream | null = null
+    let seq = 0
+    // The stream opens with the first event, so errors found before the code starts are plain JSON errors.
+    const onEvent = request.body.stream
+      ? (event: ExecutionEvent) => { sse ??= openSse(reply); sse.send(event.type, event, String(++seq)) }
+      : undefined
+    try {
+      const execution = await sandboxes.execute(record, request.body, onEvent)
+      app.metrics.executions.inc({ language: execution.language, status: execution.error ? 'error' : 'ok' })
+      app.metrics.executionDuration.observe({ language: execution.language }, execution.duration_ms / 1000)
+      if (!sse) return execution
+    } catch (err) {
+      if (!sse) throw err
+      request.log.error({ err }, 'execution failed mid-stream')
+      ;(sse as SseStream).send('error', { error: { message: 'The sandbox stopped during the execution', type: 'sandbox_error', code: 'sandbox_lost' } })
+    }
+    ;(sse as SseStream).end()
+    return reply
+  })
+
+  app.post('/:id/interrupt', {
+    preHandler: app.limitPerTarget,
+    schema: { tags, summary: 'Interrupt the running execution (state is kept when the code stops)', params: IdParamsSchema, response: { 200: Type.Object({ interrupted: Type.Boolean() }), ...errors } }
+  }, async (request) => {
+    const record = await sandboxes.get(request.params.id, request.principal)
+    return { interrupted: await (await sandboxes.handle(record)).interrupt() }
+  })
+
+  await app.register(fileRoutes)
+}
+
+export default routes

@@ -1,0 +1,54 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from 'typebox'
+import { ErrorSchema, IdParamsSchema, PageQuerySchema, commonErrors } from '../schemas/common.js'
+import { CreateSessionSchema, MessageListSchema, SessionListSchema, SessionSchema, UpdateSessionSchema } from '../schemas/sessions.js'
+
+const page = (offset: number, limit: number, hasMore: boolean) => ({ has_more: hasMore, next_offset: hasMore ? offset + limit : null })
+
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sessions } = app
+  const tags = ['sessions']
+
+  app.post('/', {
+    schema: { tags, summary: 'Create a session', body: CreateSessionSchema, response: { 201: SessionSchema, ...commonErrors } }
+  }, async (request, reply) => reply.status(201).send(await sessions.create(request.principal, request.body)))
+
+  app.get('/', {
+    schema: { tags, summary: "List this key's sessions, newest first", querystring: PageQuerySchema, response: { 200: SessionListSchema, ...commonErrors } }
+  }, async (request) => {
+    const { limit, offset } = request.query
+    const result = await sessions.list(request.principal, { limit, offset })
+    return { object: 'list' as const, data: result.items, ...page(offset, limit, result.hasMore) }
+  })
+
+  app.get('/:id', {
+    schema: { tags, summary: 'Get a session', params: IdParamsSchema, response: { 200: SessionSchema, 404: ErrorSchema, ...commonErrors } }
+  }, async (request) => sessions.get(request.params.id, request.principal))
+
+  app.patch('/:id', {
+    preHandler: app.limitPerTarget,
+    schema: { tags, summary: "Update a session's title, settings or metadata", params: IdParamsSchema, body: UpdateSessionSchema, response: { 200: SessionSchema, 404: ErrorSchema, ...commonErrors } }
+  }, async (request) => sessions.update(request.params.id, request.principal, request.body))
+
+  app.delete('/:id', {
+    preHandler: app.limitPerTarget,
+    schema: { tags, summary: 'Delete a session, its history and its sandbox', params: IdParamsSchema, response: { 204: Type.Null(), 404: ErrorSchema, ...commonErrors } }
+  }, async (request, reply) => {
+    const session = await sessions.delete(request.params.id, request.principal)
+    if (session.sandbox_id) {
+      const record = await app.store.getSandbox(session.sandbox_id)
+      if (record) await app.sandboxes.destroy(record)
+    }
+    return reply.status(204).send(null)
+  })
+
+  app.get('/:id/messages', {
+    schema: { tags, summary: "A session's messages (LMC), oldest first", params: IdParamsSchema, querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }), offset: Type.Integer({ minimum: 0, default: 0 }) }), response: { 200: MessageListSchema, 404: ErrorSchema, ...commonErrors } }
+  }, async (request) => {
+    const { limit, offset } = request.query
+    const result = await sessions.messages(request.params.id, request.principal, { limit, offset })
+    return { object: 'list' as const, data: result.items, ...page(offset, limit, result.hasMore) }
+  })
+}
+
+export default routes

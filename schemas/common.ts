@@ -1,0 +1,24 @@
+import { Type, type Static } from 'typebox'
+
+export const ErrorSchema = Type.Object({
+  error: Type.Object({
+    message: Type.String(),
+    type: Type.String(),
+    code: Type.String(),
+    retry_after: Type.Optional(Type.Number({ description: 'seconds until the rate limit resets (429 only)' }))
+  })
+}, { $id: 'Error', description: 'Every 4xx and 5xx response has this body' })
+export type ErrorBody = Static<typeof ErrorSchema>
+
+export const IdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) })
+
+export const PageQuerySchema = Type.Object({
+  limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
+  offset: Type.Integer({ minimum: 0, default: 0 })
+})
+export type PageQuery = Static<typeof PageQuerySchema>
+
+export const Metadata = Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 1024 }), { description: 'free-form string pairs' })
+
+/** The error responses every authenticated route can give. */
+export const commonErrors = { 400: ErrorSchema, 401: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }

@@ -1,0 +1,50 @@
+import { Type, type Static } from 'typebox'
+
+const Int = (min: number, def?: number, description?: string) =>
+  Type.Integer({ minimum: min, ...(def === undefined ? {} : { default: def }), ...(description ? { description } : {}) })
+
+/** The environment variables the server reads, after string conversion. */
+export const EnvSchema = Type.Object({
+  HOST: Type.String({ default: '127.0.0.1' }),
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8000 }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
+  API_KEYS: Type.Optional(Type.String({ description: 'comma-separated name:role:secret' })),
+  API_KEY: Type.Optional(Type.String({ minLength: 8, description: 'a single admin key' })),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+  REDIS_PREFIX: Type.String({ default: 'is:' }),
+  MODELS_FILE: Type.String({ default: 'models.yaml' }),
+  DEFAULT_MODEL: Type.Optional(Type.String()),
+  MAX_TOKENS: Int(1, 4096),
+  TEMPERATURE: Type.Number({ minimum: 0, maximum: 2, default: 0.7 }),
+  RATE_LIMIT_PER_MINUTE: Int(1, 60),
+  SESSION_RATE_LIMIT_PER_MINUTE: Int(1, 10),
+  SESSION_TTL_S: Int(1, 7 * 24 * 3600),
+  BODY_LIMIT: Int(1024, 2 * 1024 * 1024, 'largest JSON body accepted'),
+  METRICS_PUBLIC: Type.Boolean({ default: false }),
+  SANDBOX_ENABLED: Type.Boolean({ default: true }),
+  SANDBOX_IMAGE: Type.Optional(Type.String({ minLength: 1 })),
+  SANDBOX_RUNTIME: Type.Optional(Type.String({ minLength: 1 })),
+  SANDBOX_CPUS: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 1 }),
+  SANDBOX_MEMORY_MB: Int(64, 512),
+  SANDBOX_PIDS: Int(16, 100),
+  SANDBOX_WORKSPACE_MB: Int(1, 256),
+  SANDBOX_TMP_MB: Int(1, 64),
+  SANDBOX_TIMEOUT_S: Int(1, 900, 'idle time before a sandbox is removed'),
+  SANDBOX_MAX_TIMEOUT_S: Int(1, 24 * 3600),
+  SANDBOX_KEEP_ON_CLOSE: Type.Boolean({ default: true, description: 'leave containers for re-adoption when the server stops' }),
+  SANDBOX_OUTPUT_LIMIT: Int(1024, 1024 * 1024),
+  EXECUTION_TIMEOUT_MS: Int(100, 30000),
+  MAX_EXECUTION_TIMEOUT_MS: Int(100, 600000),
+  KERNEL_KILL_GRACE_MS: Int(100, 2000),
+  POOL_SIZE: Int(0, 2),
+  MAX_SANDBOXES_PER_KEY: Int(1, 10),
+  MAX_CODE_SIZE: Int(1, 1024 * 1024),
+  MAX_UPLOAD_BYTES: Int(1, 100 * 1024 * 1024),
+  SANDBOX_NAMESPACE: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', default: 'default', description: 'label value that marks this server\'s containers' }),
+  SANDBOX_REAP_INTERVAL_MS: Int(50, 5000),
+  DOCKER_SOCKET: Type.String({ default: '/var/run/docker.sock' })
+})
+export type Env = Static<typeof EnvSchema>
+
+export type Role = 'user' | 'admin'
+export interface ApiKeyConfig { name: string, role: Role, secret: string }

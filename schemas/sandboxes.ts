@@ -1,0 +1,103 @@
+import { Type, type Static } from 'typebox'
+import { Metadata } from './common.js'
+
+export const Language = Type.Union([Type.Literal('python'), Type.Literal('javascript'), Type.Literal('shell')])
+export type Language = Static<typeof Language>
+
+export const ResourcesSchema = Type.Object({
+  cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 16 })),
+  memory_mb: Type.Optional(Type.Integer({ minimum: 64, maximum: 65536 }))
+}, { additionalProperties: false })
+
+export const CreateSandboxSchema = Type.Object({
+  language: Type.Optional(Language),
+  resources: Type.Optional(ResourcesSchema),
+  timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'idle time before removal; capped by SANDBOX_MAX_TIMEOUT_S' })),
+  env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128 }), Type.String({ maxLength: 4096 }))),
+  metadata: Type.Optional(Metadata)
+}, { additionalProperties: false })
+export type CreateSandbox = Static<typeof CreateSandboxSchema>
+
+/** What the store keeps about a sandbox (never its env values). */
+export const SandboxRecordSchema = Type.Object({
+  id: Type.String(),
+  owner: Type.String(),
+  container_id: Type.String(),
+  language: Language,
+  created_at: Type.String(),
+  last_used_at: Type.String(),
+  timeout_s: Type.Integer(),
+  cpus: Type.Number(),
+  memory_mb: Type.Integer(),
+  metadata: Metadata,
+  session_id: Type.Union([Type.String(), Type.Null()])
+})
+export type SandboxRecord = Static<typeof SandboxRecordSchema>
+
+export const SandboxSchema = Type.Object({
+  id: Type.String(),
+  object: Type.Literal('sandbox'),
+  language: Language,
+  status: Type.Union([Type.Literal('ready'), Type.Literal('busy')]),
+  created_at: Type.String({ format: 'date-time' }),
+  last_used_at: Type.String({ format: 'date-time' }),
+  expires_at: Type.String({ format: 'date-time' }),
+  timeout_s: Type.Integer(),
+  resources: Type.Object({ cpus: Type.Number(), memory_mb: Type.Integer() }),
+  metadata: Metadata,
+  session_id: Type.Union([Type.String(), Type.Null()])
+}, { $id: 'Sandbox' })
+export type Sandbox = Static<typeof SandboxSchema>
+
+export const SandboxListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(SandboxSchema) })
+
+export const ExecuteSchema = Type.Object({
+  code: Type.String(),
+  language: Type.Optional(Language),
+  timeout_ms: Type.Optional(Type.Integer({ minimum: 1 })),
+  stream: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+export type ExecuteRequest = Static<typeof ExecuteSchema>
+
+export const MimeBundle = Type.Record(Type.String(), Type.String(), { description: 'by MIME type: text/plain, text/html, image/png (base64)' })
+
+export const ExecutionErrorSchema = Type.Object({
+  name: Type.String(),
+  value: Type.String(),
+  traceback: Type.Array(Type.String()),
+  code: Type.Optional(Type.String({ description: 'execution_timeout, kernel_died, ...' })),
+  state_lost: Type.Optional(Type.Boolean())
+})
+
+export const ExecutionSchema = Type.Object({
+  sandbox_id: Type.String(),
+  language: Language,
+  stdout: Type.String(),
+  stderr: Type.String(),
+  results: Type.Array(Type.Object({ type: Type.Union([Type.Literal('result'), Type.Literal('display')]), data: MimeBundle })),
+  error: Type.Union([ExecutionErrorSchema, Type.Null()]),
+  execution_count: Type.Integer(),
+  duration_ms: Type.Number(),
+  state_lost: Type.Boolean()
+}, { $id: 'Execution' })
+export type Execution = Static<typeof ExecutionSchema>
+
+/** One event of a running execution, as the agent emits it (and SSE forwards it). */
+export type ExecutionEvent =
+  | { type: 'start', execution_count: number }
+  | { type: 'stdout' | 'stderr', text: string }
+  | { type: 'result' | 'display', data: Record<string, string> }
+  | { type: 'error', name: string, value: string, traceback: string[], code?: string, state_lost?: boolean }
+  | { type: 'end', status: 'ok' | 'error', execution_count: number, duration_ms: number, state_lost: boolean, exit_code?: number }
+
+export const FileEntrySchema = Type.Object({
+  name: Type.String(),
+  path: Type.String(),
+  type: Type.Union([Type.Literal('file'), Type.Literal('directory'), Type.Literal('symlink')]),
+  size: Type.Integer(),
+  modified: Type.Number({ description: 'seconds since the epoch' })
+})
+export type FileEntry = Static<typeof FileEntrySchema>
+
+export const FilePathSchema = Type.Object({ id: Type.String({ maxLength: 64 }), '*': Type.String({ maxLength: 1024 }) })
+export const FileListSchema = Type.Object({ object: Type.Literal('list'), path: Type.String(), data: Type.Array(FileEntrySchema) })

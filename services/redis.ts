@@ -1,0 +1,28 @@
+import { Redis } from 'ioredis'
+
+/**
+ * A Redis client that fails fast: no offline queue and one try per command, so that while Redis is down a
+ * request fails in milliseconds (503) instead of hanging; it keeps reconnecting in the background.
+ */
+export function createRedis (url: string, keyPrefix: string): Redis {
+  return new Redis(url, {
+    keyPrefix,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2000,
+    commandTimeout: 2000,
+    retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
+    reconnectOnError: () => true
+  })
+}
+
+/** Resolves once the client is connected, or rejects with the connection error. */
+export async function waitReady (redis: Redis, timeoutMs = 5000): Promise<void> {
+  if (redis.status === 'ready') return
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => { cleanup(); reject(new Error(`Redis not ready after ${timeoutMs} ms`)) }, timeoutMs)
+    const onReady = () => { cleanup(); resolve() }
+    const cleanup = () => { clearTimeout(timer); redis.off('ready', onReady) }
+    redis.on('ready', onReady)
+  })
+}

@@ -1,0 +1,113 @@
+import { EventEmitter } from 'node:events'
+import { PassThrough, type Duplex } from 'node:stream'
+import { randomBytes } from 'node:crypto'
+import type Docker from 'dockerode'
+
+export type AgentEvent = { id?: string, type: string } & Record<string, unknown>
+type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: (e: Error) => void, started: boolean }
+
+const TERMINAL = new Set(['end', 'done', 'pong', 'files'])
+
+export class AgentGone extends Error {
+  override name = 'AgentGone'
+}
+
+/**
+ * Speaks the agent's JSON-lines protocol over one `docker attach` stream. Requests carry random ids, so
+ * several server processes can attach to the same container and each sees only its own answers.
+ */
+export class AgentClient extends EventEmitter {
+  private readonly pending = new Map<string, Pending>()
+  private buffer = ''
+  private closed = false
+
+  constructor (private readonly stream: Duplex, modem: Docker['modem'], private readonly onLog?: (line: string) => void) {
+    super()
+    const stdout = new PassThrough()
+    const stderr = new PassThrough()
+    modem.demuxStream(stream, stdout, stderr)
+    stdout.setEncoding('utf8')
+    stdout.on('data', (chunk: string) => this.receive(chunk))
+    stderr.setEncoding('utf8')
+    stderr.on('data', (chunk: string) => this.onLog?.(chunk))
+    stream.on('end', () => this.fail(new AgentGone('the sandbox agent closed its stream')))
+    stream.on('close', () => this.fail(new AgentGone('the sandbox agent closed its stream')))
+    stream.on('error', (err: Error) => this.fail(new AgentGone(`sandbox stream error: ${err.message}`)))
+  }
+
+  get alive (): boolean { return !this.closed }
+
+  private receive (chunk: string): void {
+    this.buffer += chunk
+    let newline: number
+    while ((newline = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, newline)
+      this.buffer = this.buffer.slice(newline + 1)
+      if (!line.trim()) continue
+      let event: AgentEvent
+      try {
+        event = JSON.parse(line) as AgentEvent
+      } catch {
+        this.onLog?.(line)
+        continue
+      }
+      this.dispatch(event)
+    }
+  }
+
+  private dispatch (event: AgentEvent): void {
+    const pending = event.id === undefined ? undefined : this.pending.get(event.id)
+    if (!pending) {
+      if (event.id === undefined) this.emit(event.type, event)
+      return
+    }
+    if (event.type === 'start') pending.started = true
+    pending.onEvent(event)
+    if (TERMINAL.has(event.type) || (event.type === 'error' && !pending.started)) {
+      this.pending.delete(event.id!)
+      pending.resolve()
+    }
+  }
+
+  private fail (err: Error): void {
+    if (this.closed) return
+    this.closed = true
+    for (const pending of this.pending.values()) pending.reject(err)
+    this.pending.clear()
+    this.emit('gone', err)
+  }
+
+  /** Sends one request; `onEvent` sees every event answering it; resolves after the last one. */
+  request (op: string, body: Record<string, unknown>, onEvent: (e: AgentEvent) => void = () => {}): Promise<void> {
+    if (this.closed) return Promise.reject(new AgentGone('the sandbox agent is gone'))
+    const id = randomBytes(8).toString('hex')
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { onEvent, resolve, reject, started: false })
+      this.stream.write(JSON.stringify({ ...body, id, op }) + '\n')
+    })
+  }
+
+  /** A request whose answer is a single event (or an error event). */
+  async call (op: string, body: Record<string, unknown> = {}): Promise<AgentEvent> {
+    let last: AgentEvent | undefined
+    await this.request(op, body, e => { last = e })
+    return last!
+  }
+
+  /** Resolves on the agent's `ready` event (the python kernel is up). */
+  waitReady (timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { cleanup(); reject(new Error(`sandbox agent not ready after ${timeoutMs} ms`)) }, timeoutMs)
+      const onReady = () => { cleanup(); resolve() }
+      const onGone = (err: Error) => { cleanup(); reject(err) }
+      const cleanup = () => { clearTimeout(timer); this.off('ready', onReady); this.off('gone', onGone) }
+      this.on('ready', onReady)
+      this.on('gone', onGone)
+    })
+  }
+
+  close (): void {
+    this.fail(new AgentGone('detached'))
+    this.stream.destroy()
+  }
+}

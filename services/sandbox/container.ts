@@ -1,0 +1,56 @@
+import type Docker from 'dockerode'
+
+export interface SandboxLimits {
+  image: string
+  runtime?: string
+  cpus: number
+  memoryMb: number
+  pids: number
+  workspaceMb: number
+  tmpMb: number
+  killGraceMs: number
+}
+
+export const LABEL = 'dev.interpreter-server.sandbox'
+export const NAMESPACE_LABEL = 'dev.interpreter-server.namespace'
+const MB = 1024 * 1024
+
+/** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
+export function containerSpec (limits: SandboxLimits, namespace: string): Docker.ContainerCreateOptions {
+  return {
+    Image: limits.image,
+    OpenStdin: true,
+    StdinOnce: false,
+    AttachStdin: true,
+    AttachStdout: true,
+    AttachStderr: true,
+    Tty: false,
+    NetworkDisabled: true,
+    Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace },
+    Env: [`KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`],
+    HostConfig: {
+      NetworkMode: 'none',
+      ReadonlyRootfs: true,
+      Tmpfs: {
+        '/home/user': `rw,nosuid,nodev,size=${limits.workspaceMb}m,uid=1000,gid=1000,mode=0700`,
+        '/tmp': `rw,nosuid,nodev,size=${limits.tmpMb}m,mode=1777`
+      },
+      ShmSize: 16 * MB,
+      PidsLimit: limits.pids,
+      Memory: limits.memoryMb * MB,
+      MemorySwap: limits.memoryMb * MB,
+      NanoCpus: Math.round(limits.cpus * 1e9),
+      CapDrop: ['ALL'],
+      // The agent needs these to start kernels as uid 1000 and to signal them; the kernels get none.
+      CapAdd: ['SETUID', 'SETGID', 'KILL'],
+      SecurityOpt: ['no-new-privileges'],
+      Init: true,
+      Ulimits: [
+        { Name: 'nofile', Soft: 1024, Hard: 1024 },
+        { Name: 'fsize', Soft: limits.workspaceMb * MB, Hard: limits.workspaceMb * MB }
+      ],
+      LogConfig: { Type: 'json-file', Config: { 'max-size': '1m', 'max-file': '1' } },
+      ...(limits.runtime ? { Runtime: limits.runtime } : {})
+    }
+  }
+}

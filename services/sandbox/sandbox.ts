@@ -1,0 +1,146 @@
+import { PassThrough, type Readable } from 'node:stream'
+import type Docker from 'dockerode'
+import type { AgentClient, AgentEvent } from './agent-client.js'
+import type { Execution, ExecutionEvent, FileEntry, Language } from '../../schemas/sandboxes.js'
+import { AppError } from '../errors.js'
+
+const FILE_ERRORS: Record<string, [number, string]> = {
+  file_not_found: [404, 'File not found'],
+  path_outside_workspace: [400, 'The path must stay inside the workspace'],
+  is_a_directory: [400, 'The path is a directory'],
+  not_a_directory: [400, 'A part of the path is not a directory'],
+  disk_full: [507, 'The sandbox workspace is full'],
+  file_too_large: [413, 'The file is larger than the sandbox allows']
+}
+
+function fileError (event: AgentEvent): AppError {
+  const code = String(event.code ?? 'file_error')
+  const [status, message] = FILE_ERRORS[code] ?? [400, String(event.value ?? 'file operation failed')]
+  return new AppError(status, code, message, 'file_error')
+}
+
+export interface ExecuteOptions {
+  language: Language
+  code: string
+  timeoutMs: number
+  maxOutputBytes: number
+}
+
+export const UPLOAD_CHUNK = 192 * 1024
+
+/** One live container with its attached agent. */
+export class SandboxHandle {
+  busy = false
+
+  constructor (readonly containerId: string, readonly container: Docker.Container, readonly agent: AgentClient) {}
+
+  /** Runs code; `onEvent` sees each event as it arrives; resolves with the whole execution. */
+  async execute (opts: ExecuteOptions, onEvent: (e: ExecutionEvent) => void = () => {}): Promise<Omit<Execution, 'sandbox_id'>> {
+    const execution: Omit<Execution, 'sandbox_id'> = {
+      language: opts.language, stdout: '', stderr: '', results: [], error: null, execution_count: 0, duration_ms: 0, state_lost: false
+    }
+    let busy = false
+    this.busy = true
+    try {
+      await this.agent.request('execute', {
+        language: opts.language, code: opts.code, timeout_ms: opts.timeoutMs, max_output_bytes: opts.maxOutputBytes
+      }, (raw) => {
+        const { id: _id, ...event } = raw
+        const e = event as unknown as ExecutionEvent
+        switch (e.type) {
+          case 'stdout': execution.stdout += e.text; break
+          case 'stderr': execution.stderr += e.text; break
+          case 'result': case 'display': execution.results.push({ type: e.type, data: e.data }); break
+          case 'error':
+            if (e.code === 'sandbox_busy') { busy = true; return }
+            execution.error = { name: e.name, value: e.value, traceback: e.traceback ?? [], ...(e.code ? { code: e.code } : {}), ...(e.state_lost !== undefined ? { state_lost: e.state_lost } : {}) }
+            break
+          case 'end':
+            execution.execution_count = e.execution_count
+            execution.duration_ms = e.duration_ms
+            execution.state_lost = e.state_lost
+            break
+          case 'start': execution.execution_count = e.execution_count; break
+        }
+        onEvent(e)
+      })
+    } finally {
+      this.busy = false
+    }
+    if (busy) throw new AppError(409, 'sandbox_busy', 'Another execution is running in this sandbox', 'sandbox_error')
+    return execution
+  }
+
+  async interrupt (): Promise<boolean> {
+    const answer = await this.agent.call('interrupt')
+    return answer.interrupted === true
+  }
+
+  async listFiles (path: string): Promise<FileEntry[]> {
+    const answer = await this.agent.call('list', { path })
+    if (answer.type === 'error') throw fileError(answer)
+    return answer.entries as FileEntry[]
+  }
+
+  /** Resolves once the file is open (so a missing file is an error before any byte is sent), with its bytes as a stream. */
+  readFile (path: string): Promise<{ size: number, stream: Readable }> {
+    return new Promise((resolve, reject) => {
+      const stream = new PassThrough()
+      let opened = false
+      this.agent.request('read', { path }, (e) => {
+        if (e.type === 'error') {
+          if (opened) stream.destroy(fileError(e))
+          else reject(fileError(e))
+        } else if (e.type === 'file_start') {
+          opened = true
+          resolve({ size: Number(e.size), stream })
+        } else if (e.type === 'file_chunk') {
+          stream.write(Buffer.from(String(e.data), 'base64'))
+        } else if (e.type === 'done') {
+          stream.end()
+        }
+      }).catch((err: Error) => { if (opened) stream.destroy(err); else reject(err) })
+    })
+  }
+
+  /** Streams `source` into a file in the workspace, one acknowledged chunk at a time; returns its size. */
+  async writeFile (path: string, source: AsyncIterable<Buffer | string>, maxBytes: number): Promise<number> {
+    const opened = await this.agent.call('write_open', { path })
+    if (opened.type === 'error') throw fileError(opened)
+    const upload = opened.id
+    let total = 0
+    let pending = Buffer.alloc(0)
+    const send = async (data: Buffer) => {
+      const answer = await this.agent.call('write_chunk', { upload, data: data.toString('base64') })
+      if (answer.type === 'error') throw fileError(answer)
+    }
+    try {
+      for await (const piece of source) {
+        const buf = typeof piece === 'string' ? Buffer.from(piece) : piece
+        total += buf.length
+        if (total > maxBytes) throw new AppError(413, 'file_too_large', `Uploads are limited to ${maxBytes} bytes`)
+        pending = Buffer.concat([pending, buf])
+        while (pending.length >= UPLOAD_CHUNK) {
+          await send(pending.subarray(0, UPLOAD_CHUNK))
+          pending = pending.subarray(UPLOAD_CHUNK)
+        }
+      }
+      if (pending.length) await send(pending)
+    } catch (err) {
+      if (this.agent.alive) await this.agent.call('write_close', { upload, abort: true }).catch(() => {})
+      throw err
+    }
+    const closed = await this.agent.call('write_close', { upload })
+    if (closed.type === 'error') throw fileError(closed)
+    return total
+  }
+
+  async deleteFile (path: string): Promise<void> {
+    const answer = await this.agent.call('delete', { path })
+    if (answer.type === 'error') throw fileError(answer)
+  }
+
+  async setEnv (env: Record<string, string>): Promise<void> {
+    await this.agent.call('env', { env })
+  }
+}

@@ -1,0 +1,213 @@
+import { randomBytes } from 'node:crypto'
+import type { Store } from '../store/types.js'
+import type { Principal } from '../auth.js'
+import { canAccess } from '../auth.js'
+import { AppError, SandboxNotFound } from '../errors.js'
+import type { SandboxPool, Logger } from './pool.js'
+import type { SandboxHandle } from './sandbox.js'
+import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
+
+export interface SandboxServiceOptions {
+  maxPerKey: number
+  defaultTimeoutS: number
+  maxTimeoutS: number
+  executionTimeoutMs: number
+  maxExecutionTimeoutMs: number
+  maxCodeSize: number
+  outputLimit: number
+  keepOnClose: boolean
+  cpus: number
+  memoryMb: number
+  reapIntervalMs?: number
+}
+
+/** Sandboxes as the API sees them: owned by a key, recorded in the store, backed by pool containers. */
+export class SandboxService {
+  private readonly live = new Map<string, SandboxHandle>()
+  private reaper: NodeJS.Timeout | null = null
+
+  constructor (readonly pool: SandboxPool, private readonly store: Store, private readonly opts: SandboxServiceOptions, private readonly log: Logger) {}
+
+  /** Re-adopts the containers that stored sandboxes reference, removes orphans, starts the pool and the reaper. */
+  async start (waitWarm = false): Promise<void> {
+    const health = await this.pool.health()
+    if (health.docker === 'ok') {
+      const referenced = new Set<string>()
+      for (const record of await this.store.listSandboxes()) {
+        const handle = await this.pool.adopt(record.container_id)
+        if (handle) {
+          this.track(record.id, handle)
+          referenced.add(record.container_id)
+        } else {
+          await this.store.deleteSandbox(record.id)
+        }
+      }
+      const orphans = (await this.pool.containerIds()).filter(id => !referenced.has(id))
+      await Promise.all(orphans.map(id => this.pool.remove(id).catch(() => {})))
+      this.log.info({ adopted: referenced.size, orphansRemoved: orphans.length }, 'sandboxes recovered')
+    }
+    await this.pool.start(waitWarm)
+    this.reaper = setInterval(() => { this.reap().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed')) }, this.opts.reapIntervalMs ?? 5000)
+    this.reaper.unref()
+  }
+
+  private track (id: string, handle: SandboxHandle): void {
+    this.live.set(id, handle)
+    handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.live.delete(id) })
+  }
+
+  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null): Promise<SandboxRecord> {
+    const own = await this.store.listSandboxes(principal.name)
+    if (own.length >= this.opts.maxPerKey) {
+      throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own.length} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
+    }
+    const timeoutS = spec.timeout_s ?? this.opts.defaultTimeoutS
+    if (timeoutS > this.opts.maxTimeoutS) {
+      throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
+    }
+    const handle = await this.pool.acquire()
+    const cpus = spec.resources?.cpus ?? this.opts.cpus
+    const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
+    try {
+      if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
+        const bytes = memoryMb * 1024 * 1024
+        await handle.container.update({ Memory: bytes, MemorySwap: bytes, NanoCpus: Math.round(cpus * 1e9) })
+      }
+      if (spec.env && Object.keys(spec.env).length) await handle.setEnv(spec.env)
+      const now = new Date().toISOString()
+      const record: SandboxRecord = {
+        id: `sbx_${randomBytes(12).toString('base64url')}`,
+        owner: principal.name,
+        container_id: handle.containerId,
+        language: spec.language ?? 'python',
+        created_at: now,
+        last_used_at: now,
+        timeout_s: timeoutS,
+        cpus,
+        memory_mb: memoryMb,
+        metadata: spec.metadata ?? {},
+        session_id: sessionId
+      }
+      await this.store.saveSandbox(record)
+      this.track(record.id, handle)
+      return record
+    } catch (err) {
+      handle.agent.close()
+      await this.pool.remove(handle.containerId).catch(() => {})
+      throw err
+    }
+  }
+
+  async get (id: string, principal: Principal): Promise<SandboxRecord> {
+    const record = await this.store.getSandbox(id)
+    if (!record || !canAccess(principal, record.owner)) throw SandboxNotFound()
+    return record
+  }
+
+  async list (principal: Principal): Promise<SandboxRecord[]> {
+    const all = await this.store.listSandboxes(principal.name)
+    return all.sort((a, b) => b.created_at.localeCompare(a.created_at))
+  }
+
+  /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
+  async handle (record: SandboxRecord): Promise<SandboxHandle> {
+    const known = this.live.get(record.id)
+    if (known?.agent.alive) return known
+    const handle = await this.pool.adopt(record.container_id)
+    if (!handle) {
+      await this.store.deleteSandbox(record.id)
+      this.log.warn({ sandbox: record.id }, 'sandbox container was gone')
+      throw new AppError(404, 'sandbox_not_found', 'Sandbox not found (its container has stopped)', 'sandbox_error')
+    }
+    this.track(record.id, handle)
+    return handle
+  }
+
+  async destroy (record: SandboxRecord): Promise<void> {
+    const handle = this.live.get(record.id)
+    this.live.delete(record.id)
+    handle?.agent.close()
+    await this.store.deleteSandbox(record.id)
+    await this.pool.remove(record.container_id)
+  }
+
+  async touch (record: SandboxRecord): Promise<void> {
+    record.last_used_at = new Date().toISOString()
+    await this.store.saveSandbox(record)
+  }
+
+  timeoutFor (requested: number | undefined): number {
+    const ms = requested ?? this.opts.executionTimeoutMs
+    if (ms > this.opts.maxExecutionTimeoutMs) {
+      throw new AppError(400, 'validation_error', `body/timeout_ms must be at most ${this.opts.maxExecutionTimeoutMs}`)
+    }
+    return ms
+  }
+
+  async execute (record: SandboxRecord, req: { code: string, language?: Language, timeout_ms?: number }, onEvent?: (e: ExecutionEvent) => void): Promise<Execution> {
+    if (Buffer.byteLength(req.code) > this.opts.maxCodeSize) {
+      throw new AppError(413, 'code_too_large', `Code is limited to ${this.opts.maxCodeSize} bytes`)
+    }
+    const timeoutMs = this.timeoutFor(req.timeout_ms)
+    const handle = await this.handle(record)
+    await this.touch(record)
+    const language = req.language ?? record.language
+    try {
+      const result = await handle.execute({ language, code: req.code, timeoutMs, maxOutputBytes: this.opts.outputLimit }, onEvent)
+      return { sandbox_id: record.id, ...result }
+    } finally {
+      await this.touch(record).catch(() => {})
+    }
+  }
+
+  view (record: SandboxRecord): Sandbox {
+    const expires = Date.parse(record.last_used_at) + record.timeout_s * 1000
+    return {
+      id: record.id,
+      object: 'sandbox',
+      language: record.language,
+      status: this.live.get(record.id)?.busy ? 'busy' : 'ready',
+      created_at: record.created_at,
+      last_used_at: record.last_used_at,
+      expires_at: new Date(expires).toISOString(),
+      timeout_s: record.timeout_s,
+      resources: { cpus: record.cpus, memory_mb: record.memory_mb },
+      metadata: record.metadata,
+      session_id: record.session_id
+    }
+  }
+
+  /** Removes sandboxes idle past their timeout (never one that is running code). */
+  async reap (): Promise<number> {
+    let removed = 0
+    for (const record of await this.store.listSandboxes()) {
+      const idleMs = Date.now() - Date.parse(record.last_used_at)
+      if (idleMs < record.timeout_s * 1000 || this.live.get(record.id)?.busy) continue
+      await this.destroy(record).catch(err => this.log.warn({ sandbox: record.id, err: (err as Error).message }, 'could not remove an idle sandbox'))
+      this.log.info({ sandbox: record.id, idleMs }, 'idle sandbox removed')
+      removed++
+    }
+    return removed
+  }
+
+  get counts (): { live: number, busy: number } {
+    let busy = 0
+    for (const handle of this.live.values()) if (handle.busy) busy++
+    return { live: this.live.size, busy }
+  }
+
+  /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
+  async close (): Promise<void> {
+    if (this.reaper) clearInterval(this.reaper)
+    const keep = this.opts.keepOnClose && this.store.kind === 'redis'
+    for (const [id, handle] of this.live) {
+      handle.agent.close()
+      if (!keep) {
+        await this.pool.remove(handle.containerId).catch(() => {})
+        await this.store.deleteSandbox(id).catch(() => {})
+      }
+    }
+    this.live.clear()
+    await this.pool.close()
+  }
+}

@@ -1,0 +1,74 @@
+import type { Session, Message } from '../../schemas/sessions.js'
+import type { SandboxRecord } from '../../schemas/sandboxes.js'
+import { pageOf, type Page, type PageRequest, type Store } from './types.js'
+
+interface Entry { session: Session, messages: Message[], expiresAt: number }
+
+/** The in-process store for a single server without Redis: same behaviour, nothing survives a restart. */
+export class MemoryStore implements Store {
+  readonly kind = 'memory'
+  private readonly sessions = new Map<string, Entry>()
+  private readonly sandboxes = new Map<string, SandboxRecord>()
+
+  constructor (private readonly ttlMs: number) {}
+
+  async ping (): Promise<void> {}
+
+  private live (id: string): Entry | null {
+    const entry = this.sessions.get(id)
+    if (!entry) return null
+    if (entry.expiresAt <= Date.now()) {
+      this.sessions.delete(id)
+      return null
+    }
+    entry.expiresAt = Date.now() + this.ttlMs
+    return entry
+  }
+
+  async saveSession (session: Session): Promise<void> {
+    const messages = this.live(session.id)?.messages ?? []
+    this.sessions.set(session.id, { session: structuredClone(session), messages, expiresAt: Date.now() + this.ttlMs })
+  }
+
+  async getSession (id: string): Promise<Session | null> {
+    const entry = this.live(id)
+    return entry ? structuredClone(entry.session) : null
+  }
+
+  async deleteSession (session: Session): Promise<void> {
+    this.sessions.delete(session.id)
+  }
+
+  async listSessions (owner: string, page: PageRequest): Promise<Page<Session>> {
+    const now = Date.now()
+    const own = [...this.sessions.values()]
+      .filter(e => e.session.owner === owner && e.expiresAt > now)
+      .map(e => structuredClone(e.session))
+      .sort((a, b) => b.created_at.localeCompare(a.created_at))
+    return pageOf(own, page)
+  }
+
+  async appendMessages (id: string, messages: Message[]): Promise<number> {
+    const entry = this.live(id)
+    if (!entry) return 0
+    entry.messages.push(...structuredClone(messages))
+    return entry.messages.length
+  }
+
+  async listMessages (id: string, page: PageRequest): Promise<Page<Message>> {
+    return pageOf(this.live(id)?.messages ?? [], page)
+  }
+
+  async saveSandbox (record: SandboxRecord): Promise<void> { this.sandboxes.set(record.id, structuredClone(record)) }
+  async getSandbox (id: string): Promise<SandboxRecord | null> {
+    const record = this.sandboxes.get(id)
+    return record ? structuredClone(record) : null
+  }
+
+  async deleteSandbox (id: string): Promise<void> { this.sandboxes.delete(id) }
+  async listSandboxes (owner?: string): Promise<SandboxRecord[]> {
+    return [...this.sandboxes.values()].filter(r => owner === undefined || r.owner === owner).map(r => structuredClone(r))
+  }
+
+  async close (): Promise<void> {}
+}

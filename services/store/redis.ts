@@ -1,0 +1,109 @@
+import type { Redis } from 'ioredis'
+import type { Session, Message } from '../../schemas/sessions.js'
+import type { SandboxRecord } from '../../schemas/sandboxes.js'
+import { DependencyError } from '../errors.js'
+import type { Page, PageRequest, Store } from './types.js'
+
+const sessionKey = (id: string) => `session:${id}`
+const messagesKey = (id: string) => `messages:${id}`
+const ownerKey = (owner: string) => `sessions:${owner}`
+const SANDBOXES = 'sandboxes'
+
+/**
+ * Sessions are JSON strings with a TTL that every read or write renews; each owner has a sorted set of
+ * session ids by creation time (expired ids are pruned as they are met); messages are a list with the same TTL.
+ */
+export class RedisStore implements Store {
+  readonly kind = 'redis'
+
+  constructor (private readonly redis: Redis, private readonly ttlS: number) {}
+
+  private async guard<T> (what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (err) {
+      throw new DependencyError('redis', `redis ${what} failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  async ping (): Promise<void> {
+    await this.guard('ping', () => this.redis.ping())
+  }
+
+  async saveSession (session: Session): Promise<void> {
+    await this.guard('save', () => this.redis.multi()
+      .set(sessionKey(session.id), JSON.stringify(session), 'EX', this.ttlS)
+      .zadd(ownerKey(session.owner), Date.parse(session.created_at), session.id)
+      .expire(messagesKey(session.id), this.ttlS)
+      .exec())
+  }
+
+  async getSession (id: string): Promise<Session | null> {
+    const results = await this.guard('get', () => this.redis.multi()
+      .getex(sessionKey(id), 'EX', this.ttlS)
+      .expire(messagesKey(id), this.ttlS)
+      .exec())
+    const raw = results?.[0]?.[1] as string | null | undefined
+    return raw ? JSON.parse(raw) as Session : null
+  }
+
+  async deleteSession (session: Session): Promise<void> {
+    await this.guard('delete', () => this.redis.multi()
+      .del(sessionKey(session.id), messagesKey(session.id))
+      .zrem(ownerKey(session.owner), session.id)
+      .exec())
+  }
+
+  async listSessions (owner: string, page: PageRequest): Promise<Page<Session>> {
+    return await this.guard('list', async () => {
+      const items: Session[] = []
+      let offset = page.offset
+      // Expired ids are removed as they are found, so loop until the page is full or the index is exhausted.
+      while (items.length <= page.limit) {
+        const ids = await this.redis.zrevrange(ownerKey(owner), offset, offset + page.limit - items.length)
+        if (ids.length === 0) break
+        const raws = await this.redis.mget(ids.map(sessionKey))
+        const expired = ids.filter((_, i) => raws[i] === null)
+        if (expired.length) await this.redis.zrem(ownerKey(owner), ...expired)
+        for (const raw of raws) if (raw) items.push(JSON.parse(raw) as Session)
+        offset += ids.length - expired.length
+        if (expired.length === 0) break
+      }
+      return { items: items.slice(0, page.limit), hasMore: items.length > page.limit }
+    })
+  }
+
+  async appendMessages (id: string, messages: Message[]): Promise<number> {
+    if (messages.length === 0) return 0
+    const results = await this.guard('append', () => this.redis.multi()
+      .rpush(messagesKey(id), ...messages.map(m => JSON.stringify(m)))
+      .expire(messagesKey(id), this.ttlS)
+      .exec())
+    return Number(results?.[0]?.[1] ?? 0)
+  }
+
+  async listMessages (id: string, page: PageRequest): Promise<Page<Message>> {
+    const raws = await this.guard('messages', () => this.redis.lrange(messagesKey(id), page.offset, page.offset + page.limit))
+    return { items: raws.slice(0, page.limit).map(r => JSON.parse(r) as Message), hasMore: raws.length > page.limit }
+  }
+
+  async saveSandbox (record: SandboxRecord): Promise<void> {
+    await this.guard('save sandbox', () => this.redis.hset(SANDBOXES, record.id, JSON.stringify(record)))
+  }
+
+  async getSandbox (id: string): Promise<SandboxRecord | null> {
+    const raw = await this.guard('get sandbox', () => this.redis.hget(SANDBOXES, id))
+    return raw ? JSON.parse(raw) as SandboxRecord : null
+  }
+
+  async deleteSandbox (id: string): Promise<void> {
+    await this.guard('delete sandbox', () => this.redis.hdel(SANDBOXES, id))
+  }
+
+  async listSandboxes (owner?: string): Promise<SandboxRecord[]> {
+    const all = await this.guard('list sandboxes', () => this.redis.hvals(SANDBOXES))
+    return all.map(r => JSON.parse(r) as SandboxRecord).filter(r => owner === undefined || r.owner === owner)
+  }
+
+  async close (): Promise<void> {}
+}

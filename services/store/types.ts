@@ -1,0 +1,30 @@
+import type { Session, Message } from '../../schemas/sessions.js'
+import type { SandboxRecord } from '../../schemas/sandboxes.js'
+
+export interface Page<T> { items: T[], hasMore: boolean }
+export interface PageRequest { limit: number, offset: number }
+
+/** Sessions, their messages and sandbox records; Redis in production, memory on a laptop. */
+export interface Store {
+  readonly kind: 'redis' | 'memory'
+  ping (): Promise<void>
+  /** Writes a session (new or changed) and refreshes its expiry. */
+  saveSession (session: Session): Promise<void>
+  /** Reads a session and refreshes its expiry; null when missing or expired. */
+  getSession (id: string): Promise<Session | null>
+  deleteSession (session: Session): Promise<void>
+  listSessions (owner: string, page: PageRequest): Promise<Page<Session>>
+  /** Appends messages to the session's history; returns the new length. */
+  appendMessages (id: string, messages: Message[]): Promise<number>
+  listMessages (id: string, page: PageRequest): Promise<Page<Message>>
+  saveSandbox (record: SandboxRecord): Promise<void>
+  getSandbox (id: string): Promise<SandboxRecord | null>
+  deleteSandbox (id: string): Promise<void>
+  listSandboxes (owner?: string): Promise<SandboxRecord[]>
+  close (): Promise<void>
+}
+
+export const pageOf = <T>(all: T[], page: PageRequest): Page<T> => ({
+  items: all.slice(page.offset, page.offset + page.limit),
+  hasMore: all.length > page.offset + page.limit
+})
