@@ -2,6 +2,8 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { randomUUID } from 'node:crypto'
+import { Ajv } from 'ajv'
+import addFormats from 'ajv-formats'
 import type { Config } from './services/config.js'
 import configPlugin from './plugins/config.js'
 import errorsPlugin from './plugins/errors.js'
@@ -20,6 +22,20 @@ import metricsRoutes from './routes/metrics.js'
 export interface AppOptions {
   config: Config
   sandbox?: SandboxPluginOptions
+}
+
+/**
+ * JSON bodies are validated as sent (a 5 is not a string); only querystrings and params, which are text, are coerced.
+ */
+function validatorCompiler () {
+  const make = (coerceTypes: false | 'array') => {
+    const ajv = new Ajv({ coerceTypes, useDefaults: true, removeAdditional: false, allErrors: false, strict: false })
+    addFormats.default(ajv)
+    return ajv
+  }
+  const body = make(false)
+  const text = make('array')
+  return ({ schema, httpPart }: { schema: object, httpPart?: string }) => (httpPart === 'body' ? body : text).compile(schema)
 }
 
 /** The whole service as one plugin: what server.ts listens with and what tests register. */
@@ -54,7 +70,6 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
     requestIdHeader: 'x-request-id',
     genReqId: () => randomUUID(),
     trustProxy: false,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
     return503OnClosing: true,
     forceCloseConnections: true
   }
@@ -62,6 +77,7 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
 
 export async function buildApp (opts: AppOptions, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
   const app = Fastify(serverOptions(opts.config, logger)).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(validatorCompiler())
   await app.register(fp(serviceApp), opts)
   return app as unknown as FastifyInstance
 }

@@ -1,12 +1,12 @@
 import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
-import type { FastifyRequest, preHandlerAsyncHookHandler } from 'fastify'
+import type { FastifyRequest, FastifyReply } from 'fastify'
 import { AppError } from '../services/errors.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** preHandler limiting requests that act on one session or sandbox (by its :id). */
-    limitPerTarget: preHandlerAsyncHookHandler
+    limitPerTarget: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
 
@@ -26,11 +26,21 @@ export default fp(async (app) => {
     keyGenerator: (request: FastifyRequest) => request.principal ? `key:${request.principal.name}` : `ip:${request.ip}`,
     errorResponseBuilder: (request, context) => tooMany(context.max, context.ttl, request.principal ? 'for this API key' : 'for this address')
   })
-  const perTarget = app.rateLimit({
+  // A second limiter on top of the per-key one (app.rateLimit() would be skipped once the global limiter ran).
+  const countPerTarget = app.createRateLimit({
     max: SESSION_RATE_LIMIT_PER_MINUTE,
     timeWindow: 60_000,
-    keyGenerator: (request: FastifyRequest) => `target:${(request.params as { id?: string }).id ?? ''}`,
-    errorResponseBuilder: (_request, context) => tooMany(context.max, context.ttl, 'for this session')
+    keyGenerator: (request: FastifyRequest) => `target:${(request.params as { id?: string }).id ?? ''}`
   })
-  app.decorate('limitPerTarget', perTarget as preHandlerAsyncHookHandler)
+  app.decorate('limitPerTarget', async (request, reply) => {
+    const limit = await countPerTarget(request)
+    if (limit.isAllowed) return
+    reply.header('x-ratelimit-limit', limit.max)
+    reply.header('x-ratelimit-remaining', limit.remaining)
+    reply.header('x-ratelimit-reset', limit.ttlInSeconds)
+    if (limit.isExceeded) {
+      reply.header('retry-after', limit.ttlInSeconds)
+      throw tooMany(limit.max, limit.ttl, 'for this session')
+    }
+  })
 }, { name: 'rate-limit', dependencies: ['config', 'redis', 'auth'] })

@@ -15,7 +15,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     if (!app.config.SANDBOX_ENABLED) throw new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
   }
 
-  app.post('/', {
+  app.post('', {
     preHandler: enabled,
     schema: { tags, summary: 'Create a sandbox (from the warm pool)', body: CreateSandboxSchema, response: { 201: SandboxSchema, ...errors } }
   }, async (request, reply) => {
@@ -23,7 +23,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     return reply.status(201).send(sandboxes.view(record))
   })
 
-  app.get('/', {
+  app.get('', {
     schema: { tags, summary: "List this key's sandboxes", response: { 200: SandboxListSchema, ...commonErrors } }
   }, async (request) => ({ object: 'list' as const, data: (await sandboxes.list(request.principal)).map(r => sandboxes.view(r)) }))
 

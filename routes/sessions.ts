@@ -9,11 +9,11 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sessions } = app
   const tags = ['sessions']
 
-  app.post('/', {
+  app.post('', {
     schema: { tags, summary: 'Create a session', body: CreateSessionSchema, response: { 201: SessionSchema, ...commonErrors } }
   }, async (request, reply) => reply.status(201).send(await sessions.create(request.principal, request.body)))
 
-  app.get('/', {
+  app.get('', {
     schema: { tags, summary: "List this key's sessions, newest first", querystring: PageQuerySchema, response: { 200: SessionListSchema, ...commonErrors } }
   }, async (request) => {
     const { limit, offset } = request.query

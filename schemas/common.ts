@@ -7,7 +7,7 @@ export const ErrorSchema = Type.Object({
     code: Type.String(),
     retry_after: Type.Optional(Type.Number({ description: 'seconds until the rate limit resets (429 only)' }))
   })
-}, { $id: 'Error', description: 'Every 4xx and 5xx response has this body' })
+}, { description: 'Every 4xx and 5xx response has this body' })
 export type ErrorBody = Static<typeof ErrorSchema>
 
 export const IdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) })

@@ -46,7 +46,7 @@ export const SandboxSchema = Type.Object({
   resources: Type.Object({ cpus: Type.Number(), memory_mb: Type.Integer() }),
   metadata: Metadata,
   session_id: Type.Union([Type.String(), Type.Null()])
-}, { $id: 'Sandbox' })
+})
 export type Sandbox = Static<typeof SandboxSchema>
 
 export const SandboxListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(SandboxSchema) })
@@ -79,7 +79,7 @@ export const ExecutionSchema = Type.Object({
   execution_count: Type.Integer(),
   duration_ms: Type.Number(),
   state_lost: Type.Boolean()
-}, { $id: 'Execution' })
+})
 export type Execution = Static<typeof ExecutionSchema>
 
 /** One event of a running execution, as the agent emits it (and SSE forwards it). */

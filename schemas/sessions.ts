@@ -4,13 +4,13 @@ import { Metadata } from './common.js'
 /** LMC, Open Interpreter's message format. */
 export const MessageSchema = Type.Object({
   role: Type.Union([Type.Literal('user'), Type.Literal('assistant'), Type.Literal('computer'), Type.Literal('system')]),
-  type: Type.Union(['message', 'code', 'console', 'image', 'file', 'confirmation'].map(t => Type.Literal(t))),
+  type: Type.Enum(['message', 'code', 'console', 'image', 'file', 'confirmation']),
   format: Type.Optional(Type.String()),
   content: Type.Union([Type.String(), Type.Record(Type.String(), Type.Unknown())]),
   recipient: Type.Optional(Type.String()),
   id: Type.Optional(Type.String()),
   created_at: Type.Optional(Type.String({ format: 'date-time' }))
-}, { $id: 'Message' })
+})
 export type Message = Static<typeof MessageSchema>
 
 export const SessionSettingsSchema = Type.Object({
@@ -39,7 +39,7 @@ export const SessionSchema = Type.Object({
   message_count: Type.Integer(),
   sandbox_id: Type.Union([Type.String(), Type.Null()]),
   usage: UsageSchema
-}, { $id: 'Session' })
+})
 export type Session = Static<typeof SessionSchema>
 
 export const CreateSessionSchema = Type.Object({

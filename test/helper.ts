@@ -1,0 +1,120 @@
+import { randomBytes } from 'node:crypto'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createServer, connect } from 'node:net'
+import type { FastifyInstance, FastifyServerOptions } from 'fastify'
+import { Redis } from 'ioredis'
+import Docker from 'dockerode'
+import { buildApp } from '../app.js'
+import { loadConfig, type Config } from '../services/config.js'
+import { sandboxImageTag } from '../services/sandbox/image.js'
+import { waitReady } from '../services/redis.js'
+
+type Test = { after (fn: () => unknown): void }
+
+export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
+export const KEYS = { admin: 'admin-secret', alice: 'alice-secret', bob: 'bob-secret' }
+export const auth = (key: string) => ({ authorization: `Bearer ${key}` })
+
+export function testConfig (overrides: Record<string, string | undefined> = {}): Config {
+  const tag = randomBytes(4).toString('hex')
+  return loadConfig({
+    API_KEYS: `admin:admin:${KEYS.admin},alice:user:${KEYS.alice},bob:user:${KEYS.bob}`,
+    REDIS_URL,
+    REDIS_PREFIX: `test:${tag}:`,
+    LOG_LEVEL: 'silent',
+    RATE_LIMIT_PER_MINUTE: '100000',
+    SESSION_RATE_LIMIT_PER_MINUTE: '100000',
+    SANDBOX_ENABLED: 'false',
+    POOL_SIZE: '0',
+    SANDBOX_NAMESPACE: `test-${tag}`,
+    ...overrides
+  })
+}
+
+/** Builds the whole app against the real Redis (failing loudly when it is not there) and closes it after the test. */
+export async function build (t: Test, config: Config = testConfig(), opts: { logger?: FastifyServerOptions['logger'], waitWarm?: boolean } = {}): Promise<FastifyInstance> {
+  const app = await buildApp({ config, sandbox: { waitWarm: opts.waitWarm ?? true } }, opts.logger ?? false)
+  t.after(() => app.close())
+  await app.ready()
+  if (app.redis) {
+    await waitReady(app.redis, 5000).catch(() => {
+      throw new Error(`these tests need a Redis server at ${config.REDIS_URL} (start one: redis-server --daemonize yes)`)
+    })
+  }
+  return app
+}
+
+/** Deletes every key under a test's Redis prefix. */
+export async function flushPrefix (url: string, prefix: string): Promise<void> {
+  const redis = new Redis(url)
+  try {
+    let cursor = '0'
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500)
+      cursor = next
+      if (keys.length) await redis.del(...keys)
+    } while (cursor !== '0')
+  } finally {
+    redis.disconnect()
+  }
+}
+
+/** Config for tests that run code: Docker and the sandbox image must be present, or the test fails here. */
+export async function sandboxConfig (overrides: Record<string, string | undefined> = {}): Promise<Config> {
+  const docker = new Docker()
+  await docker.ping().catch((err: Error) => { throw new Error(`these tests need a running Docker daemon: ${err.message}`) })
+  const image = sandboxImageTag()
+  await docker.getImage(image).inspect().catch(() => { throw new Error(`these tests need the sandbox image ${image}: run npm run image`) })
+  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...overrides })
+}
+
+export async function freePort (): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port')))
+    })
+  })
+}
+
+/** A redis-server of the test's own (so it can be stopped), with AOF fsync'd on every write. */
+export class RedisProcess {
+  private child: ChildProcess | null = null
+  readonly dir = mkdtempSync(join(tmpdir(), 'redis-test-'))
+  constructor (readonly port: number) {}
+  get url (): string { return `redis://127.0.0.1:${this.port}` }
+
+  async start (): Promise<void> {
+    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--dir', this.dir, '--appendonly', 'yes', '--appendfsync', 'always', '--save', ''], { stdio: 'ignore' })
+    this.child = child
+    let spawnError: Error | null = null
+    child.once('error', (err) => { spawnError = err })
+    for (let attempt = 0; attempt < 100; attempt++) {
+      if (spawnError) throw new Error(`redis-server could not start (is it installed?): ${(spawnError as Error).message}`)
+      if (await canConnect(this.port)) return
+      await sleep(50)
+    }
+    throw new Error(`redis-server did not start on port ${this.port}`)
+  }
+
+  async kill (): Promise<void> {
+    const child = this.child
+    if (!child || child.exitCode !== null) return
+    await new Promise<void>(resolve => { child.once('exit', () => resolve()); child.kill('SIGKILL') })
+    this.child = null
+  }
+}
+
+function canConnect (port: number): Promise<boolean> {
+  return new Promise(resolve => {
+    const socket = connect(port, '127.0.0.1')
+    socket.once('connect', () => { socket.end(); resolve(true) })
+    socket.once('error', () => resolve(false))
+  })
+}
+
+export const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
