@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Sets up this machine to run and test the server: Debian packages, the Docker daemon, Redis, npm packages,
+# the sandbox image, and (outside CI) a .env with a fresh admin key. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say () { printf '[setup] %s\n' "$*"; }
+PACKAGES=(redis-server docker.io debootstrap)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    say "missing Debian packages: ${missing[*]}"
+    say "install them as root: apt-get install -y ${missing[*]}"
+    exit 1
+  fi
+  say "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian docker client may be shadowed by another on PATH; the daemon is Debian's.
+docker_ok () { docker info >/dev/null 2>&1; }
+if ! docker_ok; then
+  say "starting dockerd"
+  if command -v systemctl >/dev/null && systemctl start docker >/dev/null 2>&1; then :; else
+    [ "$(id -u)" -eq 0 ] || { say "the Docker daemon is not running and I am not root: start it (sudo dockerd &)"; exit 1; }
+    nohup dockerd >/var/log/dockerd.log 2>&1 &
+  fi
+  for _ in $(seq 1 60); do docker_ok && break; sleep 0.5; done
+  docker_ok || { say "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
+fi
+
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  say "starting redis-server on 127.0.0.1:6379 (AOF on)"
+  mkdir -p /var/lib/interpreter-server-redis
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --appendonly yes --appendfsync everysec \
+    --dir /var/lib/interpreter-server-redis --logfile /var/log/interpreter-server-redis.log
+  for _ in $(seq 1 40); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.25; done
+  redis-cli ping >/dev/null || { say "redis-server did not start"; exit 1; }
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
+  say "installing npm packages"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+say "sandbox image: $(npx --no-install tsx scripts/build-image.ts)"
+
+if [ "${CI:-}" != "true" ] && [ ! -f .env ]; then
+  key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+  cat > .env <<ENV
+# written by npm run setup; see README.md for every setting
+API_KEYS=admin:admin:${key}
+REDIS_URL=redis://127.0.0.1:6379
+ENV
+  say "wrote .env with an admin API key: ${key}"
+fi
+say "ready"
