@@ -165,6 +165,7 @@ class Agent:
     def __init__(self):
         self.env = {}
         self.kernels = {}
+        self.lost = set()  # languages whose kernel died between executions: the next run is told
         self.current = None  # the running execution
         self.count = 0
         self.writes = {}
@@ -268,7 +269,8 @@ class Agent:
 
     def finish(self, cur, status, state_lost, exit_code=None):
         end = {'id': cur['id'], 'type': 'end', 'status': status, 'execution_count': cur['count'],
-               'duration_ms': round((time.monotonic() - cur['started']) * 1000, 3), 'state_lost': state_lost}
+               'duration_ms': round((time.monotonic() - cur['started']) * 1000, 3),
+               'state_lost': state_lost or cur.get('lost_before', False)}
         if exit_code is not None:
             end['exit_code'] = exit_code
         self.current = None
@@ -297,6 +299,8 @@ class Agent:
                        'value': 'the %s kernel %s; its state was lost and it will be restarted' % (k.language, how)}
             self.send_error(cur, err)
             self.finish(cur, 'error', state_lost=True)
+        else:
+            self.lost.add(k.language)
         if k.language == 'python':
             self.kernel('python')  # keep the default kernel warm
 
@@ -343,6 +347,11 @@ class Agent:
                         'errored': False, 'bytes': 0, 'cap': int(req.get('max_output_bytes') or DEFAULT_OUTPUT_CAP),
                         'truncated': False}
         emit({'id': rid, 'type': 'start', 'execution_count': self.count})
+        if language in self.lost:
+            self.lost.discard(language)
+            self.current['lost_before'] = True
+            emit({'id': rid, 'type': 'stderr', 'text': '[the %s kernel had stopped since the last run; '
+                  'it was restarted and its earlier state is lost]\n' % language})
         try:
             k.send({'code': req.get('code', '')})
         except OSError:

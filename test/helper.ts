@@ -71,6 +71,12 @@ export async function sandboxConfig (overrides: Record<string, string | undefine
   return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...overrides })
 }
 
+/** Containers Docker still has in a namespace (running or not). */
+export async function containersIn (namespace: string): Promise<number> {
+  const list = await new Docker().listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${namespace}`] } })
+  return list.length
+}
+
 export async function freePort (): Promise<number> {
   return await new Promise((resolve, reject) => {
     const server = createServer()

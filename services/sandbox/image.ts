@@ -52,7 +52,7 @@ export function debianMirror (): string {
 
 function run (cmd: string, args: string[], opts: { input?: NodeJS.ReadableStream, env?: NodeJS.ProcessEnv } = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: [opts.input ? 'pipe' : 'ignore', 'inherit', 'inherit'], env: opts.env ?? process.env })
+    const child = spawn(cmd, args, { stdio: [opts.input ? 'pipe' : 'ignore', 2, 'inherit'], env: opts.env ?? process.env })
     if (opts.input && child.stdin) opts.input.pipe(child.stdin)
     child.on('error', reject)
     child.on('exit', code => code === 0 ? resolve() : reject(new Error(`${cmd} ${args.slice(0, 3).join(' ')} exited with ${code}`)))
