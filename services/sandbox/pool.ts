@@ -29,6 +29,8 @@ export class SandboxPool {
 
   constructor (readonly docker: Docker, private readonly opts: PoolOptions, private readonly log: Logger) {}
 
+  get limits (): SandboxLimits { return this.opts.limits }
+
   get stats (): { warm: number, creating: number, size: number } {
     return { warm: this.warm.length, creating: this.creating, size: this.opts.size }
   }
