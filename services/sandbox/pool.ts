@@ -24,6 +24,7 @@ export interface PoolHealth { docker: string, image: string }
 export class SandboxPool {
   private readonly warm: SandboxHandle[] = []
   private creating = 0
+  private readonly inflight = new Set<Promise<void>>()
   private closed = false
   private fillError: string | null = null
 
@@ -61,21 +62,24 @@ export class SandboxPool {
     if (wait) await filling
   }
 
-  /** Creates containers until the pool is full; the returned promise settles when this round is done. */
+  /** Creates containers until the pool is full; settles when every creation under way (this round's or earlier) is done. */
   fill (): Promise<void> {
-    const rounds: Array<Promise<void>> = []
     while (!this.closed && this.warm.length + this.creating < this.opts.size) {
       this.creating++
-      rounds.push(this.create().then((handle) => {
+      const round: Promise<void> = this.create().then((handle) => {
         if (this.closed) return this.remove(handle.containerId)
         this.fillError = null
         this.warm.push(handle)
       }, (err: Error) => {
         this.fillError = err.message
         this.log.warn({ err: err.message }, 'could not create a warm sandbox')
-      }).finally(() => { this.creating-- }))
+      }).finally(() => {
+        this.creating--
+        this.inflight.delete(round)
+      })
+      this.inflight.add(round)
     }
-    return Promise.all(rounds).then(() => {})
+    return Promise.all(this.inflight).then(() => {})
   }
 
   /** A ready sandbox: from the warm pool when it has one, else started now. */

@@ -127,8 +127,9 @@ export class SandboxService {
     const handle = this.live.get(record.id)
     this.live.delete(record.id)
     handle?.agent.close()
-    await this.store.deleteSandbox(record.id)
+    // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.pool.remove(record.container_id)
+    await this.store.deleteSandbox(record.id)
   }
 
   async touch (record: SandboxRecord): Promise<void> {
