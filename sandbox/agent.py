@@ -267,12 +267,34 @@ class Agent:
         ev.setdefault('traceback', [])
         emit(ev)
 
+    def kill_strays(self, k):
+        """After an interrupted run, end whatever the code left in the kernel's process group (a fork bomb's children)."""
+        for _ in range(20):
+            strays = []
+            for entry in os.listdir('/proc'):
+                if entry.isdigit() and int(entry) != k.pid:
+                    try:
+                        if os.getpgid(int(entry)) == k.pid:
+                            strays.append(int(entry))
+                    except OSError:
+                        pass
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
     def finish(self, cur, status, state_lost, exit_code=None):
         end = {'id': cur['id'], 'type': 'end', 'status': status, 'execution_count': cur['count'],
                'duration_ms': round((time.monotonic() - cur['started']) * 1000, 3),
                'state_lost': state_lost or cur.get('lost_before', False)}
         if exit_code is not None:
             end['exit_code'] = exit_code
+        if cur['interrupted'] and cur['kernel'].alive:
+            self.kill_strays(cur['kernel'])
         self.current = None
         emit(end)
 

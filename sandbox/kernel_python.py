@@ -14,6 +14,7 @@ CTRL = os.fdopen(int(os.environ.pop('KERNEL_CTRL_FD')), 'r')
 # Whole lines reach the client as they are printed (a pipe would otherwise buffer until the run ends).
 sys.stdout.reconfigure(line_buffering=True, write_through=False)
 sys.stderr.reconfigure(line_buffering=True, write_through=False)
+KERNEL_PID = os.getpid()
 NAMESPACE = {'__name__': '__main__', '__builtins__': builtins}
 
 try:  # under memory pressure the kernel, not the agent, is what the OOM killer should pick
@@ -81,6 +82,12 @@ def report(exc):
     emit({'type': 'error', 'name': type(exc).__name__, 'value': str(exc), 'traceback': lines})
 
 
+def leave_if_forked():
+    """A process forked by user code must never come back here and act as a second kernel."""
+    if os.getpid() != KERNEL_PID:
+        os._exit(0)
+
+
 def main():
     emit({'type': 'ready'})
     while True:
@@ -93,8 +100,10 @@ def main():
             try:
                 run(request['code'])
             except BaseException as exc:  # KeyboardInterrupt and SystemExit included: the kernel lives on
+                leave_if_forked()
                 status = 'error'
                 report(exc)
+            leave_if_forked()
             try:
                 flush_figures()
             except Exception as exc:

@@ -131,6 +131,15 @@ t.test('SSE streams events in order while the code is still running', async (t) 
   t.same(events[3].data.data, { 'text/plain': '42' })
 })
 
+t.test('a process forked by user code never acts as the kernel', async (t) => {
+  const id = await newSandbox()
+  const res = await run(id, 'import os\nif os.fork() == 0:\n    1 / 0\nos.wait()\nprint("parent")')
+  t.equal(res.error, null, "the child's exception is not reported as the run's")
+  t.equal(res.stdout, 'parent\n')
+  const next = await run(id, 'print("next")')
+  t.equal(next.stdout, 'next\n', 'the next run is answered once, by the kernel')
+})
+
 t.test('closing the server removes its containers (SANDBOX_KEEP_ON_CLOSE=false)', async (t) => {
   const namespace = app.config.SANDBOX_NAMESPACE
   t.ok(await containersIn(namespace) > 0)
