@@ -14,14 +14,21 @@ import authPlugin from './plugins/auth.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import swaggerPlugin from './plugins/swagger.js'
 import sandboxesPlugin, { type SandboxPluginOptions } from './plugins/sandboxes.js'
+import llmPlugin from './plugins/llm.js'
+import interpreterPlugin from './plugins/interpreter.js'
 import healthRoutes from './routes/health.js'
 import sessionRoutes from './routes/sessions.js'
 import sandboxRoutes from './routes/sandboxes.js'
 import metricsRoutes from './routes/metrics.js'
+import chatRoutes from './routes/chat.js'
+import openaiRoutes from './routes/openai.js'
+import settingsRoutes from './routes/settings.js'
 
 export interface AppOptions {
   config: Config
   sandbox?: SandboxPluginOptions
+  /** Where `${VAR}` in the models file is looked up (default: process.env). */
+  env?: Record<string, string | undefined>
 }
 
 /**
@@ -49,10 +56,15 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(rateLimitPlugin)
   await app.register(swaggerPlugin)
   await app.register(sandboxesPlugin, opts.sandbox ?? {})
+  await app.register(llmPlugin, { env: opts.env })
+  await app.register(interpreterPlugin)
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
   await app.register(healthRoutes, { prefix: '/v1' })
   await app.register(sessionRoutes, { prefix: '/v1/sessions' })
   await app.register(sandboxRoutes, { prefix: '/v1/sandboxes' })
+  await app.register(chatRoutes, { prefix: '/v1' })
+  await app.register(openaiRoutes, { prefix: '/v1' })
+  await app.register(settingsRoutes, { prefix: '/v1' })
   await app.register(metricsRoutes)
 }
 

@@ -10,6 +10,10 @@ declare module 'fastify' {
   }
 }
 
+/** The session or sandbox a request acts on: the :id in its path, or session_id in its body. */
+const targetOf = (request: FastifyRequest): string | undefined =>
+  (request.params as { id?: string } | undefined)?.id ?? (request.body as { session_id?: string } | undefined)?.session_id
+
 const tooMany = (max: number, ttlMs: number, what: string) => new AppError(429, 'rate_limit_exceeded',
   `Rate limit exceeded: ${max} requests per minute ${what}; retry in ${Math.ceil(ttlMs / 1000)} s`, 'rate_limit_error',
   { retry_after: Math.ceil(ttlMs / 1000) })
@@ -30,9 +34,10 @@ export default fp(async (app) => {
   const countPerTarget = app.createRateLimit({
     max: SESSION_RATE_LIMIT_PER_MINUTE,
     timeWindow: 60_000,
-    keyGenerator: (request: FastifyRequest) => `target:${(request.params as { id?: string }).id ?? ''}`
+    keyGenerator: (request: FastifyRequest) => `target:${targetOf(request)}`
   })
   app.decorate('limitPerTarget', async (request, reply) => {
+    if (!targetOf(request)) return // a request that creates its session has nothing to count against yet
     const limit = await countPerTarget(request)
     if (limit.isAllowed) return
     reply.header('x-ratelimit-limit', limit.max)

@@ -15,6 +15,8 @@ export default fp(async (app) => {
         { name: 'sessions', description: 'Conversations and their history' },
         { name: 'sandboxes', description: 'Direct code execution in stateful sandboxes' },
         { name: 'files', description: 'Files in a sandbox workspace' },
+        { name: 'chat', description: 'The interpreter: chat turns that run code, their events, approvals' },
+        { name: 'openai', description: 'OpenAI-compatible API' },
         { name: 'admin', description: 'Operations' }
       ]
     }

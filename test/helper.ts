@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync } from 'node:fs'
+import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createServer, connect } from 'node:net'
@@ -35,8 +35,8 @@ export function testConfig (overrides: Record<string, string | undefined> = {}):
 }
 
 /** Builds the whole app against the real Redis (failing loudly when it is not there) and closes it after the test. */
-export async function build (t: Test, config: Config = testConfig(), opts: { logger?: FastifyServerOptions['logger'], waitWarm?: boolean } = {}): Promise<FastifyInstance> {
-  const app = await buildApp({ config, sandbox: { waitWarm: opts.waitWarm ?? true } }, opts.logger ?? false)
+export async function build (t: Test, config: Config = testConfig(), opts: { logger?: FastifyServerOptions['logger'], waitWarm?: boolean, env?: Record<string, string> } = {}): Promise<FastifyInstance> {
+  const app = await buildApp({ config, sandbox: { waitWarm: opts.waitWarm ?? true }, env: { ...process.env, ...opts.env } }, opts.logger ?? false)
   t.after(() => app.close())
   await app.ready()
   if (app.redis) {
@@ -124,3 +124,55 @@ function canConnect (port: number): Promise<boolean> {
 }
 
 export const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
+
+/** A models.yaml pointing at a fake LLM server; keys come from the environment through ${VAR}. */
+export function writeModelsFile (fakeUrl: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'models-'))
+  const file = join(dir, 'models.yaml')
+  writeFileSync(file, [
+    'default: gpt',
+    'models:',
+    `  - { name: gpt, provider: openai, model: gpt-test, base_url: "${fakeUrl}/v1", api_key: "\${FAKE_OPENAI_KEY}" }`,
+    `  - { name: claude, provider: anthropic, model: claude-test, base_url: "${fakeUrl}", api_key: "\${FAKE_ANTHROPIC_KEY}", vision: true }`,
+    `  - { name: flaky, provider: openai, model: flaky-test, base_url: "${fakeUrl}/v1", api_key: k, fallback: [claude] }`,
+    `  - { name: slow, provider: openai, model: slow-test, base_url: "${fakeUrl}/v1", api_key: k, timeout_ms: 500 }`
+  ].join('\n'))
+  return file
+}
+export const FAKE_ENV = { FAKE_OPENAI_KEY: 'sk-fake-openai-key', FAKE_ANTHROPIC_KEY: 'sk-ant-fake-key' }
+
+export interface SseEvent { id?: string, event: string, data: any }
+
+/** Reads SSE events from a fetch response until `stop` says so (or the stream ends). */
+export async function readSse (response: Response, stop: (e: SseEvent, all: SseEvent[]) => boolean = () => false): Promise<SseEvent[]> {
+  const reader = response.body!.getReader()
+  const decoder = new TextDecoder()
+  const events: SseEvent[] = []
+  let buffer = ''
+  try {
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) return events
+      buffer += decoder.decode(value, { stream: true })
+      let cut: number
+      while ((cut = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, cut)
+        buffer = buffer.slice(cut + 2)
+        if (block.startsWith(':')) continue
+        const event: SseEvent = { event: 'message', data: null }
+        for (const line of block.split('\n')) {
+          const colon = line.indexOf(':')
+          const field = line.slice(0, colon)
+          const value = line.slice(colon + 1).replace(/^ /, '')
+          if (field === 'id') event.id = value
+          else if (field === 'event') event.event = value
+          else if (field === 'data') event.data = value === '[DONE]' ? value : JSON.parse(value)
+        }
+        events.push(event)
+        if (stop(event, events)) return events
+      }
+    }
+  } finally {
+    await reader.cancel().catch(() => {})
+  }
+}

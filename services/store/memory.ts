@@ -70,5 +70,17 @@ export class MemoryStore implements Store {
     return [...this.sandboxes.values()].filter(r => owner === undefined || r.owner === owner).map(r => structuredClone(r))
   }
 
+  private readonly locks = new Map<string, { owner: string, until: number }>()
+  async lock (name: string, owner: string, ttlMs: number): Promise<boolean> {
+    const held = this.locks.get(name)
+    if (held && held.until > Date.now() && held.owner !== owner) return false
+    this.locks.set(name, { owner, until: Date.now() + ttlMs })
+    return true
+  }
+
+  async unlock (name: string, owner: string): Promise<void> {
+    if (this.locks.get(name)?.owner === owner) this.locks.delete(name)
+  }
+
   async close (): Promise<void> {}
 }

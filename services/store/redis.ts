@@ -105,5 +105,15 @@ export class RedisStore implements Store {
     return all.map(r => JSON.parse(r) as SandboxRecord).filter(r => owner === undefined || r.owner === owner)
   }
 
+  async lock (name: string, owner: string, ttlMs: number): Promise<boolean> {
+    const set = await this.guard('lock', () => this.redis.set(`lock:${name}`, owner, 'PX', ttlMs, 'NX'))
+    return set === 'OK'
+  }
+
+  async unlock (name: string, owner: string): Promise<void> {
+    // Delete only our own lock: compare and delete in one step.
+    await this.guard('unlock', () => this.redis.eval('if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0', 1, `lock:${name}`, owner))
+  }
+
   async close (): Promise<void> {}
 }

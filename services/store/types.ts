@@ -21,6 +21,9 @@ export interface Store {
   getSandbox (id: string): Promise<SandboxRecord | null>
   deleteSandbox (id: string): Promise<void>
   listSandboxes (owner?: string): Promise<SandboxRecord[]>
+  /** Takes a lock unless another owner holds it (it expires after ttlMs); true when taken. */
+  lock (name: string, owner: string, ttlMs: number): Promise<boolean>
+  unlock (name: string, owner: string): Promise<void>
   close (): Promise<void>
 }
 

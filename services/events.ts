@@ -1,0 +1,105 @@
+import { EventEmitter, on } from 'node:events'
+import type { Redis } from 'ioredis'
+import type { RunEvent } from '../schemas/chat.js'
+import { DependencyError } from './errors.js'
+
+export interface LoggedEvent { id: string, event: RunEvent }
+
+/** Each session's run events, numbered in order; every reader (SSE, WebSocket, any replica) can resume after an id. */
+export interface EventLog {
+  append (sessionId: string, event: RunEvent): Promise<string>
+  /** Events after `after` (all when undefined), then new ones as they come, until `signal` aborts. */
+  follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent>
+  delete (sessionId: string): Promise<void>
+}
+
+const streamKey = (sessionId: string) => `events:${sessionId}`
+
+/** A Redis Stream per session, bounded in length; followers block on XREAD with a connection of their own. */
+export class RedisEventLog implements EventLog {
+  constructor (private readonly redis: Redis, private readonly maxLength = 10_000, private readonly ttlS = 7 * 24 * 3600) {}
+
+  async append (sessionId: string, event: RunEvent): Promise<string> {
+    try {
+      const [[, id]] = (await this.redis.multi()
+        .xadd(streamKey(sessionId), 'MAXLEN', '~', this.maxLength, '*', 'e', JSON.stringify(event))
+        .expire(streamKey(sessionId), this.ttlS)
+        .exec()) as Array<[Error | null, string]>
+      return id
+    } catch (err) {
+      throw new DependencyError('redis', `event log append failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  async * follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent> {
+    const reader = this.redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, commandTimeout: undefined })
+    const stop = () => reader.disconnect()
+    signal.addEventListener('abort', stop, { once: true })
+    let last = after ?? '0-0'
+    try {
+      while (!signal.aborted) {
+        const result = await reader.xread('COUNT', 500, 'BLOCK', 5000, 'STREAMS', streamKey(sessionId), last).catch((err: Error) => {
+          if (signal.aborted) return null
+          throw err
+        })
+        for (const [, entries] of result ?? []) {
+          for (const [id, fields] of entries) {
+            last = id
+            yield { id, event: JSON.parse(fields[1]) as RunEvent }
+          }
+        }
+      }
+    } finally {
+      signal.removeEventListener('abort', stop)
+      reader.disconnect()
+    }
+  }
+
+  async delete (sessionId: string): Promise<void> {
+    await this.redis.del(streamKey(sessionId))
+  }
+}
+
+/** The same in process, for a server without Redis. */
+export class MemoryEventLog implements EventLog {
+  private readonly logs = new Map<string, LoggedEvent[]>()
+  private readonly bus = new EventEmitter().setMaxListeners(0)
+  private counter = 0
+
+  async append (sessionId: string, event: RunEvent): Promise<string> {
+    const entry = { id: `${Date.now()}-${++this.counter}`, event }
+    const log = this.logs.get(sessionId) ?? []
+    log.push(entry)
+    if (log.length > 10_000) log.shift()
+    this.logs.set(sessionId, log)
+    this.bus.emit(sessionId, entry)
+    return entry.id
+  }
+
+  async * follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent> {
+    const live = on(this.bus, sessionId, { signal })
+    const log = this.logs.get(sessionId) ?? []
+    const start = after === undefined ? 0 : log.findIndex(e => e.id === after) + 1
+    let last = after
+    for (const entry of log.slice(start)) {
+      last = entry.id
+      yield entry
+    }
+    try {
+      for await (const [entry] of live as AsyncIterable<[LoggedEvent]>) {
+        if (last !== undefined && compareIds(entry.id, last) <= 0) continue
+        yield entry
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err
+    }
+  }
+
+  async delete (sessionId: string): Promise<void> { this.logs.delete(sessionId) }
+}
+
+function compareIds (a: string, b: string): number {
+  const [a1, a2] = a.split('-').map(Number)
+  const [b1, b2] = b.split('-').map(Number)
+  return a1 - b1 || a2 - b2
+}

@@ -1,0 +1,213 @@
+import type { Message } from '../../schemas/sessions.js'
+import type { Chunk, FinishReason, Usage } from '../../schemas/chat.js'
+import type { Execution, ExecutionEvent, Language } from '../../schemas/sandboxes.js'
+import type { ModelRegistry } from '../llm/registry.js'
+import type { ChatMessage, ToolCall, ToolDef } from '../llm/types.js'
+import { LlmError } from '../llm/types.js'
+import { toChatMessages, trimToContext } from './history.js'
+import { partialStringField } from './partial-json.js'
+
+export const EXECUTE_TOOL: ToolDef = {
+  name: 'execute',
+  description: 'Run code in a persistent sandbox (variables, imports and the working directory survive between calls). ' +
+    'Returns stdout, stderr, the value of the last expression, and any plots. No network access.',
+  parameters: {
+    type: 'object',
+    properties: {
+      language: { type: 'string', enum: ['python', 'javascript', 'shell'], description: 'python, javascript (node) or shell (bash)' },
+      code: { type: 'string', description: 'the code to run' }
+    },
+    required: ['language', 'code']
+  }
+}
+
+export const DEFAULT_SYSTEM_MESSAGE = 'You are Open Interpreter, a world-class programmer that can complete any goal by executing code. ' +
+  'Use the execute tool to run python, javascript or shell code in a sandbox; its state persists between calls. ' +
+  'Write small steps, look at their output, and continue until the task is done; then answer plainly.'
+
+const LANGUAGES: Record<string, Language> = { python: 'python', py: 'python', javascript: 'javascript', js: 'javascript', node: 'javascript', shell: 'shell', bash: 'shell', sh: 'shell' }
+
+export type Decision = 'approved' | 'declined' | 'expired'
+
+export interface TurnDeps {
+  models: ModelRegistry
+  /** Runs code in the session's sandbox. */
+  execute (language: Language, code: string, onEvent: (e: ExecutionEvent) => void): Promise<Execution>
+  /** Waits for the client to approve or decline a code block (auto_run off). */
+  confirm (codeId: string): Promise<Decision>
+  emit (chunk: Chunk): Promise<void>
+  fallback (from: string, to: string, reason: string): Promise<void>
+  /** Stores the messages of a finished step, so that history is consistent whatever happens next. */
+  store (messages: Message[]): Promise<void>
+  signal: AbortSignal
+}
+
+export interface TurnOptions {
+  model: string
+  temperature: number
+  maxTokens: number
+  autoRun: boolean
+  maxSteps: number
+  outputLimit: number
+  systemMessage?: string
+}
+
+export interface TurnResult { usage: Usage, finishReason: FinishReason }
+
+interface PendingCall { id: string, name: string, args: string, streamed: string, started: boolean, language?: Language }
+
+/**
+ * One chat turn: the model answers, may call `execute`, sees the results, and goes on until it answers
+ * without a tool call or the step limit is reached. Streams LMC chunks as it goes.
+ */
+export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOptions): Promise<TurnResult> {
+  const usage: Usage = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }
+  const model = deps.models.get(opts.model)
+  const system = opts.systemMessage ?? model.system_message ?? DEFAULT_SYSTEM_MESSAGE
+  const conversation = [...history]
+  const budget = (model.context_window ?? 128_000) - opts.maxTokens
+
+  for (let step = 0; step < opts.maxSteps; step++) {
+    const chat: ChatMessage[] = trimToContext([{ role: 'system', content: system }, ...toChatMessages(conversation, opts.outputLimit)], budget)
+    let text = ''
+    let textOpen = false
+    const calls = new Map<number, PendingCall>()
+    const closeText = async () => {
+      if (textOpen) await deps.emit({ role: 'assistant', type: 'message', end: true })
+      textOpen = false
+    }
+    try {
+      for await (const event of deps.models.stream(model.name, { messages: chat, tools: [EXECUTE_TOOL], temperature: opts.temperature, maxTokens: opts.maxTokens, signal: deps.signal })) {
+        if (event.type === 'text') {
+          if (!textOpen) await deps.emit({ role: 'assistant', type: 'message', start: true })
+          textOpen = true
+          text += event.text
+          await deps.emit({ role: 'assistant', type: 'message', content: event.text })
+        } else if (event.type === 'tool_start') {
+          await closeText()
+          calls.set(event.index, { id: event.id, name: event.name, args: '', streamed: '', started: false })
+        } else if (event.type === 'tool_args') {
+          const call = calls.get(event.index)
+          if (call) {
+            call.args += event.delta
+            await streamCode(call, deps)
+          }
+        } else if (event.type === 'usage') {
+          usage.prompt_tokens += event.input
+          usage.completion_tokens += event.output
+          usage.total_tokens += event.input + event.output
+        } else if (event.type === 'fallback') {
+          await deps.fallback(event.from, event.to, event.reason)
+        }
+      }
+    } catch (err) {
+      await closeText()
+      if (text) await deps.store([{ role: 'assistant', type: 'message', content: text }])
+      if (err instanceof LlmError && err.kind === 'aborted') return { usage, finishReason: 'interrupted' }
+      throw err
+    }
+    await closeText()
+
+    const stepMessages: Message[] = text ? [{ role: 'assistant', type: 'message', content: text }] : []
+    if (calls.size === 0) {
+      await deps.store(stepMessages)
+      return { usage, finishReason: 'stop' }
+    }
+    for (const call of calls.values()) {
+      stepMessages.push(...await runCall(call, deps, opts))
+      if (deps.signal.aborted) break
+    }
+    await deps.store(stepMessages)
+    conversation.push(...stepMessages)
+    if (deps.signal.aborted) return { usage, finishReason: 'interrupted' }
+  }
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', start: true })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', content: `Stopped after ${opts.maxSteps} steps (the step limit).\n` })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', end: true })
+  return { usage, finishReason: 'step_limit' }
+}
+
+/** Streams a code block while its arguments arrive, once the language is known. */
+async function streamCode (call: PendingCall, deps: TurnDeps): Promise<void> {
+  if (!call.language) {
+    const language = partialStringField(call.args, 'language')
+    if (!language?.complete) return
+    call.language = LANGUAGES[language.value.toLowerCase()] ?? 'python'
+  }
+  const code = partialStringField(call.args, 'code')
+  if (!code) return
+  if (!call.started) {
+    call.started = true
+    await deps.emit({ role: 'assistant', type: 'code', format: call.language, id: call.id, start: true })
+  }
+  if (code.value.length > call.streamed.length) {
+    await deps.emit({ role: 'assistant', type: 'code', format: call.language, id: call.id, content: code.value.slice(call.streamed.length) })
+    call.streamed = code.value
+  }
+}
+
+async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): Promise<Message[]> {
+  let language: Language = call.language ?? 'python'
+  let code = ''
+  let invalid: string | null = null
+  try {
+    const args = JSON.parse(call.args || '{}') as { language?: string, code?: string }
+    language = LANGUAGES[String(args.language ?? 'python').toLowerCase()] ?? 'python'
+    code = String(args.code ?? '')
+    if (call.name !== 'execute') invalid = `unknown tool "${call.name}"; the only tool is execute`
+  } catch {
+    invalid = 'the tool arguments were not valid JSON'
+  }
+  if (!call.started) await deps.emit({ role: 'assistant', type: 'code', format: language, id: call.id, start: true })
+  if (code.length > call.streamed.length) await deps.emit({ role: 'assistant', type: 'code', format: language, id: call.id, content: code.slice(call.streamed.length) })
+  await deps.emit({ role: 'assistant', type: 'code', format: language, id: call.id, end: true })
+  const messages: Message[] = [{ role: 'assistant', type: 'code', format: language, content: code, id: call.id }]
+  const console = (content: string): Message => ({ role: 'computer', type: 'console', format: 'output', content, id: call.id })
+
+  if (invalid) return [...messages, console(`Error: ${invalid}`)]
+  if (!opts.autoRun) {
+    await deps.emit({ role: 'computer', type: 'confirmation', format: 'execution', id: call.id, content: { type: 'code', format: language, content: code, id: call.id } })
+    const decision = await deps.confirm(call.id)
+    if (decision !== 'approved') {
+      const note = decision === 'declined' ? 'The user declined to run this code.' : 'The confirmation expired; the code was not run.'
+      await emitConsole(deps, call.id, note)
+      return [...messages, console(note)]
+    }
+  }
+
+  let output = ''
+  const images: string[] = []
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, start: true })
+  const execution = await deps.execute(language, code, (e) => {
+    if (e.type === 'stdout' || e.type === 'stderr') {
+      output += e.text
+      void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: e.text })
+    } else if (e.type === 'display' || e.type === 'result') {
+      if (e.data['image/png']) images.push(e.data['image/png'])
+      else if (e.data['text/plain']) {
+        output += `${e.data['text/plain']}\n`
+        void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: `${e.data['text/plain']}\n` })
+      }
+    } else if (e.type === 'error') {
+      const trace = [...(e.traceback ?? [])].join('') || `${e.name}: ${e.value}\n`
+      output += trace
+      void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: trace })
+    }
+  })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, end: true })
+  for (const image of images) await deps.emit({ role: 'computer', type: 'image', format: 'base64.png', id: call.id, content: image })
+  if (execution.state_lost) output += '\n[the sandbox kernel was restarted: earlier variables are gone]\n'
+  return [
+    ...messages,
+    console(output || '(no output)'),
+    ...images.map((content): Message => ({ role: 'computer', type: 'image', format: 'base64.png', content, id: call.id }))
+  ]
+}
+
+async function emitConsole (deps: TurnDeps, id: string, content: string): Promise<void> {
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id, start: true })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id, content })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id, end: true })
+}
+
+export type { ToolCall }
