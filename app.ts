@@ -90,6 +90,11 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
 export async function buildApp (opts: AppOptions, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
   const app = Fastify(serverOptions(opts.config, logger)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(validatorCompiler())
-  await app.register(fp(serviceApp), opts)
+  try {
+    await app.register(fp(serviceApp), opts)
+  } catch (err) {
+    await app.close().catch(() => {}) // release what the plugins that did load opened (Redis, Docker streams)
+    throw err
+  }
   return app as unknown as FastifyInstance
 }
