@@ -16,6 +16,7 @@ import swaggerPlugin from './plugins/swagger.js'
 import sandboxesPlugin, { type SandboxPluginOptions } from './plugins/sandboxes.js'
 import llmPlugin from './plugins/llm.js'
 import interpreterPlugin from './plugins/interpreter.js'
+import websocketPlugin from './plugins/websocket.js'
 import healthRoutes from './routes/health.js'
 import sessionRoutes from './routes/sessions.js'
 import sandboxRoutes from './routes/sandboxes.js'
@@ -23,6 +24,7 @@ import metricsRoutes from './routes/metrics.js'
 import chatRoutes from './routes/chat.js'
 import openaiRoutes from './routes/openai.js'
 import settingsRoutes from './routes/settings.js'
+import wsRoutes from './routes/ws.js'
 
 export interface AppOptions {
   config: Config
@@ -58,6 +60,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(sandboxesPlugin, opts.sandbox ?? {})
   await app.register(llmPlugin, { env: opts.env })
   await app.register(interpreterPlugin)
+  await app.register(websocketPlugin)
   app.addHook('onSend', async (request, reply) => { reply.header('x-request-id', request.id) })
   await app.register(healthRoutes, { prefix: '/v1' })
   await app.register(sessionRoutes, { prefix: '/v1/sessions' })
@@ -65,6 +68,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(chatRoutes, { prefix: '/v1' })
   await app.register(openaiRoutes, { prefix: '/v1' })
   await app.register(settingsRoutes, { prefix: '/v1' })
+  await app.register(wsRoutes, { prefix: '/v1' })
   await app.register(metricsRoutes)
 }
 

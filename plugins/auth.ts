@@ -18,6 +18,13 @@ export function isPublic (request: FastifyRequest): boolean {
   return request.routeOptions.config?.public === true || PUBLIC_PREFIXES.some(p => request.url === p || request.url.startsWith(`${p}/`))
 }
 
+/** A browser's WebSocket cannot send headers: it may offer the key as a `bearer.<key>` subprotocol (kept out of URLs and logs). */
+function subprotocolToken (request: FastifyRequest): string | undefined {
+  if (request.headers.upgrade?.toLowerCase() !== 'websocket') return undefined
+  const offered = String(request.headers['sec-websocket-protocol'] ?? '').split(',').map(p => p.trim())
+  return offered.find(p => p.startsWith('bearer.'))?.slice('bearer.'.length)
+}
+
 /** A preHandler for routes only admin keys may use. */
 export async function requireAdmin (request: FastifyRequest): Promise<void> {
   if (request.principal?.role !== 'admin') throw new AppError(403, 'admin_required', 'This route needs an admin API key')
@@ -32,7 +39,7 @@ export default fp(async (app) => {
   app.decorate('apiKeys', keyring)
   app.decorateRequest('principal', null as unknown as Principal)
   app.addHook('onRequest', async (request) => {
-    const principal = keyring.authenticate(bearerToken(request.headers.authorization))
+    const principal = keyring.authenticate(bearerToken(request.headers.authorization) ?? subprotocolToken(request))
     if (principal) request.principal = principal
   })
   app.addHook('preParsing', async (request, reply) => {

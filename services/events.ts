@@ -11,6 +11,8 @@ export interface EventLog {
   /** Events after `after` (all when undefined), then new ones as they come, until `signal` aborts. */
   follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent>
   delete (sessionId: string): Promise<void>
+  /** The id of the newest event, or null for an empty log. */
+  lastId (sessionId: string): Promise<string | null>
 }
 
 const streamKey = (sessionId: string) => `events:${sessionId}`
@@ -58,6 +60,11 @@ export class RedisEventLog implements EventLog {
   async delete (sessionId: string): Promise<void> {
     await this.redis.del(streamKey(sessionId))
   }
+
+  async lastId (sessionId: string): Promise<string | null> {
+    const [newest] = await this.redis.xrevrange(streamKey(sessionId), '+', '-', 'COUNT', 1)
+    return newest?.[0] ?? null
+  }
 }
 
 /** The same in process, for a server without Redis. */
@@ -96,6 +103,10 @@ export class MemoryEventLog implements EventLog {
   }
 
   async delete (sessionId: string): Promise<void> { this.logs.delete(sessionId) }
+
+  async lastId (sessionId: string): Promise<string | null> {
+    return this.logs.get(sessionId)?.at(-1)?.id ?? null
+  }
 }
 
 function compareIds (a: string, b: string): number {

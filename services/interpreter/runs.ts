@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Message, Session } from '../../schemas/sessions.js'
 import type { Chunk, FinishReason, RunEvent, Usage } from '../../schemas/chat.js'
-import type { SandboxRecord } from '../../schemas/sandboxes.js'
+import type { Language, SandboxRecord } from '../../schemas/sandboxes.js'
 import type { SessionService } from '../sessions.js'
 import type { EventLog } from '../events.js'
 import type { ModelRegistry } from '../llm/registry.js'
@@ -155,6 +155,60 @@ export class RunManager {
       await store.unlock(`session:${session.id}`, run.id).catch(() => {})
     }
     return outcome
+  }
+
+  /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
+  async executeDirect (session: Session, language: Language, code: string): Promise<ActiveRun> {
+    const { store, events, sessions } = this.deps
+    const id = `run_${randomBytes(9).toString('base64url')}`
+    if (!(await store.lock(`session:${session.id}`, id, LOCK_TTL_MS))) {
+      throw new AppError(409, 'run_in_progress', 'This session is already running a turn; wait for it or interrupt it', 'conflict_error')
+    }
+    const startEventId = await events.append(session.id, { type: 'run_start', run_id: id, model: 'direct' }).catch(async (err) => {
+      await store.unlock(`session:${session.id}`, id).catch(() => {})
+      throw err
+    })
+    const run: ActiveRun = { id, abort: new AbortController(), pending: null, executing: null, done: Promise.resolve(null as unknown as RunOutcome), startEventId }
+    this.active.set(session.id, run)
+    run.done = (async (): Promise<RunOutcome> => {
+      const chunk = (c: Chunk) => events.append(session.id, { type: 'chunk', run_id: id, chunk: c })
+      const stored: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id }]
+      let outcome: RunOutcome = { runId: id, usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }, finishReason: 'stop', messages: stored }
+      try {
+        let tail: Promise<unknown> = chunk({ role: 'computer', type: 'console', format: 'output', id, start: true })
+        let output = ''
+        const record = await this.sandboxFor(session)
+        run.executing = record
+        const execution = await this.deps.sandboxes.execute(record, { language, code }, (e) => {
+          const text = e.type === 'stdout' || e.type === 'stderr' ? e.text : e.type === 'error' ? (e.traceback.join('') || `${e.name}: ${e.value}\n`) : e.type === 'result' && !e.data['image/png'] ? `${e.data['text/plain'] ?? ''}\n` : ''
+          if (text) {
+            output += text
+            tail = tail.then(() => chunk({ role: 'computer', type: 'console', format: 'output', id, content: text }))
+          }
+          if ((e.type === 'display' || e.type === 'result') && e.data['image/png']) {
+            stored.push({ role: 'computer', type: 'image', format: 'base64.png', content: e.data['image/png'], id })
+            tail = tail.then(() => chunk({ role: 'computer', type: 'image', format: 'base64.png', id, content: e.data['image/png'] }))
+          }
+        })
+        await tail
+        await chunk({ role: 'computer', type: 'console', format: 'output', id, end: true })
+        stored.splice(1, 0, { role: 'computer', type: 'console', format: 'output', content: output, id })
+        await sessions.append(session, stored)
+        if (execution.error?.name === 'KeyboardInterrupt' || run.abort.signal.aborted) outcome.finishReason = 'interrupted'
+      } catch (err) {
+        outcome = { ...outcome, finishReason: 'error', error: runError(err) }
+      } finally {
+        run.executing = null
+      }
+      await events.append(session.id, {
+        type: 'run_end', run_id: id, session_id: session.id, usage: outcome.usage, finish_reason: outcome.finishReason,
+        ...(outcome.error ? { error: { message: outcome.error.message, type: outcome.error.type, code: outcome.error.code } } : {})
+      }).catch(() => {})
+      this.active.delete(session.id)
+      await store.unlock(`session:${session.id}`, id).catch(() => {})
+      return outcome
+    })()
+    return run
   }
 
   /** The session's sandbox, created (from the pool) on first use. */
