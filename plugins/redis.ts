@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { Redis } from 'ioredis'
-import { createRedis } from '../services/redis.js'
+import { createRedis, waitReady } from '../services/redis.js'
 
 declare module 'fastify' {
   interface FastifyInstance { redis: Redis | null }
@@ -25,4 +25,6 @@ export default fp(async (app) => {
   })
   app.decorate('redis', redis)
   app.addHook('onClose', async () => { redis.disconnect() })
+  // Commands fail fast while disconnected, so give the first connection a moment before anything starts using it.
+  await waitReady(redis, 5000).catch(() => app.log.warn({ url: REDIS_URL.replace(/\/\/[^@]*@/, '//***@') }, 'Redis is not reachable yet: requests get 503 until it is'))
 }, { name: 'redis', dependencies: ['config'] })

@@ -31,8 +31,11 @@ COMMANDS = {
 
 
 def emit(event):
-    sys.stdout.write(json.dumps(event, separators=(',', ':')) + '\n')
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(event, separators=(',', ':')) + '\n')
+        sys.stdout.flush()
+    except BrokenPipeError:  # the server detached for good
+        os._exit(0)
 
 
 def set_nonblocking(fd):
@@ -102,6 +105,7 @@ class Kernel:
         for fd in (out_r, err_r, self.ev_r):
             set_nonblocking(fd)
         self.ev_buf = b''
+        self.status = None
         self.ready = language != 'python'
         self.alive = True
 
@@ -142,13 +146,15 @@ class Kernel:
         self.close()
 
     def reap(self):
-        try:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return status
-        except ChildProcessError:
-            pass
-        return None
+        """The exit status once the kernel has exited (kept, since a pid can be waited for only once), else None."""
+        if self.status is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.status = status
+            except ChildProcessError:
+                pass
+        return self.status
 
     def close(self):
         if not self.alive:
@@ -360,6 +366,9 @@ class Agent:
         if self.current is not None:
             return emit({'id': rid, 'type': 'error', 'code': 'sandbox_busy', 'name': 'Busy',
                          'value': 'another execution is running'})
+        k = self.kernels.get(language)
+        if k is not None and k.alive and k.reap() is not None:
+            self.kernel_died(k)  # it died and its EOF is not read yet: restart it now, and say the state is lost
         k = self.kernel(language)
         self.count += 1
         timeout = float(req.get('timeout_ms') or 30000)
@@ -567,7 +576,6 @@ def prepare_workspace():
 
 
 if __name__ == '__main__':
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     with AsUser():
         prepare_workspace()
     Agent().run()

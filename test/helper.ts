@@ -176,3 +176,19 @@ export async function readSse (response: Response, stop: (e: SseEvent, all: SseE
     await reader.cancel().catch(() => {})
   }
 }
+
+/** Creating sandboxes and running code through the API, as alice unless told otherwise; a non-2xx answer throws. */
+export function sandboxCalls (app: () => FastifyInstance, headers: Record<string, string> = auth(KEYS.alice)) {
+  return {
+    async newSandbox (body: object = {}): Promise<string> {
+      const res = await app().inject({ method: 'POST', url: '/v1/sandboxes', headers, payload: body })
+      if (res.statusCode !== 201) throw new Error(`sandbox creation failed: ${res.body}`)
+      return res.json().id
+    },
+    async run (id: string, code: string, extra: object = {}): Promise<any> {
+      const res = await app().inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers, payload: { code, ...extra } })
+      if (res.statusCode !== 200) throw new Error(`execute failed: ${res.statusCode} ${res.body}`)
+      return res.json()
+    }
+  }
+}

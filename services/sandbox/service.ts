@@ -31,24 +31,27 @@ export class SandboxService {
   /** Re-adopts the containers that stored sandboxes reference, removes orphans, starts the pool and the reaper. */
   async start (waitWarm = false): Promise<void> {
     const health = await this.pool.health()
-    if (health.docker === 'ok') {
-      const referenced = new Set<string>()
-      for (const record of await this.store.listSandboxes()) {
-        const handle = await this.pool.adopt(record.container_id)
-        if (handle) {
-          this.track(record.id, handle)
-          referenced.add(record.container_id)
-        } else {
-          await this.store.deleteSandbox(record.id)
-        }
-      }
-      const orphans = (await this.pool.containerIds()).filter(id => !referenced.has(id))
-      await Promise.all(orphans.map(id => this.pool.remove(id).catch(() => {})))
-      this.log.info({ adopted: referenced.size, orphansRemoved: orphans.length }, 'sandboxes recovered')
-    }
+    if (health.docker === 'ok') await this.recover().catch((err: Error) => this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up'))
     await this.pool.start(waitWarm)
     this.reaper = setInterval(() => { this.reap().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed')) }, this.opts.reapIntervalMs ?? 5000)
     this.reaper.unref()
+  }
+
+  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's other containers. */
+  private async recover (): Promise<void> {
+    const referenced = new Set<string>()
+    for (const record of await this.store.listSandboxes()) {
+      const handle = await this.pool.adopt(record.container_id)
+      if (handle) {
+        this.track(record.id, handle)
+        referenced.add(record.container_id)
+      } else {
+        await this.store.deleteSandbox(record.id)
+      }
+    }
+    const orphans = (await this.pool.containerIds()).filter(id => !referenced.has(id))
+    await Promise.all(orphans.map(id => this.pool.remove(id).catch(() => {})))
+    this.log.info({ adopted: referenced.size, orphansRemoved: orphans.length }, 'sandboxes recovered')
   }
 
   private track (id: string, handle: SandboxHandle): void {

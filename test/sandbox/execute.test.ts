@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { sandboxConfig, auth, KEYS, containersIn } from '../helper.js'
+import { sandboxConfig, sandboxCalls, auth, KEYS, containersIn } from '../helper.js'
 import { buildApp } from '../../app.js'
 
 const alice = auth(KEYS.alice)
@@ -11,17 +11,7 @@ t.before(async () => {
   await app.ready()
 })
 
-async function newSandbox (body: object = {}): Promise<string> {
-  const res = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: body })
-  if (res.statusCode !== 201) throw new Error(`sandbox creation failed: ${res.body}`)
-  return res.json().id
-}
-
-const run = async (id: string, code: string, extra: object = {}) => {
-  const res = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code, ...extra } })
-  if (res.statusCode !== 200) throw new Error(`execute failed: ${res.statusCode} ${res.body}`)
-  return res.json()
-}
+const { newSandbox, run } = sandboxCalls(() => app)
 
 t.test('state persists between runs in python, javascript and shell', async (t) => {
   const id = await newSandbox()
