@@ -236,10 +236,26 @@ class Agent:
                 ev = json.loads(line)
             except ValueError:
                 continue
+            # Output written between two events read in one go belongs before the second: read it first.
+            self.drain_output(k)
             self.kernel_event(k, ev)
 
     def kernel_event(self, k, ev):
         kind = ev.get('type')
+        if kind == 'display':
+            self.ack_after(k, ev)
+            return
+        self.dispatch_event(k, kind, ev)
+
+    def ack_after(self, k, ev):
+        """Forward a mid-run event, then let the kernel go on (it waits, so that its next output comes after)."""
+        self.dispatch_event(k, 'display', ev)
+        try:
+            os.write(k.ctrl_w, b'\n')
+        except OSError:
+            pass
+
+    def dispatch_event(self, k, kind, ev):
         if kind == 'ready':
             k.ready = True
             if k.language == 'python' and not self.current:

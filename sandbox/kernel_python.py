@@ -24,10 +24,13 @@ except OSError:
     pass
 
 
-def emit(event):
+def emit(event, wait=False):
     sys.stdout.flush()
     sys.stderr.flush()
     EVENTS.write(json.dumps(event, separators=(',', ':')) + '\n')
+    if wait:
+        # Output and events travel in two pipes; waiting for the agent's ack keeps what is printed next after this event.
+        CTRL.readline()
 
 
 def flush_figures():
@@ -38,7 +41,7 @@ def flush_figures():
     for num in plt.get_fignums():
         buf = io.BytesIO()
         plt.figure(num).savefig(buf, format='png', bbox_inches='tight')
-        emit({'type': 'display', 'data': {'image/png': base64.b64encode(buf.getvalue()).decode()}})
+        emit({'type': 'display', 'data': {'image/png': base64.b64encode(buf.getvalue()).decode()}}, wait=True)
     plt.close('all')
 
 

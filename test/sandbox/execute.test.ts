@@ -61,6 +61,19 @@ t.test('a matplotlib plot comes back as a PNG, shown or left open; a DataFrame a
   t.match(df.results[0].data['text/html'], /<table[\s\S]*Lima/)
 })
 
+t.test('plots and printed lines arrive in the order the code made them, none lost', async (t) => {
+  const id = await newSandbox()
+  const res = await app.inject({
+    method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice,
+    payload: { stream: true, code: 'import matplotlib.pyplot as plt\nfor i in range(4):\n    plt.plot([i, i + 1])\n    plt.show()\n    print(f"after {i}")' }
+  })
+  const order = res.body.trim().split('\n\n').map(block => {
+    const data = JSON.parse(block.slice(block.indexOf('data: ') + 6))
+    return data.type === 'stdout' ? data.text.trim() : data.type
+  }).filter(e => e !== 'start' && e !== 'end')
+  t.same(order, ['display', 'after 0', 'display', 'after 1', 'display', 'after 2', 'display', 'after 3'])
+})
+
 t.test('a timeout interrupts the code, keeps state, and the sandbox still works', async (t) => {
   const id = await newSandbox()
   const res = await run(id, 'import time\nstep = 0\nwhile True:\n    step += 1\n    time.sleep(0.01)', { timeout_ms: 500 })
