@@ -127,6 +127,30 @@ t.test('invalid messages get an error naming the problem, and the socket stays o
   client.ws.close()
 })
 
+t.test('limits: a frame over WS_MAX_MESSAGE_BYTES closes the socket with 1009; open sockets per key are capped', async (t) => {
+  const big = await Client.open()
+  big.send('x'.repeat(config.WS_MAX_MESSAGE_BYTES + 1))
+  for (let i = 0; i < 50 && !big.closed; i++) await sleep(50)
+  t.equal(big.closed?.code, 1009, 'message too big')
+
+  const capped = await buildApp({ config: { ...config, WS_MAX_SOCKETS_PER_KEY: 2 }, sandbox: { waitWarm: false }, env: { ...process.env, ...FAKE_ENV } }, false)
+  t.teardown(() => capped.close())
+  const cappedUrl = (await capped.listen({ host: '127.0.0.1', port: 0 })).replace('http', 'ws') + '/v1/ws'
+  const first = await Client.open(cappedUrl)
+  await Client.open(cappedUrl)
+  t.equal(await new Promise<number>((resolve) => {
+    const ws = new WebSocket(cappedUrl, ['interpreter.v1'], { headers: { authorization: `Bearer ${KEYS.alice}` } })
+    ws.on('unexpected-response', (_req, res) => { resolve(res.statusCode ?? 0); ws.terminate() })
+    ws.on('open', () => resolve(101))
+    ws.on('error', () => {})
+  }), 429, 'a third socket for the key is refused')
+  t.ok(await Client.open(cappedUrl, KEYS.bob), 'another key is not affected')
+  first.ws.close()
+  for (let i = 0; i < 50 && !first.closed; i++) await sleep(20)
+  await sleep(50)
+  t.ok(await Client.open(cappedUrl), 'a closed socket frees its place')
+})
+
 t.test('a silent client is dropped by the heartbeat', async (t) => {
   const client = await Client.open(url, KEYS.alice, { autoPong: false })
   for (let i = 0; i < 50 && !client.closed; i++) await sleep(50)
