@@ -5,11 +5,13 @@ import { randomUUID } from 'node:crypto'
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
 import type { Config } from './services/config.js'
+import { LogHub } from './services/log-hub.js'
 import configPlugin from './plugins/config.js'
 import errorsPlugin from './plugins/errors.js'
 import metricsPlugin from './plugins/metrics.js'
 import redisPlugin from './plugins/redis.js'
 import storePlugin from './plugins/store.js'
+import settingsPlugin from './plugins/settings.js'
 import authPlugin from './plugins/auth.js'
 import rateLimitPlugin from './plugins/rate-limit.js'
 import swaggerPlugin from './plugins/swagger.js'
@@ -25,12 +27,16 @@ import chatRoutes from './routes/chat.js'
 import openaiRoutes from './routes/openai.js'
 import settingsRoutes from './routes/settings.js'
 import wsRoutes from './routes/ws.js'
+import adminRoutes from './routes/admin.js'
+import uiRoutes from './routes/ui.js'
 
 export interface AppOptions {
   config: Config
   sandbox?: SandboxPluginOptions
   /** Where `${VAR}` in the models file is looked up (default: process.env). */
   env?: Record<string, string | undefined>
+  /** The server's log lines, for the live log view (buildApp makes one). */
+  logs?: LogHub
 }
 
 /**
@@ -47,13 +53,19 @@ function validatorCompiler () {
   return ({ schema, httpPart }: { schema: object, httpPart?: string }) => (httpPart === 'body' ? body : text).compile(schema)
 }
 
+declare module 'fastify' {
+  interface FastifyInstance { logs: LogHub }
+}
+
 /** The whole service as one plugin: what server.ts listens with and what tests register. */
 export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promise<void> {
   await app.register(configPlugin, { config: opts.config })
+  app.decorate('logs', opts.logs ?? new LogHub())
   await app.register(errorsPlugin)
   await app.register(metricsPlugin)
   await app.register(redisPlugin)
   await app.register(storePlugin)
+  await app.register(settingsPlugin)
   await app.register(authPlugin)
   await app.register(rateLimitPlugin)
   await app.register(swaggerPlugin)
@@ -69,6 +81,8 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(openaiRoutes, { prefix: '/v1' })
   await app.register(settingsRoutes, { prefix: '/v1' })
   await app.register(wsRoutes, { prefix: '/v1' })
+  await app.register(adminRoutes, { prefix: '/v1' })
+  await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }
 
@@ -91,7 +105,15 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
   }
 }
 
-export async function buildApp (opts: AppOptions, logger?: FastifyServerOptions['logger']): Promise<FastifyInstance> {
+/** The app on its own Fastify instance; with logging on, every line also goes to a LogHub for the live log view. */
+export async function buildApp (opts: AppOptions, logger: FastifyServerOptions['logger'] = true): Promise<FastifyInstance> {
+  let logs = opts.logs
+  if (logger) {
+    const next = typeof logger === 'object' && 'stream' in logger && logger.stream ? logger.stream as NodeJS.WritableStream : process.stdout
+    logs ??= new LogHub(next)
+    logger = { ...(typeof logger === 'object' ? logger : {}), stream: logs }
+  }
+  opts = { ...opts, logs }
   const app = Fastify(serverOptions(opts.config, logger)).withTypeProvider<TypeBoxTypeProvider>()
   app.setValidatorCompiler(validatorCompiler())
   try {

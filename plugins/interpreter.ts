@@ -28,5 +28,6 @@ export default fp(async (app) => {
   })
   app.decorate('events', events)
   app.decorate('runs', runs)
+  app.settings.on('change', (s: { auto_run: boolean }) => runs.configure({ autoRun: s.auto_run }))
   app.addHook('preClose', () => runs.close())
-}, { name: 'interpreter', dependencies: ['config', 'store', 'llm', 'sandboxes'] })
+}, { name: 'interpreter', dependencies: ['config', 'store', 'llm', 'sandboxes', 'settings'] })

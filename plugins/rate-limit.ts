@@ -20,10 +20,10 @@ const tooMany = (max: number, ttlMs: number, what: string) => new AppError(429, 
 
 /** Per key (per IP before authentication) on every route, and per session or sandbox on the routes that act on one. */
 export default fp(async (app) => {
-  const { RATE_LIMIT_PER_MINUTE, SESSION_RATE_LIMIT_PER_MINUTE } = app.config
+  const { settings } = app
   await app.register(rateLimit, {
     global: true,
-    max: RATE_LIMIT_PER_MINUTE,
+    max: async () => settings.get().rate_limit_per_minute,
     timeWindow: 60_000,
     nameSpace: 'ratelimit:',
     ...(app.redis ? { redis: app.redis } : {}),
@@ -32,7 +32,7 @@ export default fp(async (app) => {
   })
   // A second limiter on top of the per-key one (app.rateLimit() would be skipped once the global limiter ran).
   const countPerTarget = app.createRateLimit({
-    max: SESSION_RATE_LIMIT_PER_MINUTE,
+    max: async () => settings.get().session_rate_limit_per_minute,
     timeWindow: 60_000,
     keyGenerator: (request: FastifyRequest) => `target:${targetOf(request)}`
   })
@@ -48,4 +48,4 @@ export default fp(async (app) => {
       throw tooMany(limit.max, limit.ttl, 'for this session')
     }
   })
-}, { name: 'rate-limit', dependencies: ['config', 'redis', 'auth'] })
+}, { name: 'rate-limit', dependencies: ['config', 'redis', 'auth', 'settings'] })

@@ -45,6 +45,10 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS
   }, log)
   app.decorate('sandboxes', service)
+  app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {
+    service.setExecutionTimeout(s.execution_timeout_ms)
+    if (s.pool_size !== pool.stats.size && c.SANDBOX_ENABLED) void pool.resize(s.pool_size)
+  })
   if (c.SANDBOX_ENABLED) await service.start(opts.waitWarm ?? false)
   app.addHook('onClose', () => service.close())
-}, { name: 'sandboxes', dependencies: ['config', 'store'] })
+}, { name: 'sandboxes', dependencies: ['config', 'store', 'settings'] })

@@ -14,10 +14,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => reply.status(201).send(await sessions.create(request.principal, request.body)))
 
   app.get('', {
-    schema: { tags, summary: "List this key's sessions, newest first", querystring: PageQuerySchema, response: { 200: SessionListSchema, ...commonErrors } }
+    schema: { tags, summary: "List this key's sessions (every key's with all=true, admin keys only), newest first", querystring: Type.Intersect([PageQuerySchema, Type.Object({ all: Type.Boolean({ default: false }) })]), response: { 200: SessionListSchema, 403: ErrorSchema, ...commonErrors } }
   }, async (request) => {
-    const { limit, offset } = request.query
-    const result = await sessions.list(request.principal, { limit, offset })
+    const { limit, offset, all } = request.query
+    const result = await sessions.list(request.principal, { limit, offset }, all)
     return { object: 'list' as const, data: result.items, ...page(offset, limit, result.hasMore) }
   })
 

@@ -3,40 +3,31 @@ import { Type } from 'typebox'
 import { ErrorSchema, commonErrors } from '../schemas/common.js'
 import { requireAdmin } from '../plugins/auth.js'
 import { AppError } from '../services/errors.js'
+import { SettingsSchema, SettingsPatchSchema } from '../services/settings.js'
 
-const SettingsSchema = Type.Object({
-  default_model: Type.Union([Type.String(), Type.Null()]),
-  models: Type.Array(Type.String()),
-  auto_run: Type.Boolean(),
-  execution_timeout_ms: Type.Integer(),
-  pool_size: Type.Integer(),
-  rate_limit_per_minute: Type.Integer(),
-  session_rate_limit_per_minute: Type.Integer()
-})
+const SettingsViewSchema = Type.Intersect([SettingsSchema, Type.Object({ models: Type.Array(Type.String()) })])
 
-/** Server-wide settings (admin keys only); PATCH reloads the models file without a restart. */
+/** Server-wide settings (admin keys only), applied without a restart; reload_models re-reads MODELS_FILE. */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const view = () => ({
-    default_model: app.models.defaultName,
-    models: app.models.list().map(m => m.name),
-    auto_run: app.config.AUTO_RUN,
-    execution_timeout_ms: app.config.EXECUTION_TIMEOUT_MS,
-    pool_size: app.config.POOL_SIZE,
-    rate_limit_per_minute: app.config.RATE_LIMIT_PER_MINUTE,
-    session_rate_limit_per_minute: app.config.SESSION_RATE_LIMIT_PER_MINUTE
-  })
+  const view = () => ({ ...app.settings.get(), default_model: app.models.defaultName, models: app.models.list().map(m => m.name) })
   const errors = { 403: ErrorSchema, ...commonErrors }
 
   app.get('/settings', {
     preHandler: requireAdmin,
-    schema: { tags: ['admin'], summary: 'Server-wide settings', response: { 200: SettingsSchema, ...errors } }
+    schema: { tags: ['admin'], summary: 'Server-wide settings', response: { 200: SettingsViewSchema, ...errors } }
   }, async () => view())
 
   app.patch('/settings', {
     preHandler: requireAdmin,
-    schema: { tags: ['admin'], summary: 'Change settings; reload_models re-reads MODELS_FILE', body: Type.Object({ reload_models: Type.Optional(Type.Boolean()) }, { additionalProperties: false }), response: { 200: SettingsSchema, ...errors } }
+    schema: {
+      tags: ['admin'],
+      summary: 'Change settings without a restart; reload_models re-reads the models file',
+      body: Type.Intersect([SettingsPatchSchema, Type.Object({ default_model: Type.Optional(Type.String()), reload_models: Type.Optional(Type.Boolean()) })]),
+      response: { 200: SettingsViewSchema, ...errors }
+    }
   }, async (request) => {
-    if (request.body.reload_models) {
+    const { reload_models: reload, default_model: model, ...patch } = request.body
+    if (reload) {
       try {
         app.models.load()
       } catch (err) {
@@ -44,6 +35,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       }
       request.log.info({ models: app.models.list().length }, 'models reloaded')
     }
+    if (model !== undefined) app.models.get(model) // a 400 listing the known models
+    app.settings.update(patch)
+    if (model !== undefined) app.models.setDefault(model)
+    request.log.info({ settings: request.body }, 'settings changed')
     return view()
   })
 }

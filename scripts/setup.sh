@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say () { printf '[setup] %s\n' "$*"; }
-PACKAGES=(redis-server docker.io debootstrap tmux)
+PACKAGES=(redis-server docker.io debootstrap tmux chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

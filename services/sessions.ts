@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Store, PageRequest, Page } from './store/types.js'
 import type { Principal } from './auth.js'
 import { canAccess } from './auth.js'
-import { SessionNotFound } from './errors.js'
+import { AppError, SessionNotFound } from './errors.js'
 import type { Message, Session, SessionPatch } from '../schemas/sessions.js'
 
 export class SessionService {
@@ -34,8 +34,10 @@ export class SessionService {
     return session
   }
 
-  list (principal: Principal, page: PageRequest): Promise<Page<Session>> {
-    return this.store.listSessions(principal.name, page)
+  /** This key's sessions; with `all`, every key's (admin keys only). */
+  list (principal: Principal, page: PageRequest, all = false): Promise<Page<Session>> {
+    if (all && principal.role !== 'admin') throw new AppError(403, 'admin_required', 'Listing every key\'s sessions needs an admin key')
+    return this.store.listSessions(all ? null : principal.name, page)
   }
 
   async update (id: string, principal: Principal, patch: SessionPatch): Promise<Session> {

@@ -246,6 +246,11 @@ export class RunManager {
     return true
   }
 
+  /** Applies changed server-wide defaults (for runs started from now on). */
+  configure (settings: Partial<RunSettings>): void {
+    Object.assign(this.deps.settings, settings)
+  }
+
   running (sessionId: string): ActiveRun | undefined {
     return this.active.get(sessionId)
   }

@@ -64,7 +64,7 @@ export class ModelRegistry {
   private providers = new Map<string, LlmProvider>()
   private fileDefault: string | undefined
 
-  constructor (private readonly file: string, private readonly env: Record<string, string | undefined>, private readonly envDefault?: string) {}
+  constructor (private readonly file: string, private readonly env: Record<string, string | undefined>, private envDefault?: string) {}
 
   /** Loads the file (a missing file means no models); throws ConfigError and keeps the old models on a bad one. */
   load (): number {
@@ -79,6 +79,11 @@ export class ModelRegistry {
   }
 
   list (): ModelEntry[] { return this.models }
+
+  /** Makes another configured model the default (a 400 listing the known ones otherwise). */
+  setDefault (name: string): void {
+    this.envDefault = this.get(name).name
+  }
 
   get defaultName (): string | null {
     return this.envDefault ?? this.fileDefault ?? this.models[0]?.name ?? null

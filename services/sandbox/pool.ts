@@ -82,6 +82,14 @@ export class SandboxPool {
     return Promise.all(this.inflight).then(() => {})
   }
 
+  /** Changes how many warm containers are kept: extras are removed, missing ones started. */
+  async resize (size: number): Promise<void> {
+    this.opts.size = size
+    const extra = this.warm.splice(size)
+    await Promise.all(extra.map(h => { h.agent.close(); return this.remove(h.containerId).catch(() => {}) }))
+    void this.fill()
+  }
+
   /** A ready sandbox: from the warm pool when it has one, else started now. */
   async acquire (): Promise<SandboxHandle> {
     let handle: SandboxHandle | undefined

@@ -140,6 +140,11 @@ export class SandboxService {
     await this.store.saveSandbox(record)
   }
 
+  /** The default per-execution timeout, changed at run time by an admin. */
+  setExecutionTimeout (ms: number): void {
+    this.opts.executionTimeoutMs = ms
+  }
+
   timeoutFor (requested: number | undefined): number {
     const ms = requested ?? this.opts.executionTimeoutMs
     if (ms > this.opts.maxExecutionTimeoutMs) {

@@ -39,10 +39,10 @@ export class MemoryStore implements Store {
     this.sessions.delete(session.id)
   }
 
-  async listSessions (owner: string, page: PageRequest): Promise<Page<Session>> {
+  async listSessions (owner: string | null, page: PageRequest): Promise<Page<Session>> {
     const now = Date.now()
     const own = [...this.sessions.values()]
-      .filter(e => e.session.owner === owner && e.expiresAt > now)
+      .filter(e => (owner === null || e.session.owner === owner) && e.expiresAt > now)
       .map(e => structuredClone(e.session))
       .sort((a, b) => b.created_at.localeCompare(a.created_at))
     return pageOf(own, page)

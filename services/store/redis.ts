@@ -6,7 +6,7 @@ import type { Page, PageRequest, Store } from './types.js'
 
 const sessionKey = (id: string) => `session:${id}`
 const messagesKey = (id: string) => `messages:${id}`
-const ownerKey = (owner: string) => `sessions:${owner}`
+const ownerKey = (owner: string | null) => owner === null ? 'all-sessions' : `sessions:${owner}`
 const SANDBOXES = 'sandboxes'
 
 /**
@@ -34,6 +34,7 @@ export class RedisStore implements Store {
     await this.guard('save', () => this.redis.multi()
       .set(sessionKey(session.id), JSON.stringify(session), 'EX', this.ttlS)
       .zadd(ownerKey(session.owner), Date.parse(session.created_at), session.id)
+      .zadd(ownerKey(null), Date.parse(session.created_at), session.id)
       .expire(messagesKey(session.id), this.ttlS)
       .exec())
   }
@@ -51,10 +52,11 @@ export class RedisStore implements Store {
     await this.guard('delete', () => this.redis.multi()
       .del(sessionKey(session.id), messagesKey(session.id))
       .zrem(ownerKey(session.owner), session.id)
+      .zrem(ownerKey(null), session.id)
       .exec())
   }
 
-  async listSessions (owner: string, page: PageRequest): Promise<Page<Session>> {
+  async listSessions (owner: string | null, page: PageRequest): Promise<Page<Session>> {
     return await this.guard('list', async () => {
       const items: Session[] = []
       let offset = page.offset

@@ -13,7 +13,8 @@ export interface Store {
   /** Reads a session and refreshes its expiry; null when missing or expired. */
   getSession (id: string): Promise<Session | null>
   deleteSession (session: Session): Promise<void>
-  listSessions (owner: string, page: PageRequest): Promise<Page<Session>>
+  /** One owner's sessions, or every session with owner null; newest first. */
+  listSessions (owner: string | null, page: PageRequest): Promise<Page<Session>>
   /** Appends messages to the session's history; returns the new length. */
   appendMessages (id: string, messages: Message[]): Promise<number>
   listMessages (id: string, page: PageRequest): Promise<Page<Message>>

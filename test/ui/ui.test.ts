@@ -1,0 +1,149 @@
+import t from 'tap'
+import { mkdirSync } from 'node:fs'
+import { Writable } from 'node:stream'
+import { chromium, type Browser, type Page } from 'playwright-core'
+import type { FastifyInstance } from 'fastify'
+import { FakeLlm } from '../fake-llm.js'
+import { sandboxConfig, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, auth } from '../helper.js'
+import { buildApp } from '../../app.js'
+import type { Config } from '../../services/config.js'
+
+const SHOTS = 'test-output/ui'
+const fake = new FakeLlm()
+let app: FastifyInstance
+let config: Config
+let base: string
+let browser: Browser
+
+t.before(async () => {
+  mkdirSync(SHOTS, { recursive: true })
+  await fake.start()
+  config = await sandboxConfig({ POOL_SIZE: '1', MODELS_FILE: writeModelsFile(fake.url), LOG_LEVEL: 'info' })
+  const quiet = new Writable({ write (_chunk, _encoding, done) { done() } })
+  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, { stream: quiet })
+  base = await app.listen({ host: '127.0.0.1', port: 0 })
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+  })
+})
+
+async function signedIn (key: string, viewport = { width: 1280, height: 860 }): Promise<Page> {
+  const page = await browser.newPage({ viewport })
+  await page.goto(`${base}/ui`)
+  await page.fill('#key', key)
+  await page.click('#signin-form button[type=submit]')
+  await page.waitForSelector('#status:not([hidden]) [data-card="store"]')
+  return page
+}
+
+t.test('sign in, and a wrong key shows a readable error', async (t) => {
+  const page = await browser.newPage()
+  await page.goto(`${base}/ui`)
+  await page.fill('#key', 'not-a-key')
+  await page.click('#signin-form button[type=submit]')
+  await page.waitForSelector('#error:not([hidden])')
+  t.equal(await page.textContent('#error'), 'Error: The API key is not valid')
+  await page.screenshot({ path: `${SHOTS}/01-signin-error.png` })
+  await page.close()
+})
+
+t.test('status: readiness, pool and rates from the server, updated live', async (t) => {
+  const page = await signedIn(KEYS.admin)
+  t.equal(await page.textContent('[data-card="store"] .value'), 'ok')
+  t.equal(await page.textContent('[data-card="docker"] .value'), 'ok')
+  t.match(await page.textContent('[data-card="pool"] .value'), /warm/)
+  await page.waitForFunction(() => /\d/.test(document.querySelector('[data-card="requests / s"] .value')?.textContent ?? ''))
+  t.match(await page.textContent('#whoami'), /admin/)
+  await page.screenshot({ path: `${SHOTS}/02-status.png`, fullPage: true })
+  await page.setViewportSize({ width: 390, height: 844 })
+  await page.screenshot({ path: `${SHOTS}/03-status-phone.png`, fullPage: true })
+  await page.close()
+})
+
+t.test('playground: a turn that draws a plot, with an approval, streams text, code, output and the image', async (t) => {
+  fake.script('gpt-test',
+    { text: 'Let me draw it.', code: { language: 'python', code: 'import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()\nprint("plotted")' } },
+    { text: 'Here is the plot.' })
+  const page = await signedIn(KEYS.alice)
+  await page.click('[data-tab="playground"]')
+  await page.waitForSelector('#pg-session:has-text("ses_")')
+  await page.selectOption('#model', 'gpt')
+  await page.uncheck('#autorun')
+  await page.fill('#prompt', 'Draw a small line plot')
+  await page.click('#send')
+  await page.waitForSelector('.confirm button.approve')
+  t.match(await page.textContent('#conversation pre.code'), /plt\.plot/)
+  await page.screenshot({ path: `${SHOTS}/04-playground-confirm.png`, fullPage: true })
+  await page.click('.confirm button.approve')
+  await page.waitForSelector('#conversation img[src^="data:image/png;base64,"]')
+  await page.waitForSelector('#conversation .msg.assistant:has-text("Here is the plot.")')
+  t.match(await page.textContent('#conversation pre.output'), /plotted/)
+  t.equal(await page.isDisabled('#send'), false, 'ready for the next message')
+  await page.screenshot({ path: `${SHOTS}/05-playground-plot.png`, fullPage: true })
+  await page.close()
+})
+
+t.test('sessions: a user key sees its own transcript, never another key\'s session', async (t) => {
+  const other = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.bob), payload: { title: 'bob private' } })).json()
+  const page = await signedIn(KEYS.alice)
+  await page.click('[data-tab="sessions"]')
+  await page.waitForSelector('#session-list li[data-id]')
+  t.notOk(await page.$(`#session-list li[data-id="${other.id}"]`), "bob's session is not listed for alice")
+  t.notMatch(await page.textContent('#session-list'), 'bob private')
+  await page.click('#session-list li[data-id]')
+  await page.waitForSelector('#transcript img')
+  t.match(await page.textContent('#transcript pre.code'), /plt\.plot/)
+  t.ok(await page.$('#transcript pre.code .tok-k'), 'code is highlighted')
+  await page.screenshot({ path: `${SHOTS}/06-sessions-transcript.png`, fullPage: true })
+  t.ok(await page.isHidden('[data-tab="logs"]') && await page.isHidden('[data-tab="settings"]'), 'no admin tabs for a user key')
+  await page.close()
+
+  const admin = await signedIn(KEYS.admin)
+  await admin.click('[data-tab="sessions"]')
+  await admin.waitForSelector(`#session-list li[data-id="${other.id}"]`)
+  t.pass('an admin key sees every session')
+  await admin.close()
+})
+
+t.test('live logs: a new log line arrives', async (t) => {
+  const page = await signedIn(KEYS.admin)
+  await page.click('[data-tab="logs"]')
+  await page.waitForSelector('#log-lines li')
+  await app.inject({ method: 'GET', url: '/v1/sessions/ses_marker_for_the_log', headers: auth(KEYS.alice) })
+  await page.waitForSelector('#log-lines li:has-text("ses_marker_for_the_log")')
+  t.pass('the request just made shows up')
+  t.notMatch(await page.textContent('#log-lines'), KEYS.alice, 'no key in the log view')
+  await page.screenshot({ path: `${SHOTS}/07-logs.png`, fullPage: true })
+  await page.close()
+})
+
+t.test('settings: validated with a clear message, applied without a restart, visible in GET /v1/settings', async (t) => {
+  const page = await signedIn(KEYS.admin)
+  await page.click('[data-tab="settings"]')
+  await page.waitForFunction(() => (document.querySelector('[name=execution_timeout_ms]') as HTMLInputElement)?.value !== '')
+  await page.fill('[name=execution_timeout_ms]', '99999999')
+  await page.click('#settings-form button[type=submit]')
+  await page.waitForSelector('#error:not([hidden])')
+  t.match(await page.textContent('#error'), /execution_timeout_ms must be at most/)
+  await page.fill('[name=execution_timeout_ms]', '4321')
+  await page.fill('[name=rate_limit_per_minute]', '777')
+  await page.click('#settings-form button[type=submit]')
+  await page.waitForSelector('#settings-status:has-text("Saved")')
+  await page.screenshot({ path: `${SHOTS}/08-settings.png`, fullPage: true })
+  const settings = (await app.inject({ method: 'GET', url: '/v1/settings', headers: auth(KEYS.admin) })).json()
+  t.match(settings, { execution_timeout_ms: 4321, rate_limit_per_minute: 777 })
+  const res = await app.inject({ method: 'GET', url: '/v1/sessions', headers: auth(KEYS.bob) })
+  t.equal(res.headers['x-ratelimit-limit'], '777', 'the new rate limit is in force')
+  const sandbox = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(KEYS.bob), payload: {} })).json()
+  const slow = await app.inject({ method: 'POST', url: `/v1/sandboxes/${sandbox.id}/execute`, headers: auth(KEYS.bob), payload: { code: 'import time\ntime.sleep(10)' } })
+  t.match(slow.json().error, { code: 'execution_timeout', value: /4321 ms/ }, 'the new execution timeout is in force')
+  await page.close()
+})
+
+t.test('close', async () => {
+  await browser.close()
+  await app.close()
+  await fake.stop()
+  await flushPrefix(REDIS_URL, config.REDIS_PREFIX)
+})

@@ -1,0 +1,328 @@
+// The web monitor: plain browser JavaScript, served by the server itself.
+const $ = (selector) => document.querySelector(selector)
+const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null }
+
+// ---------- API ----------
+async function api (method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { authorization: `Bearer ${state.key}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body)
+  })
+  if (response.status === 204) return null
+  const data = await response.json().catch(() => null)
+  if (!response.ok) throw new Error(data?.error?.message ?? `The server answered ${response.status}`)
+  return data
+}
+
+function showError (err) {
+  const box = $('#error')
+  box.textContent = err ? `Error: ${err.message ?? err}` : ''
+  box.hidden = !err
+}
+
+async function attempt (fn) {
+  try {
+    showError(null)
+    return await fn()
+  } catch (err) {
+    showError(err)
+  }
+}
+
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v)
+    else node.setAttribute(k, v)
+  }
+  for (const child of children) node.append(child)
+  return node
+}
+
+// ---------- code highlighting (keywords, strings, comments, numbers) ----------
+const KEYWORDS = /^(def|class|return|import|from|as|for|while|if|elif|else|try|except|finally|with|in|not|and|or|is|None|True|False|lambda|yield|const|let|var|function|new|await|async|echo|then|fi|do|done)$/
+function highlight (code) {
+  const out = document.createDocumentFragment()
+  const pattern = /(#[^\n]*|\/\/[^\n]*)|("(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])*'|`(?:\\.|[^`\\])*`)|(\b\d+(?:\.\d+)?\b)|([A-Za-z_]\w*)/g
+  let last = 0
+  for (const match of code.matchAll(pattern)) {
+    out.append(code.slice(last, match.index))
+    const [text, comment, string, number, word] = match
+    const kind = comment ? 'c' : string ? 's' : number ? 'n' : KEYWORDS.test(word) ? 'k' : null
+    out.append(kind ? el('span', { class: `tok-${kind}` }, text) : text)
+    last = match.index + text.length
+  }
+  out.append(code.slice(last))
+  return out
+}
+
+/** Renders stored messages or streamed chunks into a transcript element. */
+class Transcript {
+  constructor (root) { this.root = root; this.open = null }
+  clear () { this.root.replaceChildren(); this.open = null }
+  add (node) { this.root.append(node); this.root.scrollTop = this.root.scrollHeight; return node }
+
+  message (m) {
+    const content = typeof m.content === 'string' ? m.content : JSON.stringify(m.content)
+    if (m.type === 'message') this.add(el('div', { class: `msg ${m.role}` }, content))
+    else if (m.type === 'code') this.add(el('pre', { class: 'code', 'data-lang': m.format ?? '' }, highlight(content)))
+    else if (m.type === 'console') this.add(el('pre', { class: 'output' }, content))
+    else if (m.type === 'image') this.add(el('img', { alt: 'plot', src: `data:image/png;base64,${content}` }))
+  }
+
+  chunk (c, onConfirm) {
+    const key = `${c.role}:${c.type}:${c.id ?? ''}`
+    if (c.type === 'image') return this.message(c)
+    if (c.type === 'confirmation') return this.confirmation(c, onConfirm)
+    if (c.start) {
+      const node = c.type === 'code' ? el('pre', { class: 'code', 'data-lang': c.format ?? '' })
+        : c.type === 'console' ? el('pre', { class: 'output' })
+          : el('div', { class: `msg ${c.role}` })
+      node.dataset.raw = ''
+      this.open = { key, node: this.add(node) }
+      return
+    }
+    if (!this.open || this.open.key !== key) return
+    if (c.end) {
+      if (c.type === 'code') this.open.node.replaceChildren(highlight(this.open.node.dataset.raw))
+      if (c.type === 'console' && !this.open.node.dataset.raw) this.open.node.remove()
+      this.open = null
+      return
+    }
+    if (typeof c.content === 'string') {
+      this.open.node.dataset.raw += c.content
+      this.open.node.append(c.content)
+      this.root.scrollTop = this.root.scrollHeight
+    }
+  }
+
+  confirmation (c, onConfirm) {
+    const box = el('div', { class: 'confirm' }, el('div', {}, `Run this ${c.content.format} code?`))
+    const decide = (approve) => { box.querySelectorAll('button').forEach(b => { b.disabled = true }); box.append(el('div', { class: 'hint' }, approve ? 'approved' : 'declined')); onConfirm(c.content.id, approve) }
+    box.append(el('button', { type: 'button', class: 'approve', onclick: () => decide(true) }, 'Approve'), ' ', el('button', { type: 'button', class: 'decline', onclick: () => decide(false) }, 'Decline'))
+    this.add(box)
+  }
+}
+
+// ---------- tabs ----------
+function showTab (tab) {
+  state.tab = tab
+  for (const section of document.querySelectorAll('main > section')) section.hidden = section.id !== tab
+  for (const button of document.querySelectorAll('#tabs [data-tab]')) button.classList.toggle('active', button.dataset.tab === tab)
+  state.timers.forEach(clearInterval)
+  state.timers = []
+  if (tab !== 'logs') stopLogs()
+  const open = { status: openStatus, sessions: openSessions, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
+  void attempt(open)
+}
+
+// ---------- status ----------
+let previous = null
+async function openStatus () {
+  await refreshStatus()
+  state.timers.push(setInterval(() => { void attempt(refreshStatus) }, 2000))
+}
+
+async function refreshStatus () {
+  const [ready, stats] = await Promise.all([fetch('/v1/ready').then(r => r.json()), api('GET', '/v1/stats')])
+  const now = Date.now()
+  const rate = (field) => previous ? ((stats[field] - previous.stats[field]) / ((now - previous.at) / 1000)).toFixed(2) : '…'
+  const latency = (count, seconds) => previous && stats[count] > previous.stats[count]
+    ? `${(((stats[seconds] - previous.stats[seconds]) / (stats[count] - previous.stats[count])) * 1000).toFixed(1)} ms` : '—'
+  const cards = [
+    ...Object.entries(ready.checks).map(([name, value]) => [name, value, value === 'ok']),
+    ['pool', `${stats.pool.warm} warm / ${stats.pool.busy} busy`],
+    ['sessions', String(stats.sessions)],
+    ['sandboxes', String(stats.sandboxes)],
+    ['requests / s', rate('requests_total')],
+    ['request latency', latency('requests_total', 'request_seconds_total')],
+    ['executions / s', rate('executions_total')],
+    ['execution time', latency('executions_total', 'execution_seconds_total')]
+  ]
+  previous = { at: now, stats }
+  $('#cards').replaceChildren(...cards.map(([label, value, ok]) =>
+    el('div', { class: 'card', 'data-card': label }, el('div', { class: 'label' }, label), el('div', { class: `value ${ok === true ? 'ok' : ok === false ? 'bad' : ''}` }, value))))
+}
+
+// ---------- sessions ----------
+async function openSessions () {
+  const list = await api('GET', `/v1/sessions?limit=100${state.admin ? '&all=true' : ''}`)
+  const items = list.data.map(s => el('li', { 'data-id': s.id, onclick: () => attempt(() => openTranscript(s.id)) },
+    s.title ?? s.id, el('small', {}, `${s.owner} · ${s.message_count} messages · ${new Date(s.created_at).toLocaleString()}`)))
+  $('#session-list').replaceChildren(...(items.length ? items : [el('li', {}, 'No sessions yet.')]))
+}
+
+async function openTranscript (id) {
+  for (const li of document.querySelectorAll('#session-list li')) li.classList.toggle('active', li.dataset.id === id)
+  const [session, messages] = await Promise.all([api('GET', `/v1/sessions/${id}`), api('GET', `/v1/sessions/${id}/messages?limit=1000`)])
+  const root = $('#transcript')
+  const view = new Transcript(root)
+  view.clear()
+  view.add(el('div', { class: 'row' }, el('strong', {}, session.title ?? session.id), el('span', { class: 'hint' }, `${session.owner} · ${session.usage.total_tokens} tokens`),
+    el('button', { type: 'button', id: 'delete-session', onclick: () => attempt(async () => { if (confirm('Delete this session?')) { await api('DELETE', `/v1/sessions/${id}`); root.replaceChildren(); await openSessions() } }) }, 'Delete')))
+  for (const m of messages.data) view.message(m)
+}
+
+// ---------- playground ----------
+const playground = { view: null, running: null }
+async function openPlayground () {
+  playground.view ??= new Transcript($('#conversation'))
+  const models = await api('GET', '/v1/models')
+  const select = $('#model')
+  const chosen = select.value
+  select.replaceChildren(...models.data.map(m => el('option', { value: m.id }, m.id)))
+  if (chosen) select.value = chosen
+  if (!state.socket || state.socket.readyState > 1) connectSocket()
+}
+
+function connectSocket () {
+  const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`
+  const socket = new WebSocket(url, ['interpreter.v1', `bearer.${state.key}`])
+  state.socket = socket
+  socket.onopen = () => socket.send(JSON.stringify({ type: 'hello' }))
+  socket.onclose = () => { if (state.socket === socket) setRunning(null) }
+  socket.onmessage = (message) => {
+    const frame = JSON.parse(message.data)
+    if (frame.type === 'hello') $('#pg-session').textContent = `session ${frame.session_id}`
+    else if (frame.type === 'ack' && frame.of === 'chat') setRunning(frame.run_id)
+    else if (frame.type === 'error') { showError(new Error(frame.error.message)); if (frame.of === 'chat') setRunning(null) }
+    else if (frame.type === 'event') onEvent(frame)
+  }
+}
+
+function onEvent (frame) {
+  const view = playground.view
+  if (frame.event === 'message') view.chunk(frame.data, (id, approve) => state.socket.send(JSON.stringify({ type: 'confirm', code_id: id, approve })))
+  else if (frame.event === 'fallback') view.add(el('div', { class: 'hint' }, `model ${frame.data.from} failed; using ${frame.data.to}`))
+  else if (frame.event === 'error') showError(new Error(frame.data.error.message))
+  else if (frame.event === 'done') setRunning(null)
+}
+
+function setRunning (runId) {
+  playground.running = runId
+  $('#send').disabled = Boolean(runId)
+  $('#interrupt').disabled = !runId
+}
+
+// ---------- logs ----------
+async function openLogs () {
+  stopLogs()
+  const controller = new AbortController()
+  state.logs = { controller, paused: false, held: [] }
+  $('#log-pause').textContent = 'Pause'
+  $('#log-lines').replaceChildren()
+  const session = $('#log-session').value.trim()
+  const response = await fetch(`/v1/admin/logs?level=${$('#log-level').value}${session ? `&session=${encodeURIComponent(session)}` : ''}`, { headers: { authorization: `Bearer ${state.key}` }, signal: controller.signal })
+  if (!response.ok) throw new Error((await response.json()).error.message)
+  const reader = response.body.getReader()
+  const decoder = new TextDecoder()
+  let buffer = ''
+  void (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) return
+        buffer += decoder.decode(value, { stream: true })
+        let cut
+        while ((cut = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, cut)
+          buffer = buffer.slice(cut + 2)
+          const data = block.split('\n').find(l => l.startsWith('data: '))
+          if (data) addLog(JSON.parse(data.slice(6)))
+        }
+      }
+    } catch {}
+  })()
+}
+
+function addLog (line) {
+  if (!state.logs) return
+  if (state.logs.paused) { state.logs.held.push(line); return }
+  const { level, time, msg, pid, hostname, ...rest } = line
+  const text = `${new Date(time).toLocaleTimeString()} ${msg ?? ''} ${JSON.stringify(rest)}`
+  const list = $('#log-lines')
+  list.prepend(el('li', { class: `l${level}` }, text))
+  while (list.children.length > 500) list.lastChild.remove()
+}
+
+function stopLogs () {
+  state.logs?.controller.abort()
+  state.logs = null
+}
+
+// ---------- settings ----------
+async function openSettings () {
+  const settings = await api('GET', '/v1/settings')
+  const form = $('#settings-form')
+  form.default_model.replaceChildren(...settings.models.map(m => el('option', { value: m }, m)))
+  form.default_model.value = settings.default_model ?? ''
+  form.auto_run.checked = settings.auto_run
+  for (const name of ['execution_timeout_ms', 'pool_size', 'rate_limit_per_minute', 'session_rate_limit_per_minute']) form[name].value = settings[name]
+}
+
+async function saveSettings (event) {
+  event.preventDefault()
+  const form = $('#settings-form')
+  const body = { auto_run: form.auto_run.checked }
+  if (form.default_model.value) body.default_model = form.default_model.value
+  for (const name of ['execution_timeout_ms', 'pool_size', 'rate_limit_per_minute', 'session_rate_limit_per_minute']) body[name] = Number(form[name].value)
+  $('#settings-status').textContent = ''
+  await api('PATCH', '/v1/settings', body)
+  $('#settings-status').textContent = 'Saved: applied without a restart.'
+  await openSettings()
+}
+
+// ---------- sign in ----------
+async function signIn (key) {
+  state.key = key
+  try {
+    await api('GET', '/v1/sessions?limit=1')
+  } catch (err) {
+    state.key = null
+    sessionStorage.removeItem('interpreter-key')
+    throw err
+  }
+  sessionStorage.setItem('interpreter-key', key)
+  state.admin = await api('GET', '/v1/settings').then(() => true, () => false)
+  for (const button of document.querySelectorAll('#tabs [data-admin]')) button.hidden = !state.admin
+  $('#tabs').hidden = false
+  $('#whoami').textContent = state.admin ? '(admin key)' : '(user key)'
+  showTab('status')
+}
+
+function signOut () {
+  sessionStorage.removeItem('interpreter-key')
+  state.socket?.close()
+  location.reload()
+}
+
+$('#signin-form').addEventListener('submit', (event) => { event.preventDefault(); void attempt(() => signIn($('#key').value.trim())) })
+$('#signout').addEventListener('click', signOut)
+for (const button of document.querySelectorAll('#tabs [data-tab]')) button.addEventListener('click', () => showTab(button.dataset.tab))
+$('#chat-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  const content = $('#prompt').value.trim()
+  if (!content || !state.socket) return
+  playground.view.message({ role: 'user', type: 'message', content })
+  state.socket.send(JSON.stringify({ type: 'chat', content, model: $('#model').value, auto_run: $('#autorun').checked }))
+  $('#prompt').value = ''
+  $('#send').disabled = true
+})
+$('#interrupt').addEventListener('click', () => state.socket?.send(JSON.stringify({ type: 'interrupt' })))
+$('#log-pause').addEventListener('click', () => {
+  if (!state.logs) return
+  state.logs.paused = !state.logs.paused
+  $('#log-pause').textContent = state.logs.paused ? 'Resume' : 'Pause'
+  if (!state.logs.paused) state.logs.held.splice(0).forEach(addLog)
+})
+$('#log-level').addEventListener('change', () => attempt(openLogs))
+$('#log-session').addEventListener('change', () => attempt(openLogs))
+$('#settings-form').addEventListener('submit', (event) => attempt(() => saveSettings(event)))
+$('#reload-models').addEventListener('click', () => attempt(async () => { await api('PATCH', '/v1/settings', { reload_models: true }); $('#settings-status').textContent = 'Models reloaded.'; await openSettings() }))
+
+if (state.key) {
+  for (const section of document.querySelectorAll('main > section')) section.hidden = true
+  void attempt(() => signIn(state.key)).then(() => { if (!state.key) $('#signin').hidden = false })
+}
