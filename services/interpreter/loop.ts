@@ -2,7 +2,7 @@ import type { Message } from '../../schemas/sessions.js'
 import type { Chunk, FinishReason, Usage } from '../../schemas/chat.js'
 import type { Execution, ExecutionEvent, Language } from '../../schemas/sandboxes.js'
 import type { ModelRegistry } from '../llm/registry.js'
-import type { ChatMessage, ToolCall, ToolDef } from '../llm/types.js'
+import type { ChatMessage, ToolDef } from '../llm/types.js'
 import { LlmError } from '../llm/types.js'
 import { toChatMessages, trimToContext } from './history.js'
 import { partialStringField } from './partial-json.js'
@@ -210,4 +210,3 @@ async function emitConsole (deps: TurnDeps, id: string, content: string): Promis
   await deps.emit({ role: 'computer', type: 'console', format: 'output', id, end: true })
 }
 
-export type { ToolCall }
