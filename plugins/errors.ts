@@ -6,14 +6,9 @@ const REDIS_DOWN = /enableOfflineQueue|Connection is closed|ECONNREFUSED|ECONNRE
 
 function toAppError (err: FastifyError | Error): AppError {
   if (err instanceof AppError) return err
-  if (err instanceof DependencyError) {
-    return err.dependency === 'redis'
-      ? new AppError(503, 'redis_unavailable', 'The session store (Redis) is unavailable; try again shortly')
-      : new AppError(503, 'docker_unavailable', `Sandboxes are unavailable: ${err.message.replace(/^docker \w+ failed: /, '')}`)
-  }
-  if (REDIS_DOWN.test(err.message) || err.name === 'MaxRetriesPerRequestError') {
-    return new AppError(503, 'redis_unavailable', 'The session store (Redis) is unavailable; try again shortly')
-  }
+  if (err instanceof DependencyError) return err.toAppError()
+  // Errors that third-party plugins (the rate limiter) let through from ioredis unwrapped.
+  if (REDIS_DOWN.test(err.message) || err.name === 'MaxRetriesPerRequestError') return new DependencyError('redis', err.message).toAppError()
   const fe = err as FastifyError
   if (fe.validation) return new AppError(400, 'validation_error', fe.message)
   const status = fe.statusCode ?? 500

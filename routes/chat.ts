@@ -50,9 +50,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const follower = new AbortController()
     reply.raw.on('close', () => follower.abort())
     // The run goes on if the client leaves; it can resume from the last id it saw on /v1/sessions/:id/events.
-    for await (const logged of events.follow(session.id, run.startEventId, follower.signal)) {
+    for await (const logged of runs.follow(session.id, run, follower.signal)) {
       for (const e of sseEvents(logged)) sse.send(e.event, e.data, e.id)
-      if (logged.event.type === 'run_end' && logged.event.run_id === run.id) break
     }
     follower.abort()
     sse.end()

@@ -99,18 +99,16 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       reply.raw.on('close', () => follower.abort())
       const write = (data: unknown) => { if (!reply.raw.writableEnded) reply.raw.write(`data: ${JSON.stringify(data)}\n\n`) }
       write(chunk({ role: 'assistant', content: '' }))
-      for await (const logged of events.follow(session.id, run.startEventId, follower.signal)) {
-        const e = logged.event
+      for await (const { event: e } of runs.follow(session.id, run, follower.signal)) {
         if (e.type === 'chunk') {
           const text = renderer.render(e.chunk)
           if (text) write(chunk({ content: text }))
-        } else if (e.type === 'run_end' && e.run_id === run.id) {
+        } else if (e.type === 'run_end') {
           if (e.error) write({ error: e.error })
           else {
             write(chunk({}, finish(e.finish_reason)))
             if (body.stream_options?.include_usage) write({ id, object: 'chat.completion.chunk', created, model: body.model, choices: [], usage: e.usage })
           }
-          break
         }
       }
       follower.abort()
@@ -120,10 +118,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     }
 
     let content = ''
-    for await (const logged of events.follow(session.id, run.startEventId, follower.signal)) {
-      const e = logged.event
+    for await (const { event: e } of runs.follow(session.id, run, follower.signal)) {
       if (e.type === 'chunk') content += renderer.render(e.chunk)
-      else if (e.type === 'run_end' && e.run_id === run.id) break
     }
     follower.abort()
     const outcome = await run.done

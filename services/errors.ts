@@ -34,4 +34,11 @@ export class DependencyError extends Error {
     super(message, options)
     this.name = 'DependencyError'
   }
+
+  /** The documented 503: it names what is down (and, for Docker, what to do), never internals. */
+  toAppError (): AppError {
+    return this.dependency === 'redis'
+      ? new AppError(503, 'redis_unavailable', 'The session store (Redis) is unavailable; try again shortly')
+      : new AppError(503, 'docker_unavailable', `Sandboxes are unavailable: ${this.message.replace(/^docker \w+ failed: /, '')}`)
+  }
 }

@@ -175,33 +175,39 @@ async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): P
     }
   }
 
+  const { messages: results } = await streamExecution(deps, call.id, language, code)
+  return [...messages, ...results]
+}
+
+/**
+ * Runs code and streams it as LMC chunks: console output as it is printed, then the images. Returns the
+ * messages to store: the whole output (and a note when the kernel lost its state) and each image.
+ */
+export async function streamExecution (deps: Pick<TurnDeps, 'execute' | 'emit'>, id: string, language: Language, code: string): Promise<{ execution: Execution, messages: Message[] }> {
   let output = ''
   const images: string[] = []
-  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, start: true })
+  const print = (text: string) => {
+    output += text
+    void deps.emit({ role: 'computer', type: 'console', format: 'output', id, content: text }) // emit keeps call order
+  }
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id, start: true })
   const execution = await deps.execute(language, code, (e) => {
-    if (e.type === 'stdout' || e.type === 'stderr') {
-      output += e.text
-      void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: e.text })
-    } else if (e.type === 'display' || e.type === 'result') {
+    if (e.type === 'stdout' || e.type === 'stderr') print(e.text)
+    else if (e.type === 'display' || e.type === 'result') {
       if (e.data['image/png']) images.push(e.data['image/png'])
-      else if (e.data['text/plain']) {
-        output += `${e.data['text/plain']}\n`
-        void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: `${e.data['text/plain']}\n` })
-      }
-    } else if (e.type === 'error') {
-      const trace = [...(e.traceback ?? [])].join('') || `${e.name}: ${e.value}\n`
-      output += trace
-      void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: trace })
-    }
+      else if (e.data['text/plain']) print(`${e.data['text/plain']}\n`)
+    } else if (e.type === 'error') print([...(e.traceback ?? [])].join('') || `${e.name}: ${e.value}\n`)
   })
-  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, end: true })
-  for (const image of images) await deps.emit({ role: 'computer', type: 'image', format: 'base64.png', id: call.id, content: image })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id, end: true })
+  for (const image of images) await deps.emit({ role: 'computer', type: 'image', format: 'base64.png', id, content: image })
   if (execution.state_lost) output += '\n[the sandbox kernel was restarted: earlier variables are gone]\n'
-  return [
-    ...messages,
-    console(output || '(no output)'),
-    ...images.map((content): Message => ({ role: 'computer', type: 'image', format: 'base64.png', content, id: call.id }))
-  ]
+  return {
+    execution,
+    messages: [
+      { role: 'computer', type: 'console', format: 'output', content: output || '(no output)', id },
+      ...images.map((content): Message => ({ role: 'computer', type: 'image', format: 'base64.png', content, id }))
+    ]
+  }
 }
 
 async function emitConsole (deps: TurnDeps, id: string, content: string): Promise<void> {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { Message, Session } from '../../schemas/sessions.js'
 import type { Chunk, FinishReason, RunEvent, Usage } from '../../schemas/chat.js'
+import type { LoggedEvent } from '../events.js'
 import type { Language, SandboxRecord } from '../../schemas/sandboxes.js'
 import type { SessionService } from '../sessions.js'
 import type { EventLog } from '../events.js'
@@ -10,7 +11,7 @@ import type { Store } from '../store/types.js'
 import type { Logger } from '../sandbox/pool.js'
 import { AppError, DependencyError } from '../errors.js'
 import { LlmError } from '../llm/types.js'
-import { runTurn, type Decision } from './loop.js'
+import { runTurn, streamExecution, type Decision, type TurnDeps } from './loop.js'
 
 export interface RunSettings { maxSteps: number, outputLimit: number, confirmTimeoutMs: number, defaultTemperature: number, defaultMaxTokens: number, autoRun: boolean }
 export interface RunRequest {
@@ -29,16 +30,21 @@ interface ActiveRun {
   pending: { codeId: string, resolve: (d: Decision) => void } | null
   executing: SandboxRecord | null
   done: Promise<RunOutcome>
-  /** The id of the run_start event in the session's log: streaming clients follow from just before it. */
+  /** The id of the run_start event in the session's log: streaming clients follow from just after it. */
   startEventId: string
+  /** Appends this run's events to the log strictly in call order, whether or not the caller awaits. */
+  append: (event: RunEvent) => Promise<void>
+  /** Settles once every event appended so far is in the log. */
+  drained: () => Promise<unknown>
 }
 
 const LOCK_TTL_MS = 60 * 60 * 1000
+const noUsage = (): Usage => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 })
 
 /** What went wrong in a run, as the documented error body. */
 export function runError (err: unknown): AppError {
   if (err instanceof AppError) return err
-  if (err instanceof DependencyError) return err.dependency === 'redis' ? new AppError(503, 'redis_unavailable', 'The session store (Redis) is unavailable') : new AppError(503, 'docker_unavailable', 'Sandboxes are unavailable')
+  if (err instanceof DependencyError) return err.toAppError()
   if (err instanceof LlmError) {
     const codes: Record<LlmError['kind'], [number, string]> = {
       auth: [502, 'upstream_auth_error'], rate_limit: [502, 'upstream_rate_limited'], server: [502, 'upstream_error'],
@@ -58,93 +64,77 @@ export class RunManager {
 
   /** Starts a turn on `session` with the new `input` messages; 409 while another run holds the session. */
   async start (session: Session, input: Message[], request: RunRequest): Promise<ActiveRun> {
-    const { store, events, sessions, models } = this.deps
-    const model = models.get(request.model ?? session.settings.model)
+    const model = this.deps.models.get(request.model ?? session.settings.model)
+    const run = await this.open(session, model.name, () => this.deps.sessions.append(session, input))
+    run.done = this.turn(run, session, model.name, request)
+    return run
+  }
+
+  /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
+  async executeDirect (session: Session, language: Language, code: string): Promise<ActiveRun> {
+    const run = await this.open(session, 'direct')
+    run.done = (async () => {
+      const messages: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id: run.id }]
+      let outcome: RunOutcome = { runId: run.id, usage: noUsage(), finishReason: 'stop', messages }
+      try {
+        const emit = (chunk: Chunk) => run.append({ type: 'chunk', run_id: run.id, chunk })
+        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session) }, run.id, language, code)
+        messages.push(...results)
+        await this.deps.sessions.append(session, messages)
+        if (execution.error?.name === 'KeyboardInterrupt' || run.abort.signal.aborted) outcome.finishReason = 'interrupted'
+      } catch (err) {
+        outcome = { ...outcome, finishReason: 'error', error: runError(err) }
+      }
+      return await this.finish(run, session, outcome)
+    })()
+    return run
+  }
+
+  /** Takes the session's lock (409 when held), runs `before`, logs run_start, and registers the run. */
+  private async open (session: Session, model: string, before?: () => Promise<void>): Promise<ActiveRun> {
+    const { store, events } = this.deps
     const id = `run_${randomBytes(9).toString('base64url')}`
     if (!(await store.lock(`session:${session.id}`, id, LOCK_TTL_MS))) {
       throw new AppError(409, 'run_in_progress', 'This session is already running a turn; wait for it or interrupt it', 'conflict_error')
     }
     let startEventId: string
     try {
-      await sessions.append(session, input)
-      startEventId = await events.append(session.id, { type: 'run_start', run_id: id, model: model.name })
+      await before?.()
+      startEventId = await events.append(session.id, { type: 'run_start', run_id: id, model })
     } catch (err) {
       await store.unlock(`session:${session.id}`, id).catch(() => {})
       throw err
     }
-    const run: ActiveRun = { id, abort: new AbortController(), pending: null, executing: null, done: Promise.resolve(null as unknown as RunOutcome), startEventId }
+    let tail: Promise<unknown> = Promise.resolve()
+    const run: ActiveRun = {
+      id,
+      abort: new AbortController(),
+      pending: null,
+      executing: null,
+      done: Promise.resolve(null as unknown as RunOutcome),
+      startEventId,
+      append: (event) => {
+        const next = tail.then(() => events.append(session.id, event))
+        tail = next.catch(() => {})
+        return next.then(() => {})
+      },
+      drained: () => tail
+    }
     this.active.set(session.id, run)
-    run.done = this.execute(run, session, model.name, request)
     return run
   }
 
-  private async execute (run: ActiveRun, session: Session, model: string, request: RunRequest): Promise<RunOutcome> {
-    const { store, events, sessions, sandboxes, settings, log } = this.deps
-    let tail: Promise<unknown> = Promise.resolve()
-    const append = (event: RunEvent): Promise<void> => {
-      const next = tail.then(() => events.append(session.id, event))
-      tail = next.catch(() => {})
-      return next.then(() => {})
-    }
-    const stored: Message[] = []
-    const history = request.history ?? (await store.listMessages(session.id, { offset: 0, limit: 100_000 })).items
-    let outcome: RunOutcome
+  /** Adds the run's usage to the session, logs run_end, and releases the session. */
+  private async finish (run: ActiveRun, session: Session, outcome: RunOutcome): Promise<RunOutcome> {
+    const { store, log } = this.deps
     try {
-      const result = await runTurn(history, {
-        models: this.deps.models,
-        signal: run.abort.signal,
-        emit: (chunk: Chunk) => append({ type: 'chunk', run_id: run.id, chunk }),
-        fallback: async (from, to, reason) => {
-          log.warn({ session: session.id, from, to, reason }, 'model fallback')
-          await append({ type: 'fallback', run_id: run.id, from, to, reason })
-        },
-        store: async (messages) => {
-          if (!messages.length) return
-          await sessions.append(session, messages)
-          stored.push(...messages)
-        },
-        confirm: (codeId) => new Promise<Decision>((resolve) => {
-          const timer = setTimeout(() => finish('expired'), settings.confirmTimeoutMs)
-          const onAbort = () => finish('declined')
-          const finish = (d: Decision) => {
-            clearTimeout(timer)
-            run.abort.signal.removeEventListener('abort', onAbort)
-            run.pending = null
-            resolve(d)
-          }
-          run.abort.signal.addEventListener('abort', onAbort, { once: true })
-          run.pending = { codeId, resolve: finish }
-        }),
-        execute: async (language, code, onEvent) => {
-          const record = await this.sandboxFor(session)
-          run.executing = record
-          try {
-            return await sandboxes.execute(record, { language, code }, onEvent)
-          } finally {
-            run.executing = null
-          }
-        }
-      }, {
-        model,
-        temperature: request.temperature ?? session.settings.temperature ?? this.deps.models.get(model).temperature ?? settings.defaultTemperature,
-        maxTokens: request.maxTokens ?? session.settings.max_tokens ?? this.deps.models.get(model).max_tokens ?? settings.defaultMaxTokens,
-        autoRun: request.autoRun ?? session.settings.auto_run ?? settings.autoRun,
-        maxSteps: settings.maxSteps,
-        outputLimit: settings.outputLimit,
-        systemMessage: session.settings.system_message
-      })
-      outcome = { runId: run.id, usage: result.usage, finishReason: result.finishReason, messages: stored }
-    } catch (err) {
-      const error = runError(err)
-      if (error.statusCode >= 500 && !(err instanceof LlmError)) log.warn({ err, session: session.id }, 'run failed')
-      outcome = { runId: run.id, usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }, finishReason: 'error', error, messages: stored }
-    }
-    try {
-      await tail
-      const fresh = await store.getSession(session.id) ?? session
-      for (const k of ['prompt_tokens', 'completion_tokens', 'total_tokens'] as const) fresh.usage[k] += outcome.usage[k]
-      await store.saveSession(fresh)
-      await append({
+      await run.drained()
+      if (outcome.usage.total_tokens > 0) {
+        const fresh = await store.getSession(session.id) ?? session
+        for (const k of ['prompt_tokens', 'completion_tokens', 'total_tokens'] as const) fresh.usage[k] += outcome.usage[k]
+        await store.saveSession(fresh)
+      }
+      await run.append({
         type: 'run_end', run_id: run.id, session_id: session.id, usage: outcome.usage, finish_reason: outcome.finishReason,
         ...(outcome.error ? { error: { message: outcome.error.message, type: outcome.error.type, code: outcome.error.code } } : {})
       })
@@ -157,58 +147,81 @@ export class RunManager {
     return outcome
   }
 
-  /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
-  async executeDirect (session: Session, language: Language, code: string): Promise<ActiveRun> {
-    const { store, events, sessions } = this.deps
-    const id = `run_${randomBytes(9).toString('base64url')}`
-    if (!(await store.lock(`session:${session.id}`, id, LOCK_TTL_MS))) {
-      throw new AppError(409, 'run_in_progress', 'This session is already running a turn; wait for it or interrupt it', 'conflict_error')
-    }
-    const startEventId = await events.append(session.id, { type: 'run_start', run_id: id, model: 'direct' }).catch(async (err) => {
-      await store.unlock(`session:${session.id}`, id).catch(() => {})
-      throw err
-    })
-    const run: ActiveRun = { id, abort: new AbortController(), pending: null, executing: null, done: Promise.resolve(null as unknown as RunOutcome), startEventId }
-    this.active.set(session.id, run)
-    run.done = (async (): Promise<RunOutcome> => {
-      const chunk = (c: Chunk) => events.append(session.id, { type: 'chunk', run_id: id, chunk: c })
-      const stored: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id }]
-      let outcome: RunOutcome = { runId: id, usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 }, finishReason: 'stop', messages: stored }
+  /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
+  private executor (run: ActiveRun, session: Session): TurnDeps['execute'] {
+    return async (language, code, onEvent) => {
+      const record = await this.sandboxFor(session)
+      run.executing = record
       try {
-        let tail: Promise<unknown> = chunk({ role: 'computer', type: 'console', format: 'output', id, start: true })
-        let output = ''
-        const record = await this.sandboxFor(session)
-        run.executing = record
-        const execution = await this.deps.sandboxes.execute(record, { language, code }, (e) => {
-          const text = e.type === 'stdout' || e.type === 'stderr' ? e.text : e.type === 'error' ? (e.traceback.join('') || `${e.name}: ${e.value}\n`) : e.type === 'result' && !e.data['image/png'] ? `${e.data['text/plain'] ?? ''}\n` : ''
-          if (text) {
-            output += text
-            tail = tail.then(() => chunk({ role: 'computer', type: 'console', format: 'output', id, content: text }))
-          }
-          if ((e.type === 'display' || e.type === 'result') && e.data['image/png']) {
-            stored.push({ role: 'computer', type: 'image', format: 'base64.png', content: e.data['image/png'], id })
-            tail = tail.then(() => chunk({ role: 'computer', type: 'image', format: 'base64.png', id, content: e.data['image/png'] }))
-          }
-        })
-        await tail
-        await chunk({ role: 'computer', type: 'console', format: 'output', id, end: true })
-        stored.splice(1, 0, { role: 'computer', type: 'console', format: 'output', content: output, id })
-        await sessions.append(session, stored)
-        if (execution.error?.name === 'KeyboardInterrupt' || run.abort.signal.aborted) outcome.finishReason = 'interrupted'
-      } catch (err) {
-        outcome = { ...outcome, finishReason: 'error', error: runError(err) }
+        return await this.deps.sandboxes.execute(record, { language, code }, onEvent)
       } finally {
         run.executing = null
       }
-      await events.append(session.id, {
-        type: 'run_end', run_id: id, session_id: session.id, usage: outcome.usage, finish_reason: outcome.finishReason,
-        ...(outcome.error ? { error: { message: outcome.error.message, type: outcome.error.type, code: outcome.error.code } } : {})
-      }).catch(() => {})
-      this.active.delete(session.id)
-      await store.unlock(`session:${session.id}`, id).catch(() => {})
-      return outcome
-    })()
-    return run
+    }
+  }
+
+  private async turn (run: ActiveRun, session: Session, model: string, request: RunRequest): Promise<RunOutcome> {
+    const { store, sessions, settings, log } = this.deps
+    const stored: Message[] = []
+    let outcome: RunOutcome
+    try {
+      const history = request.history ?? (await store.listMessages(session.id, { offset: 0, limit: 100_000 })).items
+      const entry = this.deps.models.get(model)
+      const result = await runTurn(history, {
+        models: this.deps.models,
+        signal: run.abort.signal,
+        emit: (chunk: Chunk) => run.append({ type: 'chunk', run_id: run.id, chunk }),
+        fallback: async (from, to, reason) => {
+          log.warn({ session: session.id, from, to, reason }, 'model fallback')
+          await run.append({ type: 'fallback', run_id: run.id, from, to, reason })
+        },
+        store: async (messages) => {
+          if (!messages.length) return
+          await sessions.append(session, messages)
+          stored.push(...messages)
+        },
+        confirm: (codeId) => this.waitForDecision(run, codeId),
+        execute: this.executor(run, session)
+      }, {
+        model,
+        temperature: request.temperature ?? session.settings.temperature ?? entry.temperature ?? settings.defaultTemperature,
+        maxTokens: request.maxTokens ?? session.settings.max_tokens ?? entry.max_tokens ?? settings.defaultMaxTokens,
+        autoRun: request.autoRun ?? session.settings.auto_run ?? settings.autoRun,
+        maxSteps: settings.maxSteps,
+        outputLimit: settings.outputLimit,
+        systemMessage: session.settings.system_message
+      })
+      outcome = { runId: run.id, usage: result.usage, finishReason: result.finishReason, messages: stored }
+    } catch (err) {
+      const error = runError(err)
+      if (error.statusCode >= 500 && !(err instanceof LlmError)) log.warn({ err, session: session.id }, 'run failed')
+      outcome = { runId: run.id, usage: noUsage(), finishReason: 'error', error, messages: stored }
+    }
+    return await this.finish(run, session, outcome)
+  }
+
+  /** Waits for confirm(); an interrupt declines, and the configured timeout expires the block. */
+  private waitForDecision (run: ActiveRun, codeId: string): Promise<Decision> {
+    return new Promise<Decision>((resolve) => {
+      const timer = setTimeout(() => finish('expired'), this.deps.settings.confirmTimeoutMs)
+      const onAbort = () => finish('declined')
+      const finish = (d: Decision) => {
+        clearTimeout(timer)
+        run.abort.signal.removeEventListener('abort', onAbort)
+        run.pending = null
+        resolve(d)
+      }
+      run.abort.signal.addEventListener('abort', onAbort, { once: true })
+      run.pending = { codeId, resolve: finish }
+    })
+  }
+
+  /** The events of one run from the session's log, in order, ending with its run_end (or when `signal` aborts). */
+  async * follow (sessionId: string, run: { id: string, startEventId: string }, signal: AbortSignal): AsyncIterable<LoggedEvent> {
+    for await (const logged of this.deps.events.follow(sessionId, run.startEventId, signal)) {
+      yield logged
+      if (logged.event.type === 'run_end' && logged.event.run_id === run.id) return
+    }
   }
 
   /** The session's sandbox, created (from the pool) on first use. */
