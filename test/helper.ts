@@ -192,3 +192,13 @@ export function sandboxCalls (app: () => FastifyInstance, headers: Record<string
     }
   }
 }
+
+/** Sandbox config whose models are the fake LLM's (see writeModelsFile). */
+export async function fakeLlmConfig (fakeUrl: string, overrides: Record<string, string | undefined> = {}): Promise<Config> {
+  return await sandboxConfig({ MODELS_FILE: writeModelsFile(fakeUrl), ...overrides })
+}
+
+/** The whole app on that config, with the fake's keys in its environment; not closed for you (share it across a file's tests). */
+export async function fakeLlmApp (config: Config, opts: { waitWarm?: boolean, logger?: FastifyServerOptions['logger'] } = {}): Promise<FastifyInstance> {
+  return await buildApp({ config, sandbox: { waitWarm: opts.waitWarm ?? true }, env: { ...process.env, ...FAKE_ENV } }, opts.logger ?? false)
+}

@@ -1,8 +1,7 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { sandboxConfig, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { KEYS, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp } from '../helper.js'
 import { InterpreterClient, ApiError } from '../../client/index.js'
 import type { Config } from '../../services/config.js'
 
@@ -13,8 +12,8 @@ let client: InterpreterClient
 
 t.before(async () => {
   await fake.start()
-  config = await sandboxConfig({ POOL_SIZE: '1', MODELS_FILE: writeModelsFile(fake.url) })
-  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, false)
+  config = await fakeLlmConfig(fake.url, { POOL_SIZE: '1' })
+  app = await fakeLlmApp(config)
   client = new InterpreterClient({ url: await app.listen({ host: '127.0.0.1', port: 0 }), apiKey: KEYS.alice, retryDelayMs: 50, timeoutMs: 20000 })
 })
 

@@ -5,8 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { sandboxConfig, KEYS, writeModelsFile, FAKE_ENV, sleep, REDIS_URL, flushPrefix } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 const fake = new FakeLlm()
@@ -26,8 +25,8 @@ const cli = (args: string[], input?: string) => new Promise<{ status: number | n
 
 t.before(async () => {
   await fake.start()
-  config = await sandboxConfig({ POOL_SIZE: '1', MODELS_FILE: writeModelsFile(fake.url) })
-  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, false)
+  config = await fakeLlmConfig(fake.url, { POOL_SIZE: '1' })
+  app = await fakeLlmApp(config)
   base = await app.listen({ host: '127.0.0.1', port: 0 })
 })
 

@@ -1,8 +1,7 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { sandboxConfig, auth, KEYS, writeModelsFile, FAKE_ENV, readSse, type SseEvent } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { auth, KEYS, FAKE_ENV, readSse, type SseEvent, fakeLlmConfig, fakeLlmApp } from '../helper.js'
 
 const alice = auth(KEYS.alice)
 const json = { ...alice, 'content-type': 'application/json' }
@@ -12,8 +11,8 @@ let base: string
 
 t.before(async () => {
   await fake.start()
-  const config = await sandboxConfig({ POOL_SIZE: '2', MODELS_FILE: writeModelsFile(fake.url), CONFIRM_TIMEOUT_MS: '20000' })
-  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, false)
+  const config = await fakeLlmConfig(fake.url, { POOL_SIZE: '2', CONFIRM_TIMEOUT_MS: '20000' })
+  app = await fakeLlmApp(config)
   base = await app.listen({ host: '127.0.0.1', port: 0 })
 })
 

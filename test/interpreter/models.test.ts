@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { parseModelsFile, ModelRegistry } from '../../services/llm/registry.js'
 import { ConfigError } from '../../services/config.js'
 import { FakeLlm } from '../fake-llm.js'
-import { build, testConfig, sandboxConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { build, testConfig, fakeLlmConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, sleep } from '../helper.js'
 
 const parse = (yaml: string, env: Record<string, string> = {}) => parseModelsFile(yaml, 'models.yaml', env)
 
@@ -75,7 +75,7 @@ t.test('fallback is logged and skips models already tried', async (t) => {
 t.test('a session keeps its history after the app is closed and rebuilt on the same Redis', async (t) => {
   const fake = await new FakeLlm().start()
   t.teardown(() => fake.stop())
-  const config = await sandboxConfig({ MODELS_FILE: writeModelsFile(fake.url), POOL_SIZE: '0' })
+  const config = await fakeLlmConfig(fake.url, { POOL_SIZE: '0' })
   t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
   const first = await build(t, config, { env: FAKE_ENV })
   fake.script('gpt-test', { code: { language: 'python', code: 'print("persisted")' } }, { text: 'Persisted.' })

@@ -4,8 +4,7 @@ import { Writable } from 'node:stream'
 import { chromium, type Browser, type Page } from 'playwright-core'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { sandboxConfig, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, auth } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { KEYS, REDIS_URL, flushPrefix, auth, fakeLlmConfig, fakeLlmApp } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 const SHOTS = 'test-output/ui'
@@ -18,9 +17,9 @@ let browser: Browser
 t.before(async () => {
   mkdirSync(SHOTS, { recursive: true })
   await fake.start()
-  config = await sandboxConfig({ POOL_SIZE: '1', MODELS_FILE: writeModelsFile(fake.url), LOG_LEVEL: 'info' })
+  config = await fakeLlmConfig(fake.url, { POOL_SIZE: '1', LOG_LEVEL: 'info' })
   const quiet = new Writable({ write (_chunk, _encoding, done) { done() } })
-  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, { stream: quiet })
+  app = await fakeLlmApp(config, { logger: { stream: quiet } })
   base = await app.listen({ host: '127.0.0.1', port: 0 })
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',

@@ -2,8 +2,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { sandboxConfig, KEYS, writeModelsFile, FAKE_ENV, sleep, REDIS_URL, flushPrefix } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 const fake = new FakeLlm()
@@ -13,8 +12,8 @@ let url: string
 
 t.before(async () => {
   await fake.start()
-  config = await sandboxConfig({ POOL_SIZE: '2', MODELS_FILE: writeModelsFile(fake.url), WS_PING_INTERVAL_MS: '200', WS_MAX_BUFFERED_BYTES: '4096', WS_SLOW_CLOSE_MS: '300' })
-  app = await buildApp({ config, sandbox: { waitWarm: true }, env: { ...process.env, ...FAKE_ENV } }, false)
+  config = await fakeLlmConfig(fake.url, { POOL_SIZE: '2', WS_PING_INTERVAL_MS: '200', WS_MAX_BUFFERED_BYTES: '4096', WS_SLOW_CLOSE_MS: '300' })
+  app = await fakeLlmApp(config)
   url = (await app.listen({ host: '127.0.0.1', port: 0 })).replace('http', 'ws') + '/v1/ws'
 })
 
@@ -133,7 +132,7 @@ t.test('limits: a frame over WS_MAX_MESSAGE_BYTES closes the socket with 1009; o
   for (let i = 0; i < 50 && !big.closed; i++) await sleep(50)
   t.equal(big.closed?.code, 1009, 'message too big')
 
-  const capped = await buildApp({ config: { ...config, WS_MAX_SOCKETS_PER_KEY: 2 }, sandbox: { waitWarm: false }, env: { ...process.env, ...FAKE_ENV } }, false)
+  const capped = await fakeLlmApp({ ...config, WS_MAX_SOCKETS_PER_KEY: 2 }, { waitWarm: false })
   t.teardown(() => capped.close())
   const cappedUrl = (await capped.listen({ host: '127.0.0.1', port: 0 })).replace('http', 'ws') + '/v1/ws'
   const first = await Client.open(cappedUrl)
@@ -169,7 +168,7 @@ t.test('a disconnect mid-run, then resume on another server process: nothing los
   const seen = first.events()
   const runId = (await first.until(f => f.type === 'ack')).run_id
 
-  const other = await buildApp({ config, sandbox: { waitWarm: false }, env: { ...process.env, ...FAKE_ENV } }, false)
+  const other = await fakeLlmApp(config, { waitWarm: false })
   t.teardown(() => other.close())
   const otherUrl = (await other.listen({ host: '127.0.0.1', port: 0 })).replace('http', 'ws') + '/v1/ws'
   const second = await Client.open(otherUrl)
@@ -192,7 +191,7 @@ t.test('a disconnect mid-run, then resume on another server process: nothing los
 
 t.test('a slow reader: the server stops pulling events for it, closes it if it never drains, and it can resume', async (t) => {
   // A paused reader cannot answer pings either: give the heartbeat time, so that the slow-consumer rule acts first.
-  const slowApp = await buildApp({ config: { ...config, WS_PING_INTERVAL_MS: 60000, SANDBOX_OUTPUT_LIMIT: 64 * 1024 * 1024 }, sandbox: { waitWarm: false }, env: { ...process.env, ...FAKE_ENV } }, false)
+  const slowApp = await fakeLlmApp({ ...config, WS_PING_INTERVAL_MS: 60000, SANDBOX_OUTPUT_LIMIT: 64 * 1024 * 1024 }, { waitWarm: false })
   t.teardown(() => slowApp.close())
   const slowUrl = (await slowApp.listen({ host: '127.0.0.1', port: 0 })).replace('http', 'ws') + '/v1/ws'
   const client = await Client.open(slowUrl)
