@@ -123,6 +123,17 @@ function canConnect (port: number): Promise<boolean> {
   })
 }
 
+/**
+ * The node arguments that start the CLI (cli.ts) in a child process. Under tap the child gets the test's own loaders
+ * (TypeScript, coverage), so its coverage maps onto the sources the same way: coverage recorded through a second
+ * loader such as tsx maps every file to one statement, and tap's merge then keeps whichever map it reads first.
+ * Outside tap, tsx.
+ */
+export function cliArgs (...args: string[]): string[] {
+  const loaders = process.execArgv.filter(a => a.startsWith('--import='))
+  return [...(loaders.length ? loaders : ['--import', 'tsx']), 'cli.ts', ...args]
+}
+
 export const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
 
 /** A models.yaml pointing at a fake LLM server; keys come from the environment through ${VAR}. */

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp } from '../helper.js'
+import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, cliArgs } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 const fake = new FakeLlm()
@@ -14,7 +14,7 @@ let config: Config
 let base: string
 /** Runs the CLI as a child process (asynchronously: the server answering it lives in this process). */
 const cli = (args: string[], input?: string) => new Promise<{ status: number | null, stdout: string, stderr: string }>((resolve) => {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', ...args, '--url', base, '--api-key', KEYS.alice])
+  const child = spawn(process.execPath, cliArgs(...args, '--url', base, '--api-key', KEYS.alice))
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (d) => { stdout += d })
@@ -57,7 +57,7 @@ t.test('chat in a terminal: streams the answer, asks before running code, shows 
   fake.script('gpt-test',
     { text: 'I will run some code.', code: { language: 'python', code: 'print("hello from the sandbox")' } },
     { text: 'All done here.' })
-  const command = `${process.execPath} --import tsx cli.ts chat --no-auto-run --url ${base} --api-key ${KEYS.alice}`
+  const command = [process.execPath, ...cliArgs('chat', '--no-auto-run', '--url', base, '--api-key', KEYS.alice)].map(a => `'${a}'`).join(' ')
   tmux('new-session', '-d', '-s', pane, '-x', '160', '-y', '50', '-c', process.cwd(), command)
   t.teardown(() => { try { tmux('kill-session', '-t', pane) } catch {} })
   await waitFor(/^>$/m) // the prompt (tmux drops trailing spaces)

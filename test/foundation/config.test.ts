@@ -1,6 +1,7 @@
 import t from 'tap'
 import { spawnSync } from 'node:child_process'
 import { loadConfig, ConfigError } from '../../services/config.js'
+import { cliArgs } from '../helper.js'
 
 t.test('defaults come from DESIGN.md', async (t) => {
   const c = loadConfig({})
@@ -31,11 +32,11 @@ t.test('a bad value names the variable', async (t) => {
 })
 
 t.test('the CLI stops with one line naming the variable', async (t) => {
-  const run = spawnSync(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve'], { env: { ...process.env, PORT: 'abc' }, encoding: 'utf8', timeout: 30000 })
+  const run = spawnSync(process.execPath, cliArgs('serve'), { env: { ...process.env, PORT: 'abc' }, encoding: 'utf8', timeout: 30000 })
   t.equal(run.status, 1)
   t.equal(run.stderr.trim().split('\n').length, 1, 'one line')
   t.match(run.stderr, /^invalid configuration: PORT: must be integer \(got "abc"\)/)
-  const open = spawnSync(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '--host', '0.0.0.0'], { env: { ...process.env, API_KEYS: '', API_KEY: '', REDIS_URL: '', SANDBOX_ENABLED: 'false' }, encoding: 'utf8', timeout: 30000 })
+  const open = spawnSync(process.execPath, cliArgs('serve', '--host', '0.0.0.0'), { env: { ...process.env, API_KEYS: '', API_KEY: '', REDIS_URL: '', SANDBOX_ENABLED: 'false' }, encoding: 'utf8', timeout: 30000 })
   t.equal(open.status, 1)
   t.match(open.stderr, /refusing to listen on 0\.0\.0\.0 with no API key configured/)
 })
