@@ -10,6 +10,7 @@ import configPlugin from './plugins/config.js'
 import errorsPlugin from './plugins/errors.js'
 import metricsPlugin from './plugins/metrics.js'
 import redisPlugin from './plugins/redis.js'
+import busPlugin from './plugins/bus.js'
 import storePlugin from './plugins/store.js'
 import settingsPlugin from './plugins/settings.js'
 import authPlugin from './plugins/auth.js'
@@ -64,6 +65,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(errorsPlugin)
   await app.register(metricsPlugin)
   await app.register(redisPlugin)
+  await app.register(busPlugin)
   await app.register(storePlugin)
   await app.register(settingsPlugin)
   await app.register(authPlugin)

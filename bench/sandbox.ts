@@ -82,7 +82,7 @@ async function main (): Promise<void> {
 
   // 5. memory of idle warm sandboxes (agent + python kernel), as the cgroup counts it minus reclaimable file cache
   await pool.fill()
-  const ids = (await pool.containerIds()).filter(id => pool.isWarm(id))
+  const ids = (await pool.containers()).map(c => c.id).filter(id => pool.isWarm(id))
   const memory: number[] = []
   for (const id of ids) {
     const stats = await docker.getContainer(id).stats({ stream: false }) as unknown as { memory_stats: { usage: number, stats: Record<string, number> } }

@@ -17,6 +17,8 @@ export default fp(async (app) => {
     models: app.models,
     sandboxes: app.sandboxes,
     log: app.log.child({ component: 'interpreter' }),
+    bus: app.bus,
+    lockTtlMs: c.RUN_LOCK_TTL_MS,
     settings: {
       maxSteps: c.MAX_STEPS,
       outputLimit: c.MODEL_OUTPUT_LIMIT,
@@ -30,4 +32,4 @@ export default fp(async (app) => {
   app.decorate('runs', runs)
   app.settings.on('change', (s: { auto_run: boolean }) => runs.configure({ autoRun: s.auto_run }))
   app.addHook('preClose', () => runs.close())
-}, { name: 'interpreter', dependencies: ['config', 'store', 'llm', 'sandboxes', 'settings'] })
+}, { name: 'interpreter', dependencies: ['config', 'store', 'bus', 'llm', 'sandboxes', 'settings'] })

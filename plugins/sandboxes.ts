@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import Docker from 'dockerode'
+import { randomUUID } from 'node:crypto'
 import { SandboxPool } from '../services/sandbox/pool.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
@@ -20,6 +21,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const pool = new SandboxPool(docker, {
     size: c.POOL_SIZE,
     namespace: c.SANDBOX_NAMESPACE,
+    instance: app.bus?.id ?? randomUUID(),
     limits: {
       image: c.SANDBOX_IMAGE ?? sandboxImageTag(),
       runtime: c.SANDBOX_RUNTIME,
@@ -42,7 +44,8 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     keepOnClose: c.SANDBOX_KEEP_ON_CLOSE,
     cpus: c.SANDBOX_CPUS,
     memoryMb: c.SANDBOX_MEMORY_MB,
-    reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS
+    reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
+    ...(app.bus ? { isLive: app.bus.alive.bind(app.bus) } : {})
   }, log)
   app.decorate('sandboxes', service)
   app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {
@@ -51,4 +54,4 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   })
   if (c.SANDBOX_ENABLED) await service.start(opts.waitWarm ?? false)
   app.addHook('onClose', () => service.close())
-}, { name: 'sandboxes', dependencies: ['config', 'store', 'settings'] })
+}, { name: 'sandboxes', dependencies: ['config', 'store', 'bus', 'settings'] })

@@ -92,7 +92,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags: ['chat'], summary: 'Approve or decline the code block a run waits on (auto_run off)', params: IdParamsSchema, body: ConfirmSchema, response: { 200: Type.Object({ code_id: Type.String(), approved: Type.Boolean() }), ...errors } }
   }, async (request) => {
     const session = await sessions.get(request.params.id, request.principal)
-    runs.confirm(session.id, request.body.code_id, request.body.approve)
+    await runs.confirm(session.id, request.body.code_id, request.body.approve)
     return { code_id: request.body.code_id, approved: request.body.approve }
   })
 

@@ -2,8 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ErrorSchema, commonErrors } from '../schemas/common.js'
 import { requireAdmin } from '../plugins/auth.js'
-import { AppError } from '../services/errors.js'
-import { SettingsSchema, SettingsPatchSchema } from '../services/settings.js'
+import { SettingsSchema, SettingsChangeSchema } from '../services/settings.js'
 
 const SettingsViewSchema = Type.Intersect([SettingsSchema, Type.Object({ models: Type.Array(Type.String()) })])
 
@@ -21,23 +20,12 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     preHandler: requireAdmin,
     schema: {
       tags: ['admin'],
-      summary: 'Change settings without a restart; reload_models re-reads the models file',
-      body: Type.Intersect([SettingsPatchSchema, Type.Object({ default_model: Type.Optional(Type.String()), reload_models: Type.Optional(Type.Boolean()) })]),
+      summary: 'Change settings without a restart, in every server process; reload_models re-reads the models file, reset restores the configuration',
+      body: SettingsChangeSchema,
       response: { 200: SettingsViewSchema, ...errors }
     }
   }, async (request) => {
-    const { reload_models: reload, default_model: model, ...patch } = request.body
-    if (reload) {
-      try {
-        app.models.load()
-      } catch (err) {
-        throw new AppError(400, 'invalid_models_file', (err as Error).message)
-      }
-      request.log.info({ models: app.models.list().length }, 'models reloaded')
-    }
-    if (model !== undefined) app.models.get(model) // a 400 listing the known models
-    app.settings.update(patch)
-    if (model !== undefined) app.models.setDefault(model)
+    await app.settingsChanges.change(request.body)
     request.log.info({ settings: request.body }, 'settings changed')
     return view()
   })

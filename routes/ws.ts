@@ -108,7 +108,7 @@ const routes: FastifyPluginAsync = async (app) => {
           return send({ type: 'ack', of: 'execute', run_id: run.id })
         }
         case 'confirm':
-          runs.confirm(needSession().id, message.code_id, message.approve)
+          await runs.confirm(needSession().id, message.code_id, message.approve)
           return send({ type: 'ack', of: 'confirm', code_id: message.code_id, approved: message.approve })
         case 'interrupt':
           return send({ type: 'ack', of: 'interrupt', interrupted: await runs.interrupt(needSession().id) })

@@ -19,6 +19,7 @@ export const EnvSchema = Type.Object({
   MAX_STEPS: Int(1, 20, 'model calls per chat turn'),
   MODEL_OUTPUT_LIMIT: Int(100, 2800, 'characters of code output passed back to the model (the tail is kept)'),
   CONFIRM_TIMEOUT_MS: Int(1000, 600000, 'how long a run waits for a code approval'),
+  RUN_LOCK_TTL_MS: Int(1000, 30000, 'the session lock a running turn holds, renewed every third of it; a crashed process frees the session after this'),
   AUTO_RUN: Type.Boolean({ default: true, description: 'default for auto_run' }),
   WS_PING_INTERVAL_MS: Int(50, 30000, 'the server pings each socket this often and drops it after a missed pong'),
   WS_MAX_MESSAGE_BYTES: Int(1024, 1024 * 1024),

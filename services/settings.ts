@@ -1,7 +1,9 @@
 import { EventEmitter } from 'node:events'
 import Value from 'typebox/value'
 import { Type, type Static } from 'typebox'
-import { AppError } from './errors.js'
+import type { Redis } from 'ioredis'
+import { AppError, DependencyError } from './errors.js'
+import type { Bus } from './bus.js'
 
 export const SettingsSchema = Type.Object({
   default_model: Type.Union([Type.String(), Type.Null()]),
@@ -37,5 +39,88 @@ export class LiveSettings extends EventEmitter {
     this.current = next
     this.emit('change', this.get())
     return this.get()
+  }
+}
+
+export const SettingsChangeSchema = Type.Intersect([SettingsPatchSchema, Type.Object({
+  default_model: Type.Optional(Type.String()),
+  reload_models: Type.Optional(Type.Boolean({ description: 're-read MODELS_FILE' })),
+  reset: Type.Optional(Type.Boolean({ description: 'back to the configuration\'s values (applied before the rest of the change)' }))
+})])
+export type SettingsChange = Static<typeof SettingsChangeSchema>
+
+/** What a change needs of the models (the registry). */
+export interface DefaultModel { load: () => number, get: (name: string) => unknown, setDefault: (name: string) => void, resetDefault: () => void }
+
+/**
+ * Changes to the settings, applied in this process and, with Redis, kept there (a hash of the changed fields,
+ * so a restarted process starts with them) and announced on the bus, so every process applies them.
+ */
+export class SettingsChanges {
+  private static readonly KEY = 'settings'
+
+  constructor (
+    private readonly live: LiveSettings,
+    private readonly initial: Settings,
+    private readonly models: () => DefaultModel,
+    private readonly shared: { redis: Redis, bus: Bus } | null,
+    private readonly log: { warn: (o: object, m: string) => void }
+  ) {}
+
+  /** Applies the stored changes and follows the other processes' changes from now on. */
+  async start (): Promise<void> {
+    if (!this.shared) return
+    const { redis, bus } = this.shared
+    bus.on('settings', (change: SettingsChange, from: string) => {
+      if (from === bus.id) return
+      try {
+        this.apply(change)
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'a settings change from another server process does not apply here')
+      }
+    })
+    const stored = await redis.hgetall(SettingsChanges.KEY).catch((err: Error) => {
+      this.log.warn({ err: err.message }, 'stored settings could not be read; using the configuration\'s')
+      return {}
+    })
+    const change = Object.fromEntries(Object.entries(stored).map(([k, v]) => [k, JSON.parse(v)])) as SettingsChange
+    try {
+      if (Object.keys(change).length) this.apply(change)
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, stored: change }, 'stored settings do not apply; using the configuration\'s')
+    }
+  }
+
+  /** Validates and applies `change` here (a 400 naming what is wrong, with nothing changed), then shares it. */
+  async change (change: SettingsChange): Promise<void> {
+    this.apply(change)
+    if (!this.shared) return
+    const { redis, bus } = this.shared
+    const { reload_models: _reload, reset, ...kept } = change
+    try {
+      const tx = redis.multi()
+      if (reset) tx.del(SettingsChanges.KEY)
+      if (Object.keys(kept).length) tx.hset(SettingsChanges.KEY, Object.fromEntries(Object.entries(kept).map(([k, v]) => [k, JSON.stringify(v)])))
+      await tx.exec()
+      await bus.publish('settings', change)
+    } catch (err) {
+      throw new DependencyError('redis', `redis settings failed: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  private apply (change: SettingsChange): void {
+    const { reload_models: reload, default_model: model, reset, ...patch } = change
+    const models = this.models()
+    if (reload) {
+      try {
+        models.load()
+      } catch (err) {
+        throw new AppError(400, 'invalid_models_file', (err as Error).message)
+      }
+    }
+    if (model !== undefined) models.get(model) // a 400 listing the known models, before anything changes
+    this.live.update(reset ? { ...this.initial, ...patch } : patch)
+    if (reset) models.resetDefault()
+    if (model !== undefined) models.setDefault(model)
   }
 }

@@ -9,6 +9,7 @@ import type { ModelRegistry } from '../llm/registry.js'
 import type { SandboxService } from '../sandbox/service.js'
 import type { Store } from '../store/types.js'
 import type { Logger } from '../sandbox/pool.js'
+import type { Bus } from '../bus.js'
 import { AppError, DependencyError } from '../errors.js'
 import { LlmError } from '../llm/types.js'
 import { runTurn, streamExecution, type Decision, type TurnDeps } from './loop.js'
@@ -36,9 +37,13 @@ interface ActiveRun {
   append: (event: RunEvent) => Promise<void>
   /** Settles once every event appended so far is in the log. */
   drained: () => Promise<unknown>
+  /** Keeps the session's lock alive while the run lives. */
+  renewal: NodeJS.Timeout
 }
 
-const LOCK_TTL_MS = 60 * 60 * 1000
+/** How long a process waits for the one running a session's turn to answer a relayed confirm or interrupt. */
+const RELAY_TIMEOUT_MS = 3000
+type Relayed = { ok: true, interrupted?: boolean } | { ok: false, error: { status: number, code: string, message: string, type: string } }
 const noUsage = (): Usage => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 })
 
 /** What went wrong in a run, as the documented error body. */
@@ -57,10 +62,24 @@ export function runError (err: unknown): AppError {
 }
 
 /** Runs chat turns: one per session at a time (a lock in the store), each in the background, its events in the log. */
+/**
+ * Runs turns and direct executions, one per session at a time (a lock in the store). Confirm and interrupt reach
+ * the run wherever it runs: here directly, in another server process over the bus.
+ */
 export class RunManager {
   private readonly active = new Map<string, ActiveRun>()
 
-  constructor (private readonly deps: { sessions: SessionService, store: Store, events: EventLog, models: ModelRegistry, sandboxes: SandboxService, settings: RunSettings, log: Logger }) {}
+  constructor (private readonly deps: {
+    sessions: SessionService, store: Store, events: EventLog, models: ModelRegistry, sandboxes: SandboxService, settings: RunSettings, log: Logger
+    /** Reaches the other server processes (null with one process). */
+    bus: Bus | null
+    lockTtlMs: number
+  }) {
+    deps.bus?.on('run.confirm', async (m: { session_id: string, code_id: string, approve: boolean }) =>
+      this.active.has(m.session_id) ? await relayed(() => { this.confirmHere(m.session_id, m.code_id, m.approve); return { ok: true } }) : undefined)
+    deps.bus?.on('run.interrupt', async (m: { session_id: string }) =>
+      this.active.has(m.session_id) ? await relayed(async () => ({ ok: true, interrupted: await this.interruptHere(m.session_id) })) : undefined)
+  }
 
   /** Starts a turn on `session` with the new `input` messages; 409 while another run holds the session. */
   async start (session: Session, input: Message[], request: RunRequest): Promise<ActiveRun> {
@@ -94,7 +113,9 @@ export class RunManager {
   private async open (session: Session, model: string, before?: () => Promise<void>): Promise<ActiveRun> {
     const { store, events } = this.deps
     const id = `run_${randomBytes(9).toString('base64url')}`
-    if (!(await store.lock(`session:${session.id}`, id, LOCK_TTL_MS))) {
+    const lock = `session:${session.id}`
+    const ttl = this.deps.lockTtlMs
+    if (!(await store.lock(lock, id, ttl))) {
       throw new AppError(409, 'run_in_progress', 'This session is already running a turn; wait for it or interrupt it', 'conflict_error')
     }
     let startEventId: string
@@ -102,9 +123,15 @@ export class RunManager {
       await before?.()
       startEventId = await events.append(session.id, { type: 'run_start', run_id: id, model })
     } catch (err) {
-      await store.unlock(`session:${session.id}`, id).catch(() => {})
+      await store.unlock(lock, id).catch(() => {})
       throw err
     }
+    const renewal = setInterval(() => {
+      store.lock(lock, id, ttl).then(
+        (held) => { if (!held) this.deps.log.warn({ session: session.id, run: id }, 'the session lock was lost: another run may start') },
+        (err: unknown) => this.deps.log.warn({ err, session: session.id }, 'could not renew the session lock'))
+    }, Math.floor(ttl / 3))
+    renewal.unref()
     let tail: Promise<unknown> = Promise.resolve()
     const run: ActiveRun = {
       id,
@@ -118,7 +145,8 @@ export class RunManager {
         tail = next.catch(() => {})
         return next.then(() => {})
       },
-      drained: () => tail
+      drained: () => tail,
+      renewal
     }
     this.active.set(session.id, run)
     return run
@@ -141,6 +169,7 @@ export class RunManager {
     } catch (err) {
       log.warn({ err, session: session.id }, 'could not record the end of a run')
     } finally {
+      clearInterval(run.renewal)
       this.active.delete(session.id)
       await store.unlock(`session:${session.id}`, run.id).catch(() => {})
     }
@@ -239,16 +268,43 @@ export class RunManager {
     return record
   }
 
-  /** Approves or declines the block the run waits on; 409 when it waits on another block or on none. */
-  confirm (sessionId: string, codeId: string, approve: boolean): void {
+  /** Approves or declines the block the run waits on, in whichever process it runs; 409 when it waits on another block or on none. */
+  async confirm (sessionId: string, codeId: string, approve: boolean): Promise<void> {
+    if (this.active.has(sessionId)) return this.confirmHere(sessionId, codeId, approve)
+    const answer = await this.relay('run.confirm', { session_id: sessionId, code_id: codeId, approve })
+    if (!answer) throw new AppError(409, 'no_pending_confirmation', 'No code block is waiting for approval in this session', 'conflict_error')
+  }
+
+  /** Stops the model stream and the running code, in whichever process it runs; false when the session has no run. */
+  async interrupt (sessionId: string): Promise<boolean> {
+    if (this.active.has(sessionId)) return await this.interruptHere(sessionId)
+    return (await this.relay('run.interrupt', { session_id: sessionId }))?.interrupted ?? false
+  }
+
+  /**
+   * Asks the process that runs the session's turn (it holds the session's lock). Undefined when no run holds it;
+   * a 503 when one does but its process does not answer (its lock then expires within RUN_LOCK_TTL_MS).
+   */
+  private async relay (topic: string, body: { session_id: string, [k: string]: unknown }): Promise<(Relayed & { ok: true }) | undefined> {
+    const { bus, store } = this.deps
+    if (!bus || !(await store.lockHolder(`session:${body.session_id}`))) return undefined
+    const answer = await bus.request<Relayed>(topic, body, RELAY_TIMEOUT_MS)
+    if (!answer) {
+      if (!(await store.lockHolder(`session:${body.session_id}`))) return undefined // it ended meanwhile
+      throw new AppError(503, 'run_unreachable', 'The server process running this session\'s turn did not answer; try again shortly')
+    }
+    if (!answer.ok) throw new AppError(answer.error.status, answer.error.code, answer.error.message, answer.error.type)
+    return answer
+  }
+
+  private confirmHere (sessionId: string, codeId: string, approve: boolean): void {
     const pending = this.active.get(sessionId)?.pending
     if (!pending) throw new AppError(409, 'no_pending_confirmation', 'No code block is waiting for approval in this session', 'conflict_error')
     if (pending.codeId !== codeId) throw new AppError(409, 'confirmation_mismatch', `The code block waiting for approval is ${pending.codeId}, not ${codeId}`, 'conflict_error')
     pending.resolve(approve ? 'approved' : 'declined')
   }
 
-  /** Stops the model stream and the running code; false when the session has no run here. */
-  async interrupt (sessionId: string): Promise<boolean> {
+  private async interruptHere (sessionId: string): Promise<boolean> {
     const run = this.active.get(sessionId)
     if (!run) return false
     run.abort.abort()
@@ -264,12 +320,18 @@ export class RunManager {
     Object.assign(this.deps.settings, settings)
   }
 
-  running (sessionId: string): ActiveRun | undefined {
-    return this.active.get(sessionId)
-  }
-
   async close (): Promise<void> {
     for (const run of this.active.values()) run.abort.abort()
     await Promise.all([...this.active.values()].map(r => r.done.catch(() => {})))
+  }
+}
+
+/** A relayed call's answer: its result, or the AppError it threw as data. */
+async function relayed (fn: () => Relayed | Promise<Relayed>): Promise<Relayed> {
+  try {
+    return await fn()
+  } catch (err) {
+    const e = runError(err)
+    return { ok: false, error: { status: e.statusCode, code: e.code, message: e.message, type: e.type } }
   }
 }

@@ -63,8 +63,11 @@ export class ModelRegistry {
   private models: ModelEntry[] = []
   private providers = new Map<string, LlmProvider>()
   private fileDefault: string | undefined
+  private envDefault: string | undefined
 
-  constructor (private readonly file: string, private readonly env: Record<string, string | undefined>, private envDefault?: string) {}
+  constructor (private readonly file: string, private readonly env: Record<string, string | undefined>, private readonly configDefault?: string) {
+    this.envDefault = configDefault
+  }
 
   /** Loads the file (a missing file means no models); throws ConfigError and keeps the old models on a bad one. */
   load (): number {
@@ -83,6 +86,11 @@ export class ModelRegistry {
   /** Makes another configured model the default (a 400 listing the known ones otherwise). */
   setDefault (name: string): void {
     this.envDefault = this.get(name).name
+  }
+
+  /** Back to DEFAULT_MODEL, or the file's default. */
+  resetDefault (): void {
+    this.envDefault = this.configDefault
   }
 
   get defaultName (): string | null {

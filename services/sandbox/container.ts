@@ -13,10 +13,12 @@ export interface SandboxLimits {
 
 export const LABEL = 'dev.interpreter-server.sandbox'
 export const NAMESPACE_LABEL = 'dev.interpreter-server.namespace'
+/** The server process that made the container (its bus id), so that other processes leave it alone while that one lives. */
+export const INSTANCE_LABEL = 'dev.interpreter-server.instance'
 const MB = 1024 * 1024
 
 /** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
-export function containerSpec (limits: SandboxLimits, namespace: string): Docker.ContainerCreateOptions {
+export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string): Docker.ContainerCreateOptions {
   return {
     Image: limits.image,
     OpenStdin: true,
@@ -26,7 +28,7 @@ export function containerSpec (limits: SandboxLimits, namespace: string): Docker
     AttachStderr: true,
     Tty: false,
     NetworkDisabled: true,
-    Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace },
+    Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace, ...(instance ? { [INSTANCE_LABEL]: instance } : {}) },
     Env: [`KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`],
     HostConfig: {
       NetworkMode: 'none',

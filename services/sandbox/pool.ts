@@ -1,7 +1,7 @@
 import type Docker from 'dockerode'
 import type { Duplex } from 'node:stream'
 import { AgentClient } from './agent-client.js'
-import { containerSpec, LABEL, NAMESPACE_LABEL, type SandboxLimits } from './container.js'
+import { containerSpec, LABEL, NAMESPACE_LABEL, INSTANCE_LABEL, type SandboxLimits } from './container.js'
 import { SandboxHandle } from './sandbox.js'
 import { DependencyError } from '../errors.js'
 
@@ -15,6 +15,8 @@ export interface PoolOptions {
   limits: SandboxLimits
   size: number
   namespace: string
+  /** This server process, written on every container it makes. */
+  instance: string
   readyTimeoutMs?: number
 }
 
@@ -31,6 +33,7 @@ export class SandboxPool {
   constructor (readonly docker: Docker, private readonly opts: PoolOptions, private readonly log: Logger) {}
 
   get limits (): SandboxLimits { return this.opts.limits }
+  get instance (): string { return this.opts.instance }
 
   get stats (): { warm: number, creating: number, size: number } {
     return { warm: this.warm.length, creating: this.creating, size: this.opts.size }
@@ -103,7 +106,7 @@ export class SandboxPool {
   private async create (): Promise<SandboxHandle> {
     let container: Docker.Container
     try {
-      container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace))
+      container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace, this.opts.instance))
     } catch (err) {
       throw this.dockerError('create', err)
     }
@@ -156,11 +159,11 @@ export class SandboxPool {
     }
   }
 
-  /** Containers of this namespace that Docker knows, by id. */
-  async containerIds (): Promise<string[]> {
+  /** Containers of this namespace that Docker knows, with the process that made them (null when unlabelled). */
+  async containers (): Promise<Array<{ id: string, instance: string | null }>> {
     try {
       const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`, `${NAMESPACE_LABEL}=${this.opts.namespace}`] } })
-      return list.map(c => c.Id)
+      return list.map(c => ({ id: c.Id, instance: c.Labels?.[INSTANCE_LABEL] ?? null }))
     } catch (err) {
       throw this.dockerError('list', err)
     }

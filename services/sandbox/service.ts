@@ -19,6 +19,12 @@ export interface SandboxServiceOptions {
   cpus: number
   memoryMb: number
   reapIntervalMs?: number
+  /**
+   * Whether another server process still lives (with a shared store). Given, the reaper also removes containers
+   * whose process died, and start-up leaves a live process's containers alone; without it, start-up removes every
+   * container no stored sandbox references.
+   */
+  isLive?: (instance: string) => Promise<boolean>
 }
 
 /** Sandboxes as the API sees them: owned by a key, recorded in the store, backed by pool containers. */
@@ -33,25 +39,41 @@ export class SandboxService {
     const health = await this.pool.health()
     if (health.docker === 'ok') await this.recover().catch((err: Error) => this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up'))
     await this.pool.start(waitWarm)
-    this.reaper = setInterval(() => { this.reap().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed')) }, this.opts.reapIntervalMs ?? 5000)
+    this.reaper = setInterval(() => {
+      this.reap()
+        .then(() => this.opts.isLive ? this.removeOrphans() : 0)
+        .catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
+    }, this.opts.reapIntervalMs ?? 5000)
     this.reaper.unref()
   }
 
-  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's other containers. */
+  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's orphans. */
   private async recover (): Promise<void> {
-    const referenced = new Set<string>()
+    let adopted = 0
     for (const record of await this.store.listSandboxes()) {
       const handle = await this.pool.adopt(record.container_id)
       if (handle) {
         this.track(record.id, handle)
-        referenced.add(record.container_id)
+        adopted++
       } else {
         await this.store.deleteSandbox(record.id)
       }
     }
-    const orphans = (await this.pool.containerIds()).filter(id => !referenced.has(id))
-    await Promise.all(orphans.map(id => this.pool.remove(id).catch(() => {})))
-    this.log.info({ adopted: referenced.size, orphansRemoved: orphans.length }, 'sandboxes recovered')
+    this.log.info({ adopted, orphansRemoved: await this.removeOrphans() }, 'sandboxes recovered')
+  }
+
+  /** Removes the containers no stored sandbox references, unless this process or another live one made them. */
+  private async removeOrphans (): Promise<number> {
+    const referenced = new Set((await this.store.listSandboxes()).map(r => r.container_id))
+    let removed = 0
+    for (const { id, instance } of await this.pool.containers()) {
+      if (referenced.has(id) || instance === this.pool.instance) continue
+      if (instance && this.opts.isLive && await this.opts.isLive(instance)) continue
+      await this.pool.remove(id).catch(() => {})
+      removed++
+    }
+    if (removed) this.log.info({ removed }, 'orphan containers removed')
+    return removed
   }
 
   private track (id: string, handle: SandboxHandle): void {

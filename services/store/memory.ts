@@ -82,5 +82,10 @@ export class MemoryStore implements Store {
     if (this.locks.get(name)?.owner === owner) this.locks.delete(name)
   }
 
+  async lockHolder (name: string): Promise<string | null> {
+    const held = this.locks.get(name)
+    return held && held.until > Date.now() ? held.owner : null
+  }
+
   async close (): Promise<void> {}
 }

@@ -108,8 +108,15 @@ export class RedisStore implements Store {
   }
 
   async lock (name: string, owner: string, ttlMs: number): Promise<boolean> {
-    const set = await this.guard('lock', () => this.redis.set(`lock:${name}`, owner, 'PX', ttlMs, 'NX'))
-    return set === 'OK'
+    // Take it when free, extend it when ours: compare and set in one step.
+    const taken = await this.guard('lock', () => this.redis.eval(
+      'local held = redis.call("get", KEYS[1]) if held and held ~= ARGV[1] then return 0 end redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1',
+      1, `lock:${name}`, owner, String(ttlMs)))
+    return taken === 1
+  }
+
+  async lockHolder (name: string): Promise<string | null> {
+    return await this.guard('lock holder', () => this.redis.get(`lock:${name}`))
   }
 
   async unlock (name: string, owner: string): Promise<void> {

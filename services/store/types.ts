@@ -22,9 +22,11 @@ export interface Store {
   getSandbox (id: string): Promise<SandboxRecord | null>
   deleteSandbox (id: string): Promise<void>
   listSandboxes (owner?: string): Promise<SandboxRecord[]>
-  /** Takes a lock unless another owner holds it (it expires after ttlMs); true when taken. */
+  /** Takes a lock, or extends it when `owner` holds it already, unless another owner holds it; it expires after ttlMs. */
   lock (name: string, owner: string, ttlMs: number): Promise<boolean>
   unlock (name: string, owner: string): Promise<void>
+  /** Who holds the lock, or null. */
+  lockHolder (name: string): Promise<string | null>
   close (): Promise<void>
 }
 

@@ -1,0 +1,20 @@
+import fp from 'fastify-plugin'
+import { Bus } from '../services/bus.js'
+
+declare module 'fastify' {
+  interface FastifyInstance { bus: Bus | null }
+}
+
+/** Messages between the server processes that share one Redis (null without Redis: one process needs none). */
+export default fp(async (app) => {
+  if (!app.redis) {
+    app.decorate('bus', null)
+    return
+  }
+  const sub = app.redis.duplicate()
+  sub.on('error', () => {}) // the shared connection already reports an outage
+  const bus = new Bus(app.redis, sub, `${app.config.REDIS_PREFIX}bus`, (err) => app.log.warn({ err }, 'a message between server processes failed'))
+  await bus.start()
+  app.decorate('bus', bus)
+  app.addHook('onClose', async () => { await bus.close() })
+}, { name: 'bus', dependencies: ['redis'] })
