@@ -1,6 +1,6 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn, execFileSync } from 'node:child_process'
-import { writeFileSync, mkdtempSync } from 'node:fs'
+import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
@@ -43,37 +43,67 @@ t.test('exec runs a file or stdin in a fresh sandbox and exits non-zero when the
   t.same((await app.sandboxes.list({ name: 'alice', role: 'user' })), [], 'its sandboxes were removed')
 })
 
-t.test('chat in a terminal: streams the answer, asks before running code, shows the output', async (t) => {
-  const pane = `interpreter-test-${process.pid}`
-  const tmux = (...args: string[]) => execFileSync('tmux', args, { encoding: 'utf8' })
+/** The chat client in a tmux pane: its screen, keys sent to it, and waiting for text to appear. */
+function terminal (t: Test, name: string, ...args: string[]) {
+  const pane = `interpreter-${name}-${process.pid}`
+  const tmux = (...a: string[]) => execFileSync('tmux', a, { encoding: 'utf8' })
   const screen = () => tmux('capture-pane', '-p', '-t', pane, '-S', '-200')
-  const waitFor = async (text: string | RegExp) => {
-    for (let i = 0; i < 300; i++) {
-      if (typeof text === 'string' ? screen().includes(text) : text.test(screen())) return
-      await sleep(100)
+  const command = [process.execPath, ...cliArgs('chat', ...args, '--url', base, '--api-key', KEYS.alice)].map(a => `'${a}'`).join(' ')
+  // remain-on-exit keeps the pane (and the client's exit status) after the client exits
+  tmux('new-session', '-d', '-s', pane, '-x', '160', '-y', '50', '-c', process.cwd(), `${command}; echo "exit status $?"; sleep 30`)
+  t.teardown(() => { try { tmux('kill-session', '-t', pane) } catch {} })
+  return {
+    screen,
+    keys: (...keys: string[]) => tmux('send-keys', '-t', pane, ...keys),
+    async waitFor (text: string | RegExp): Promise<void> {
+      for (let i = 0; i < 300; i++) {
+        if (typeof text === 'string' ? screen().includes(text) : text.test(screen())) return
+        await sleep(100)
+      }
+      throw new Error(`"${text}" never appeared; the screen:\n${screen()}`)
     }
-    throw new Error(`"${text}" never appeared; the screen:\n${screen()}`)
   }
+}
+
+t.test('chat in a terminal: streams the answer, asks before running code, shows the output', async (t) => {
   fake.script('gpt-test',
     { text: 'I will run some code.', code: { language: 'python', code: 'print("hello from the sandbox")' } },
     { text: 'All done here.' })
-  const command = [process.execPath, ...cliArgs('chat', '--no-auto-run', '--url', base, '--api-key', KEYS.alice)].map(a => `'${a}'`).join(' ')
-  tmux('new-session', '-d', '-s', pane, '-x', '160', '-y', '50', '-c', process.cwd(), command)
-  t.teardown(() => { try { tmux('kill-session', '-t', pane) } catch {} })
-  await waitFor(/^>$/m) // the prompt (tmux drops trailing spaces)
-  t.match(screen(), /session ses_/)
-  tmux('send-keys', '-t', pane, 'please run it', 'Enter')
-  await waitFor('Run this code? [y/N]')
-  t.match(screen(), /I will run some code\.[\s\S]*── python ──[\s\S]*print\("hello from the sandbox"\)/)
-  tmux('send-keys', '-t', pane, 'y', 'Enter')
-  await waitFor('All done here.')
-  t.match(screen(), /hello from the sandbox\n[\s\S]*All done here\./, 'the output, then the answer')
-  tmux('send-keys', '-t', pane, 'exit', 'Enter')
-  for (let i = 0; i < 50; i++) {
-    try { tmux('has-session', '-t', pane) } catch { break }
-    await sleep(100)
-  }
-  t.throws(() => tmux('has-session', '-t', pane), 'the client exited')
+  const term = terminal(t, 'confirm', '--no-auto-run')
+  await term.waitFor(/^>$/m) // the prompt (tmux drops trailing spaces)
+  t.match(term.screen(), /session ses_/)
+  term.keys('please run it', 'Enter')
+  await term.waitFor('Run this code? [y/N]')
+  t.match(term.screen(), /I will run some code\.[\s\S]*── python ──[\s\S]*print\("hello from the sandbox"\)/)
+  term.keys('y', 'Enter')
+  await term.waitFor('All done here.')
+  t.match(term.screen(), /hello from the sandbox\n[\s\S]*All done here\./, 'the output, then the answer')
+  term.keys('exit', 'Enter')
+  await term.waitFor('exit status 0')
+})
+
+t.test('chat in a terminal: a plot is saved as a PNG file; Ctrl-C interrupts a run, and at the prompt exits', async (t) => {
+  fake.script('gpt-test',
+    { code: { language: 'python', code: 'import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()' } },
+    { text: 'There is your plot.' })
+  const term = terminal(t, 'interrupt')
+  await term.waitFor(/^>$/m)
+  term.keys('plot squares', 'Enter')
+  await term.waitFor('There is your plot.')
+  const saved = /\[image saved: (\S+\.png)\]/.exec(term.screen())
+  t.ok(saved, 'the path is shown')
+  t.same([...readFileSync(saved![1]).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG file')
+
+  fake.script('gpt-test', { code: { language: 'python', code: 'import time\nprint("sleeping", flush=True)\ntime.sleep(30)' } })
+  term.keys('sleep', 'Enter')
+  await term.waitFor('sleeping')
+  term.keys('C-c')
+  await term.waitFor('KeyboardInterrupt')
+  t.match(term.screen(), /\^C interrupting \(again to exit\)/)
+  await term.waitFor(/KeyboardInterrupt[\s\S]*^>$/m)
+  t.pass('the prompt is back after the interrupted run')
+  term.keys('C-c')
+  await term.waitFor('exit status 130')
 })
 
 t.test('close', async () => {
