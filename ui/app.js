@@ -270,7 +270,7 @@ async function saveSettings (event) {
   for (const name of ['execution_timeout_ms', 'pool_size', 'rate_limit_per_minute', 'session_rate_limit_per_minute']) body[name] = Number(form[name].value)
   $('#settings-status').textContent = ''
   await api('PATCH', '/v1/settings', body)
-  $('#settings-status').textContent = 'Saved: applied without a restart.'
+  $('#settings-status').textContent = 'Saved: applied without a restart, in every server process.'
   await openSettings()
 }
 
@@ -321,6 +321,7 @@ $('#log-level').addEventListener('change', () => attempt(openLogs))
 $('#log-session').addEventListener('change', () => attempt(openLogs))
 $('#settings-form').addEventListener('submit', (event) => attempt(() => saveSettings(event)))
 $('#reload-models').addEventListener('click', () => attempt(async () => { await api('PATCH', '/v1/settings', { reload_models: true }); $('#settings-status').textContent = 'Models reloaded.'; await openSettings() }))
+$('#reset-settings').addEventListener('click', () => attempt(async () => { await api('PATCH', '/v1/settings', { reset: true }); $('#settings-status').textContent = 'Back to the configuration\'s values, in every server process.'; await openSettings() }))
 
 if (state.key) {
   for (const section of document.querySelectorAll('main > section')) section.hidden = true

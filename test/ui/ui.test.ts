@@ -137,6 +137,10 @@ t.test('settings: validated with a clear message, applied without a restart, vis
   const sandbox = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(KEYS.bob), payload: {} })).json()
   const slow = await app.inject({ method: 'POST', url: `/v1/sandboxes/${sandbox.id}/execute`, headers: auth(KEYS.bob), payload: { code: 'import time\ntime.sleep(10)' } })
   t.match(slow.json().error, { code: 'execution_timeout', value: /4321 ms/ }, 'the new execution timeout is in force')
+  await page.click('#reset-settings')
+  await page.waitForSelector('#settings-status:has-text("Back to the configuration")')
+  t.equal(await page.inputValue('[name=rate_limit_per_minute]'), String(config.RATE_LIMIT_PER_MINUTE), 'the form shows the configuration\'s value again')
+  t.equal((await app.inject({ method: 'GET', url: '/v1/sessions', headers: auth(KEYS.bob) })).headers['x-ratelimit-limit'], String(config.RATE_LIMIT_PER_MINUTE), 'and it is in force')
   await page.close()
 })
 
