@@ -50,7 +50,7 @@ export const SettingsChangeSchema = Type.Intersect([SettingsPatchSchema, Type.Ob
 export type SettingsChange = Static<typeof SettingsChangeSchema>
 
 /** What a change needs of the models (the registry). */
-export interface DefaultModel { load: () => number, get: (name: string) => unknown, setDefault: (name: string) => void, resetDefault: () => void }
+export interface DefaultModel { load: () => number, get: (name: string) => unknown, setDefault: (name: string) => void, resetDefault: () => void, readonly defaultName: string | null }
 
 /**
  * Changes to the settings, applied in this process and, with Redis, kept there (a hash of the changed fields,
@@ -91,8 +91,12 @@ export class SettingsChanges {
     }
   }
 
-  /** Validates and applies `change` here (a 400 naming what is wrong, with nothing changed), then shares it. */
+  /**
+   * Validates and applies `change` here (a 400 naming what is wrong, with nothing changed), then shares it; when
+   * Redis cannot keep it, the change is undone here too (a 503), so that no process differs from the others.
+   */
   async change (change: SettingsChange): Promise<void> {
+    const before = { settings: this.live.get(), model: this.models().defaultName }
     this.apply(change)
     if (!this.shared) return
     const { redis, bus } = this.shared
@@ -102,10 +106,12 @@ export class SettingsChanges {
       if (reset) tx.del(SettingsChanges.KEY)
       if (Object.keys(kept).length) tx.hset(SettingsChanges.KEY, Object.fromEntries(Object.entries(kept).map(([k, v]) => [k, JSON.stringify(v)])))
       await tx.exec()
-      await bus.publish('settings', change)
     } catch (err) {
+      this.live.update(before.settings)
+      if (before.model) this.models().setDefault(before.model)
       throw new DependencyError('redis', `redis settings failed: ${(err as Error).message}`, { cause: err })
     }
+    await bus.publish('settings', change)
   }
 
   private apply (change: SettingsChange): void {

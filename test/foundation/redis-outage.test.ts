@@ -17,6 +17,10 @@ t.test('Redis stopped mid-test: 503 at once; service resumes by itself when Redi
   t.same(down.json(), { error: { message: 'The session store (Redis) is unavailable; try again shortly', type: 'unavailable_error', code: 'redis_unavailable' } })
   const create = await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: { title: 'during outage' } })
   t.equal(create.statusCode, 503, 'writes fail cleanly too')
+  const before = (await app.inject({ method: 'GET', url: '/v1/settings', headers: auth(KEYS.admin) })).json().rate_limit_per_minute
+  const change = await app.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { rate_limit_per_minute: before + 1 } })
+  t.equal(change.statusCode, 503, 'a settings change that cannot be shared is refused')
+  t.equal((await app.inject({ method: 'GET', url: '/v1/settings', headers: auth(KEYS.admin) })).json().rate_limit_per_minute, before, 'and undone here')
   const ready = await app.inject({ method: 'GET', url: '/v1/ready' })
   t.equal(ready.statusCode, 503)
   t.match(ready.json(), { status: 'unavailable', checks: { store: /down/ } })
