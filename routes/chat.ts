@@ -62,7 +62,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags: ['chat'],
       summary: "Replay and follow a session's event log (SSE)",
-      description: 'Sends every event after `after` (or the `Last-Event-ID` header), then new ones as they happen, with a comment line every 15 s. Each event is sent exactly once, in order, by any server process sharing the Redis.',
+      description: 'Sends every event after `after` (or the `Last-Event-ID` header; `after=now`: only events from now on), then new ones as they happen, with a comment line every 15 s. Each event is sent exactly once, in order, by any server process sharing the Redis.',
       params: IdParamsSchema,
       querystring: Type.Object({ after: Type.Optional(Type.String()) }),
       response: { 200: Type.String({ description: 'text/event-stream' }), ...errors }
@@ -70,8 +70,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     const session = await sessions.get(request.params.id, request.principal)
     const header = request.headers['last-event-id']
-    const after = (typeof header === 'string' && header) || request.query.after
-    if (after !== undefined && !EVENT_ID.test(after)) throw new AppError(400, 'validation_error', 'querystring/after must be an event id such as 1732000000000-0')
+    let after = (typeof header === 'string' && header) || request.query.after
+    if (after !== undefined && after !== 'now' && !EVENT_ID.test(after)) throw new AppError(400, 'validation_error', 'querystring/after must be an event id such as 1732000000000-0, or now')
+    if (after === 'now') after = await events.lastId(session.id) ?? undefined
     const sse = openSse(reply)
     const follower = new AbortController()
     reply.raw.on('close', () => follower.abort())

@@ -62,8 +62,12 @@ export class RedisEventLog implements EventLog {
   }
 
   async lastId (sessionId: string): Promise<string | null> {
-    const [newest] = await this.redis.xrevrange(streamKey(sessionId), '+', '-', 'COUNT', 1)
-    return newest?.[0] ?? null
+    try {
+      const [newest] = await this.redis.xrevrange(streamKey(sessionId), '+', '-', 'COUNT', 1)
+      return newest?.[0] ?? null
+    } catch (err) {
+      throw new DependencyError('redis', `event log read failed: ${(err as Error).message}`, { cause: err })
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 // The web monitor: plain browser JavaScript, served by the server itself.
 const $ = (selector) => document.querySelector(selector)
-const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null }
+const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null }
 
 // ---------- API ----------
 async function api (method, path, body) {
@@ -13,6 +13,32 @@ async function api (method, path, body) {
   const data = await response.json().catch(() => null)
   if (!response.ok) throw new Error(data?.error?.message ?? `The server answered ${response.status}`)
   return data
+}
+
+/** Reads a server-sent event stream from an authenticated GET, calling onEvent({ event, data, id }) until aborted. */
+async function followSse (path, signal, onEvent) {
+  const response = await fetch(path, { headers: { authorization: `Bearer ${state.key}` }, signal })
+  if (!response.ok) throw new Error((await response.json()).error.message)
+  const reader = response.body.getReader()
+  const decoder = new TextDecoder()
+  let buffer = ''
+  void (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) return
+        buffer += decoder.decode(value, { stream: true })
+        let cut
+        while ((cut = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, cut)
+          buffer = buffer.slice(cut + 2)
+          const field = (name) => block.split('\n').find(l => l.startsWith(`${name}: `))?.slice(name.length + 2)
+          const data = field('data')
+          if (data !== undefined) onEvent({ event: field('event') ?? 'message', id: field('id'), data: JSON.parse(data) })
+        }
+      }
+    } catch {}
+  })()
 }
 
 function showError (err) {
@@ -114,6 +140,7 @@ function showTab (tab) {
   state.timers.forEach(clearInterval)
   state.timers = []
   if (tab !== 'logs') stopLogs()
+  if (tab !== 'sessions') stopFollowing()
   const open = { status: openStatus, sessions: openSessions, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
   void attempt(open)
 }
@@ -154,15 +181,42 @@ async function openSessions () {
   $('#session-list').replaceChildren(...(items.length ? items : [el('li', {}, 'No sessions yet.')]))
 }
 
+/**
+ * A session's stored messages, then, live, what its runs stream from now on. When a run starts or ends, the
+ * stored messages are shown again (they hold the user's message and everything the run kept), in order with
+ * the live chunks around them.
+ */
 async function openTranscript (id) {
   for (const li of document.querySelectorAll('#session-list li')) li.classList.toggle('active', li.dataset.id === id)
+  stopFollowing()
+  const controller = new AbortController()
+  state.following = controller
+  const view = new Transcript($('#transcript'))
+  const confirmHere = (codeId, approve) => attempt(() => api('POST', `/v1/sessions/${id}/confirm`, { code_id: codeId, approve }))
+  // Events wait behind the first reading of the messages, which waits until the events are followed: nothing is missed.
+  let following
+  let chain = new Promise(resolve => { following = resolve }).then(() => showStored(id, view))
+  const queue = (fn) => { chain = chain.then(fn).catch(showError) }
+  await followSse(`/v1/sessions/${id}/events?after=now`, controller.signal, (e) => {
+    if (e.event === 'message') queue(() => view.chunk(e.data, confirmHere))
+    else if (e.event === 'run_start' || e.event === 'done') queue(() => showStored(id, view))
+  })
+  following()
+  await chain
+}
+
+async function showStored (id, view) {
   const [session, messages] = await Promise.all([api('GET', `/v1/sessions/${id}`), api('GET', `/v1/sessions/${id}/messages?limit=1000`)])
-  const root = $('#transcript')
-  const view = new Transcript(root)
+  const root = view.root
   view.clear()
   view.add(el('div', { class: 'row' }, el('strong', {}, session.title ?? session.id), el('span', { class: 'hint' }, `${session.owner} · ${session.usage.total_tokens} tokens`),
-    el('button', { type: 'button', id: 'delete-session', onclick: () => attempt(async () => { if (confirm('Delete this session?')) { await api('DELETE', `/v1/sessions/${id}`); root.replaceChildren(); await openSessions() } }) }, 'Delete')))
+    el('button', { type: 'button', id: 'delete-session', onclick: () => attempt(async () => { if (confirm('Delete this session?')) { stopFollowing(); await api('DELETE', `/v1/sessions/${id}`); root.replaceChildren(); await openSessions() } }) }, 'Delete')))
   for (const m of messages.data) view.message(m)
+}
+
+function stopFollowing () {
+  state.following?.abort()
+  state.following = null
 }
 
 // ---------- playground ----------
@@ -214,27 +268,7 @@ async function openLogs () {
   $('#log-pause').textContent = 'Pause'
   $('#log-lines').replaceChildren()
   const session = $('#log-session').value.trim()
-  const response = await fetch(`/v1/admin/logs?level=${$('#log-level').value}${session ? `&session=${encodeURIComponent(session)}` : ''}`, { headers: { authorization: `Bearer ${state.key}` }, signal: controller.signal })
-  if (!response.ok) throw new Error((await response.json()).error.message)
-  const reader = response.body.getReader()
-  const decoder = new TextDecoder()
-  let buffer = ''
-  void (async () => {
-    try {
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) return
-        buffer += decoder.decode(value, { stream: true })
-        let cut
-        while ((cut = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, cut)
-          buffer = buffer.slice(cut + 2)
-          const data = block.split('\n').find(l => l.startsWith('data: '))
-          if (data) addLog(JSON.parse(data.slice(6)))
-        }
-      }
-    } catch {}
-  })()
+  await followSse(`/v1/admin/logs?level=${$('#log-level').value}${session ? `&session=${encodeURIComponent(session)}` : ''}`, controller.signal, (e) => addLog(e.data))
 }
 
 function addLog (line) {

@@ -105,6 +105,25 @@ t.test('sessions: a user key sees its own transcript, never another key\'s sessi
   await admin.close()
 })
 
+t.test('sessions: an open transcript follows a running turn live, approval included', async (t) => {
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { title: 'watched live' } })).json()
+  const page = await signedIn(KEYS.alice)
+  await page.click('[data-tab="sessions"]')
+  await page.click(`#session-list li[data-id="${session.id}"]`)
+  await page.waitForSelector('#transcript:has-text("watched live")')
+  fake.script('gpt-test', { text: 'Counting for you now.', code: { language: 'python', code: 'print("counted", 6 * 7)' } }, { text: 'The count is in.' })
+  const turn = app.inject({ method: 'POST', url: '/v1/chat', headers: auth(KEYS.alice), payload: { session_id: session.id, auto_run: false, messages: [{ role: 'user', content: 'count, please' }] } })
+  await page.waitForSelector('#transcript .confirm button.approve')
+  t.match(await page.textContent('#transcript'), /count, please[\s\S]*Counting for you now\.[\s\S]*print\("counted", 6 \* 7\)/, 'the user\'s message, then the streamed text and code, without a reload')
+  await page.screenshot({ path: `${SHOTS}/09-transcript-live.png`, fullPage: true })
+  await page.click('#transcript .confirm button.approve')
+  t.equal((await turn).statusCode, 200, 'approved from the transcript, the turn finished')
+  await page.waitForSelector('#transcript:has-text("The count is in.")')
+  t.match(await page.textContent('#transcript pre.output'), /counted 42/, 'its output')
+  t.equal(await page.$$eval('#transcript .msg.assistant', nodes => nodes.filter(n => n.textContent === 'The count is in.').length), 1, 'shown once, as stored')
+  await page.close()
+})
+
 t.test('live logs: a new log line arrives', async (t) => {
   const page = await signedIn(KEYS.admin)
   await page.click('[data-tab="logs"]')
