@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { LiveSettings, SettingsChanges, type Settings } from '../services/settings.js'
+import { LiveSettings, SettingsChanges } from '../services/settings.js'
 
 declare module 'fastify' {
   interface FastifyInstance { settings: LiveSettings, settingsChanges: SettingsChanges }
@@ -11,17 +11,16 @@ declare module 'fastify' {
  */
 export default fp(async (app) => {
   const c = app.config
-  const initial: Settings = {
+  const settings = new LiveSettings({
     default_model: c.DEFAULT_MODEL ?? null,
     auto_run: c.AUTO_RUN,
     execution_timeout_ms: c.EXECUTION_TIMEOUT_MS,
     pool_size: c.POOL_SIZE,
     rate_limit_per_minute: c.RATE_LIMIT_PER_MINUTE,
     session_rate_limit_per_minute: c.SESSION_RATE_LIMIT_PER_MINUTE
-  }
-  const settings = new LiveSettings(initial, c.MAX_EXECUTION_TIMEOUT_MS)
+  }, c.MAX_EXECUTION_TIMEOUT_MS)
   const shared = app.redis && app.bus ? { redis: app.redis, bus: app.bus } : null
-  const changes = new SettingsChanges(settings, initial, () => app.models, shared, app.log.child({ component: 'settings' }))
+  const changes = new SettingsChanges(settings, () => app.models, shared, app.log.child({ component: 'settings' }))
   app.decorate('settings', settings)
   app.decorate('settingsChanges', changes)
   // The models are loaded by then, and every consumer listens for changes.

@@ -4,6 +4,7 @@ import { Type, type Static } from 'typebox'
 import type { Redis } from 'ioredis'
 import { AppError, DependencyError } from './errors.js'
 import type { Bus } from './bus.js'
+import type { ModelRegistry } from './llm/registry.js'
 
 export const SettingsSchema = Type.Object({
   default_model: Type.Union([Type.String(), Type.Null()]),
@@ -20,7 +21,8 @@ export const SettingsPatchSchema = Type.Partial(Type.Omit(SettingsSchema, ['defa
 export class LiveSettings extends EventEmitter {
   private current: Settings
 
-  constructor (initial: Settings, private readonly maxExecutionTimeoutMs: number) {
+  /** `initial`: the configuration's values, which a reset returns to. */
+  constructor (readonly initial: Settings, private readonly maxExecutionTimeoutMs: number) {
     super()
     this.current = { ...initial }
   }
@@ -49,9 +51,6 @@ export const SettingsChangeSchema = Type.Intersect([SettingsPatchSchema, Type.Ob
 })])
 export type SettingsChange = Static<typeof SettingsChangeSchema>
 
-/** What a change needs of the models (the registry). */
-export interface DefaultModel { load: () => number, get: (name: string) => unknown, setDefault: (name: string) => void, resetDefault: () => void, readonly defaultName: string | null }
-
 /**
  * Changes to the settings, applied in this process and, with Redis, kept there (a hash of the changed fields,
  * so a restarted process starts with them) and announced on the bus, so every process applies them.
@@ -61,8 +60,8 @@ export class SettingsChanges {
 
   constructor (
     private readonly live: LiveSettings,
-    private readonly initial: Settings,
-    private readonly models: () => DefaultModel,
+    /** The registry (a function: it is made after the settings). */
+    private readonly models: () => ModelRegistry,
     private readonly shared: { redis: Redis, bus: Bus } | null,
     private readonly log: { warn: (o: object, m: string) => void }
   ) {}
@@ -125,7 +124,7 @@ export class SettingsChanges {
       }
     }
     if (model !== undefined) models.get(model) // a 400 listing the known models, before anything changes
-    this.live.update(reset ? { ...this.initial, ...patch } : patch)
+    this.live.update(reset ? { ...this.live.initial, ...patch } : patch)
     if (reset) models.resetDefault()
     if (model !== undefined) models.setDefault(model)
   }

@@ -45,6 +45,9 @@ interface ActiveRun {
 const RELAY_TIMEOUT_MS = 3000
 type Relayed = { ok: true, interrupted?: boolean } | { ok: false, error: { status: number, code: string, message: string, type: string } }
 const noUsage = (): Usage => ({ prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 })
+/** The store lock that makes a session run one turn at a time; its holder is the run's id. */
+const sessionLock = (sessionId: string) => `session:${sessionId}`
+const NoPendingConfirmation = () => new AppError(409, 'no_pending_confirmation', 'No code block is waiting for approval in this session', 'conflict_error')
 
 /** What went wrong in a run, as the documented error body. */
 export function runError (err: unknown): AppError {
@@ -61,7 +64,6 @@ export function runError (err: unknown): AppError {
   return new AppError(500, 'internal_error', 'Internal server error')
 }
 
-/** Runs chat turns: one per session at a time (a lock in the store), each in the background, its events in the log. */
 /**
  * Runs turns and direct executions, one per session at a time (a lock in the store). Confirm and interrupt reach
  * the run wherever it runs: here directly, in another server process over the bus.
@@ -113,7 +115,7 @@ export class RunManager {
   private async open (session: Session, model: string, before?: () => Promise<void>): Promise<ActiveRun> {
     const { store, events } = this.deps
     const id = `run_${randomBytes(9).toString('base64url')}`
-    const lock = `session:${session.id}`
+    const lock = sessionLock(session.id)
     const ttl = this.deps.lockTtlMs
     if (!(await store.lock(lock, id, ttl))) {
       throw new AppError(409, 'run_in_progress', 'This session is already running a turn; wait for it or interrupt it', 'conflict_error')
@@ -171,7 +173,7 @@ export class RunManager {
     } finally {
       clearInterval(run.renewal)
       this.active.delete(session.id)
-      await store.unlock(`session:${session.id}`, run.id).catch(() => {})
+      await store.unlock(sessionLock(session.id), run.id).catch(() => {})
     }
     return outcome
   }
@@ -272,7 +274,7 @@ export class RunManager {
   async confirm (sessionId: string, codeId: string, approve: boolean): Promise<void> {
     if (this.active.has(sessionId)) return this.confirmHere(sessionId, codeId, approve)
     const answer = await this.relay('run.confirm', { session_id: sessionId, code_id: codeId, approve })
-    if (!answer) throw new AppError(409, 'no_pending_confirmation', 'No code block is waiting for approval in this session', 'conflict_error')
+    if (!answer) throw NoPendingConfirmation()
   }
 
   /** Stops the model stream and the running code, in whichever process it runs; false when the session has no run. */
@@ -287,10 +289,10 @@ export class RunManager {
    */
   private async relay (topic: string, body: { session_id: string, [k: string]: unknown }): Promise<(Relayed & { ok: true }) | undefined> {
     const { bus, store } = this.deps
-    if (!bus || !(await store.lockHolder(`session:${body.session_id}`))) return undefined
+    if (!bus || !(await store.lockHolder(sessionLock(body.session_id)))) return undefined
     const answer = await bus.request<Relayed>(topic, body, RELAY_TIMEOUT_MS)
     if (!answer) {
-      if (!(await store.lockHolder(`session:${body.session_id}`))) return undefined // it ended meanwhile
+      if (!(await store.lockHolder(sessionLock(body.session_id)))) return undefined // it ended meanwhile
       throw new AppError(503, 'run_unreachable', 'The server process running this session\'s turn did not answer; try again shortly')
     }
     if (!answer.ok) throw new AppError(answer.error.status, answer.error.code, answer.error.message, answer.error.type)
@@ -299,7 +301,7 @@ export class RunManager {
 
   private confirmHere (sessionId: string, codeId: string, approve: boolean): void {
     const pending = this.active.get(sessionId)?.pending
-    if (!pending) throw new AppError(409, 'no_pending_confirmation', 'No code block is waiting for approval in this session', 'conflict_error')
+    if (!pending) throw NoPendingConfirmation()
     if (pending.codeId !== codeId) throw new AppError(409, 'confirmation_mismatch', `The code block waiting for approval is ${pending.codeId}, not ${codeId}`, 'conflict_error')
     pending.resolve(approve ? 'approved' : 'declined')
   }

@@ -40,17 +40,16 @@ export class SandboxService {
     if (health.docker === 'ok') await this.recover().catch((err: Error) => this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up'))
     await this.pool.start(waitWarm)
     this.reaper = setInterval(() => {
-      this.reap()
-        .then(() => this.opts.isLive ? this.removeOrphans() : 0)
-        .catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
+      this.sweep().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
     }, this.opts.reapIntervalMs ?? 5000)
     this.reaper.unref()
   }
 
   /** Re-adopts the containers that stored sandboxes reference and removes this namespace's orphans. */
   private async recover (): Promise<void> {
+    const records = await this.store.listSandboxes()
     let adopted = 0
-    for (const record of await this.store.listSandboxes()) {
+    for (const record of records) {
       const handle = await this.pool.adopt(record.container_id)
       if (handle) {
         this.track(record.id, handle)
@@ -59,16 +58,31 @@ export class SandboxService {
         await this.store.deleteSandbox(record.id)
       }
     }
-    this.log.info({ adopted, orphansRemoved: await this.removeOrphans() }, 'sandboxes recovered')
+    this.log.info({ adopted, orphansRemoved: await this.removeOrphans(records) }, 'sandboxes recovered')
   }
 
-  /** Removes the containers no stored sandbox references, unless this process or another live one made them. */
-  private async removeOrphans (): Promise<number> {
-    const referenced = new Set((await this.store.listSandboxes()).map(r => r.container_id))
+  /** One reaper round: idle sandboxes, then (with a shared store) the containers of processes that died. */
+  private async sweep (): Promise<void> {
+    const records = await this.store.listSandboxes()
+    await this.reap(records)
+    if (this.opts.isLive) await this.removeOrphans(records)
+  }
+
+  /**
+   * Removes the containers none of `records` references, unless this process or another live one made them.
+   * (A record removed since it was listed only spares a container that is being removed anyway.)
+   */
+  private async removeOrphans (records: SandboxRecord[]): Promise<number> {
+    const referenced = new Set(records.map(r => r.container_id))
+    const live = new Map<string, Promise<boolean>>() // one lookup per process per round
+    const isLive = (instance: string) => {
+      if (!live.has(instance)) live.set(instance, this.opts.isLive?.(instance) ?? Promise.resolve(false))
+      return live.get(instance)!
+    }
     let removed = 0
     for (const { id, instance } of await this.pool.containers()) {
       if (referenced.has(id) || instance === this.pool.instance) continue
-      if (instance && this.opts.isLive && await this.opts.isLive(instance)) continue
+      if (instance && await isLive(instance)) continue
       await this.pool.remove(id).catch(() => {})
       removed++
     }
@@ -208,10 +222,10 @@ export class SandboxService {
     }
   }
 
-  /** Removes sandboxes idle past their timeout (never one that is running code). */
-  async reap (): Promise<number> {
+  /** Removes the sandboxes of `records` idle past their timeout (never one that is running code). */
+  private async reap (records: SandboxRecord[]): Promise<number> {
     let removed = 0
-    for (const record of await this.store.listSandboxes()) {
+    for (const record of records) {
       const idleMs = Date.now() - Date.parse(record.last_used_at)
       if (idleMs < record.timeout_s * 1000 || this.live.get(record.id)?.busy) continue
       await this.destroy(record).catch(err => this.log.warn({ sandbox: record.id, err: (err as Error).message }, 'could not remove an idle sandbox'))

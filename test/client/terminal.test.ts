@@ -49,7 +49,7 @@ function terminal (t: Test, name: string, ...args: string[]) {
   const tmux = (...a: string[]) => execFileSync('tmux', a, { encoding: 'utf8' })
   const screen = () => tmux('capture-pane', '-p', '-t', pane, '-S', '-200')
   const command = [process.execPath, ...cliArgs('chat', ...args, '--url', base, '--api-key', KEYS.alice)].map(a => `'${a}'`).join(' ')
-  // remain-on-exit keeps the pane (and the client's exit status) after the client exits
+  // the pane stays after the client exits and shows its exit status
   tmux('new-session', '-d', '-s', pane, '-x', '160', '-y', '50', '-c', process.cwd(), `${command}; echo "exit status $?"; sleep 30`)
   t.teardown(() => { try { tmux('kill-session', '-t', pane) } catch {} })
   return {

@@ -1,17 +1,19 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { auth, KEYS, FAKE_ENV, readSse, type SseEvent, fakeLlmConfig, fakeLlmApp } from '../helper.js'
+import { auth, KEYS, FAKE_ENV, readSse, type SseEvent, fakeLlmConfig, fakeLlmApp, flushPrefix, REDIS_URL } from '../helper.js'
+import type { Config } from '../../services/config.js'
 
 const alice = auth(KEYS.alice)
 const json = { ...alice, 'content-type': 'application/json' }
 const fake = new FakeLlm()
 let app: FastifyInstance
+let config: Config
 let base: string
 
 t.before(async () => {
   await fake.start()
-  const config = await fakeLlmConfig(fake.url, { POOL_SIZE: '2', CONFIRM_TIMEOUT_MS: '20000' })
+  config = await fakeLlmConfig(fake.url, { POOL_SIZE: '2', CONFIRM_TIMEOUT_MS: '20000' })
   app = await fakeLlmApp(config)
   base = await app.listen({ host: '127.0.0.1', port: 0 })
 })
@@ -196,4 +198,5 @@ t.test('an unknown model name gets a 400 that lists the known ones, and creates 
 t.test('close', async () => {
   await app.close()
   await fake.stop()
+  await flushPrefix(REDIS_URL, config.REDIS_PREFIX)
 })

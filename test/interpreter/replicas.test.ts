@@ -89,11 +89,12 @@ t.test('one process starting or reaping leaves another live process\'s container
   const ofA = async () => (await a.sandboxes.pool.containers()).filter(c => c.instance === a.sandboxes.pool.instance).map(c => c.id)
   await until('a has a warm container', async () => a.sandboxes.pool.stats.warm > 0)
   const before = await ofA() // its warm container and its sessions' sandboxes
-  const warm = a.sandboxes.pool.stats.warm
   const c = await fakeLlmApp(config)
   await sleep(1000) // a few reaper rounds of b and c
   for (const id of before) t.ok(await docker.getContainer(id).inspect(), `a's container ${id.slice(0, 12)} is still there`)
-  t.equal(a.sandboxes.pool.stats.warm, warm, 'a\'s pool is still warm')
+  const sandbox = (await a.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })).json()
+  const run = await a.inject({ method: 'POST', url: `/v1/sandboxes/${sandbox.id}/execute`, headers: alice, payload: { code: 'print("still warm")' } })
+  t.equal(run.json().stdout, 'still warm\n', 'a sandbox from a\'s warm pool works')
   await c.close()
 
   const dead = await docker.createContainer(containerSpec(a.sandboxes.pool.limits, config.SANDBOX_NAMESPACE, 'a-process-that-died'))
