@@ -28,6 +28,7 @@ export default fp(async (app) => {
     } else {
       request.log.info({ code: error.code, status: error.statusCode }, error.message)
     }
+    if (typeof error.extra.retry_after === 'number') reply.header('retry-after', error.extra.retry_after)
     return reply.status(error.statusCode).send({ error: { message: error.message, type: error.type, code: error.code, ...error.extra } })
   })
   app.setNotFoundHandler((request, reply) => {

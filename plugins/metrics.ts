@@ -8,6 +8,9 @@ export interface Metrics {
   redisErrors: Counter
   executions: Counter<'language' | 'status'>
   executionDuration: Histogram<'language'>
+  sandboxStarts: Histogram
+  sandboxStartFailures: Counter
+  capacityRejections: Counter<'reason'>
 }
 
 declare module 'fastify' {
@@ -24,7 +27,10 @@ export default fp(async (app) => {
     duration: new Histogram({ name: 'http_request_duration_seconds', help: 'HTTP request durations', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
     redisErrors: new Counter({ name: 'redis_errors_total', help: 'Requests that failed because Redis was unavailable', registers: [registry] }),
     executions: new Counter({ name: 'sandbox_executions_total', help: 'Code executions by language and outcome', labelNames: ['language', 'status'], registers: [registry] }),
-    executionDuration: new Histogram({ name: 'sandbox_execution_duration_seconds', help: 'Code execution durations', labelNames: ['language'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] })
+    executionDuration: new Histogram({ name: 'sandbox_execution_duration_seconds', help: 'Code execution durations', labelNames: ['language'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
+    sandboxStarts: new Histogram({ name: 'sandbox_start_duration_seconds', help: 'Container starts, from create to the agent being ready (queue time not included)', buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [registry] }),
+    sandboxStartFailures: new Counter({ name: 'sandbox_start_failures_total', help: 'Container starts that failed (the container is removed)', registers: [registry] }),
+    capacityRejections: new Counter({ name: 'sandbox_capacity_rejections_total', help: 'Sandbox requests refused with 503 capacity_exhausted, by reason', labelNames: ['reason'], registers: [registry] })
   }
   app.decorate('metrics', metrics)
   app.addHook('onResponse', async (request, reply) => {

@@ -1,6 +1,8 @@
 import fp from 'fastify-plugin'
 import Docker from 'dockerode'
+import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
+import { availableParallelism, totalmem } from 'node:os'
 import { SandboxPool } from '../services/sandbox/pool.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
@@ -20,6 +22,15 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const log = app.log.child({ component: 'sandbox' })
   const pool = new SandboxPool(docker, {
     size: c.POOL_SIZE,
+    max: c.POOL_MAX ?? c.POOL_SIZE + 6,
+    idleShrinkMs: c.POOL_IDLE_SHRINK_MS,
+    startConcurrency: c.SANDBOX_START_CONCURRENCY ?? Math.max(2, availableParallelism()),
+    queueTimeoutMs: c.SANDBOX_QUEUE_TIMEOUT_MS,
+    observe: {
+      started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
+      failed: () => app.metrics.sandboxStartFailures.inc(),
+      rejected: (reason) => app.metrics.capacityRejections.inc({ reason })
+    },
     namespace: c.SANDBOX_NAMESPACE,
     instance: app.bus?.id ?? randomUUID(),
     limits: {
@@ -30,7 +41,8 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
       pids: c.SANDBOX_PIDS,
       workspaceMb: c.SANDBOX_WORKSPACE_MB,
       tmpMb: c.SANDBOX_TMP_MB,
-      killGraceMs: c.KERNEL_KILL_GRACE_MS
+      killGraceMs: c.KERNEL_KILL_GRACE_MS,
+      ...(c.SANDBOX_PRELOAD ? { preload: c.SANDBOX_PRELOAD } : {})
     }
   }, log)
   const service = new SandboxService(pool, app.store, {
@@ -44,14 +56,26 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     keepOnClose: c.SANDBOX_KEEP_ON_CLOSE,
     cpus: c.SANDBOX_CPUS,
     memoryMb: c.SANDBOX_MEMORY_MB,
+    maxSandboxes: c.MAX_SANDBOXES,
+    memoryBudgetMb: c.SANDBOX_MEMORY_BUDGET_MB ?? Math.floor(totalmem() / 1024 / 1024 * 0.75),
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
+    onRejected: (reason) => app.metrics.capacityRejections.inc({ reason }),
     ...(app.bus ? { isLive: app.bus.alive.bind(app.bus) } : {})
   }, log)
   app.decorate('sandboxes', service)
+  const gauge = (name: string, help: string, read: () => number) =>
+    new Gauge({ name, help, registers: [app.metrics.registry], collect () { this.set(read()) } })
+  gauge('sandbox_start_queue_length', 'Requests waiting for a container start', () => pool.stats.queued)
+  gauge('sandbox_starts_in_flight', 'Containers starting now', () => pool.stats.creating)
+  gauge('sandbox_pool_warm', 'Warm containers ready to hand out', () => pool.stats.warm)
+  gauge('sandbox_pool_target', 'Warm containers the elastic pool aims for', () => pool.stats.target)
+  gauge('sandboxes_live', 'Sandboxes on this Docker host (all keys, as of the last creation or reaper round)', () => service.capacity.live)
+  gauge('sandbox_memory_budget_used_bytes', "The sum of live sandboxes' memory limits", () => service.capacity.memory_used_mb * 1024 * 1024)
+  gauge('sandbox_memory_budget_bytes', "The budget for the sum of sandboxes' memory limits", () => service.capacity.memory_budget_mb * 1024 * 1024)
   app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {
     service.setExecutionTimeout(s.execution_timeout_ms)
     if (s.pool_size !== pool.stats.size && c.SANDBOX_ENABLED) void pool.resize(s.pool_size)
   })
   if (c.SANDBOX_ENABLED) await service.start(opts.waitWarm ?? false)
   app.addHook('onClose', () => service.close())
-}, { name: 'sandboxes', dependencies: ['config', 'store', 'bus', 'settings'] })
+}, { name: 'sandboxes', dependencies: ['config', 'store', 'bus', 'settings', 'metrics'] })

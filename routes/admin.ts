@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ErrorSchema, commonErrors } from '../schemas/common.js'
+import { CapacityStatusSchema, PoolStatusSchema } from '../schemas/sandboxes.js'
 import { requireAdmin } from '../plugins/auth.js'
 import { openSse } from './sse.js'
 import type { LogLine } from '../services/log-hub.js'
@@ -12,7 +13,8 @@ const StatsSchema = Type.Object({
   execution_seconds_total: Type.Number(),
   sessions: Type.Integer({ description: "this key's sessions (every key's for admin keys), up to 1000" }),
   sandboxes: Type.Integer({ description: "this key's sandboxes (every key's for admin keys)" }),
-  pool: Type.Object({ warm: Type.Integer(), creating: Type.Integer(), size: Type.Integer(), live: Type.Integer(), busy: Type.Integer() })
+  pool: PoolStatusSchema,
+  capacity: CapacityStatusSchema
 })
 
 type MetricJson = { name: string, values: Array<{ value: number, metricName?: string }> }
@@ -34,7 +36,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       execution_seconds_total: sum('sandbox_execution_duration_seconds', 'sandbox_execution_duration_seconds_sum'),
       sessions: sessions.items.length,
       sandboxes: sandboxes.length,
-      pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }
+      pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts },
+      capacity: app.sandboxes.capacity
     }
   })
 

@@ -1,11 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import { CapacityStatusSchema, PoolStatusSchema, RecoveryStatusSchema } from '../schemas/sandboxes.js'
 
 const HealthSchema = Type.Object({ status: Type.Literal('ok'), version: Type.String(), model: Type.Union([Type.String(), Type.Null()]) })
 const ReadySchema = Type.Object({
   status: Type.Union([Type.Literal('ready'), Type.Literal('unavailable')]),
   checks: Type.Record(Type.String(), Type.String()),
-  pool: Type.Optional(Type.Object({ warm: Type.Integer(), creating: Type.Integer(), size: Type.Integer(), live: Type.Integer(), busy: Type.Integer() }))
+  pool: Type.Optional(PoolStatusSchema),
+  capacity: Type.Optional(CapacityStatusSchema),
+  recovery: Type.Optional(RecoveryStatusSchema)
 })
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
@@ -22,13 +25,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (_request, reply) => {
     const checks: Record<string, string> = {}
     checks.store = await app.store.ping().then(() => 'ok', (err: Error) => `down: ${app.store.kind === 'redis' ? 'redis unreachable' : err.message}`)
-    let pool
+    let sandboxes
     if (app.config.SANDBOX_ENABLED) {
       Object.assign(checks, await app.sandboxes.pool.health())
-      pool = { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }
+      sandboxes = { pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }, capacity: app.sandboxes.capacity, recovery: app.sandboxes.recovery }
     }
+    // Recovery does not hold readiness back: a sandbox not yet re-adopted is attached on its first request.
     const ready = Object.values(checks).every(v => v === 'ok')
-    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', checks, ...(pool ? { pool } : {}) })
+    return reply.status(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', checks, ...sandboxes })
   })
 }
 

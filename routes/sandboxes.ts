@@ -1,11 +1,21 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import type { FastifyReply } from 'fastify'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema } from '../schemas/sandboxes.js'
 import type { ExecutionEvent } from '../schemas/sandboxes.js'
 import { openSse, type SseStream } from './sse.js'
 import { AppError } from '../services/errors.js'
 import fileRoutes from './files.js'
+
+/** Aborts when the client closes the connection before its answer is sent (a queued create then leaves the queue). */
+function clientGone (reply: FastifyReply): AbortSignal {
+  const controller = new AbortController()
+  reply.raw.on('close', () => {
+    if (!reply.raw.writableFinished) controller.abort(new AppError(499, 'client_closed', 'The client closed the connection'))
+  })
+  return controller.signal
+}
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app
@@ -17,9 +27,15 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('', {
     preHandler: enabled,
-    schema: { tags, summary: 'Create a sandbox (from the warm pool)', body: CreateSandboxSchema, response: { 201: SandboxSchema, ...errors } }
+    schema: {
+      tags,
+      summary: 'Create a sandbox (from the warm pool)',
+      description: 'Answers 503 capacity_exhausted with Retry-After when the host is full or its container starts cannot serve the request within SANDBOX_QUEUE_TIMEOUT_MS.',
+      body: CreateSandboxSchema,
+      response: { 201: SandboxSchema, ...errors }
+    }
   }, async (request, reply) => {
-    const record = await sandboxes.create(request.principal, request.body)
+    const record = await sandboxes.create(request.principal, request.body, null, clientGone(reply))
     return reply.status(201).send(sandboxes.view(record))
   })
 

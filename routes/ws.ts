@@ -49,7 +49,7 @@ const routes: FastifyPluginAsync = async (app) => {
     }
     const fail = (err: unknown, of?: string) => {
       const e = runError(err)
-      send({ type: 'error', error: { message: e.message, type: e.type, code: e.code }, ...(of ? { of } : {}) })
+      send({ type: 'error', error: { message: e.message, type: e.type, code: e.code, ...e.extra }, ...(of ? { of } : {}) })
     }
 
     /** Streams the log after `after` to this socket, pausing while the socket has too much unsent data. */

@@ -20,6 +20,7 @@ AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
 USER_UID = 1000
 GRACE_S = float(os.environ.get('KERNEL_KILL_GRACE_MS', '2000')) / 1000
 DEFAULT_OUTPUT_CAP = 1024 * 1024
+PRELOAD = os.environ.get('SANDBOX_PRELOAD', '')  # python modules imported before the kernel says it is ready
 CHUNK = 256 * 1024
 DROP = ['setpriv', '--reuid', str(USER_UID), '--regid', str(USER_UID), '--clear-groups',
         '--inh-caps=-all', '--bounding-set=-all', '--']
@@ -72,6 +73,8 @@ class Kernel:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_env = user_env(env)
+        if language == 'python' and PRELOAD:
+            child_env['KERNEL_PRELOAD'] = PRELOAD
         child_env['KERNEL_EVENT_FD'] = str(ev_w)
         child_env['KERNEL_CTRL_FD'] = str(ctrl_r)
         stdin = ctrl_r if language == 'shell' else os.open('/dev/null', os.O_RDONLY)

@@ -91,7 +91,18 @@ def leave_if_forked():
         os._exit(0)
 
 
+def preload():
+    """Import the modules the server asked for (SANDBOX_PRELOAD) so the first run that uses them does not wait."""
+    import importlib
+    for name in filter(None, os.environ.pop('KERNEL_PRELOAD', '').split(',')):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a module the image lacks must not keep the sandbox from starting
+            sys.stderr.write('preload of %s failed: %s\n' % (name, exc))
+
+
 def main():
+    preload()
     emit({'type': 'ready'})
     while True:
         try:

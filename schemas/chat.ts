@@ -21,7 +21,7 @@ export type RunEvent =
   | { type: 'run_start', run_id: string, model: string }
   | { type: 'chunk', run_id: string, chunk: Chunk }
   | { type: 'fallback', run_id: string, from: string, to: string, reason: string }
-  | { type: 'run_end', run_id: string, session_id: string, usage: Usage, finish_reason: FinishReason, error?: { message: string, type: string, code: string } }
+  | { type: 'run_end', run_id: string, session_id: string, usage: Usage, finish_reason: FinishReason, error?: { message: string, type: string, code: string, retry_after?: number } }
 
 export const ChatInputMessageSchema = Type.Object({
   role: Type.Enum(['user', 'assistant', 'computer', 'system']),

@@ -5,7 +5,7 @@ export const ErrorSchema = Type.Object({
     message: Type.String(),
     type: Type.String(),
     code: Type.String(),
-    retry_after: Type.Optional(Type.Number({ description: 'seconds until the rate limit resets (429 only)' }))
+    retry_after: Type.Optional(Type.Number({ description: 'seconds to wait before trying again (429, and 503 capacity_exhausted)' }))
   })
 }, { description: 'Every 4xx and 5xx response has this body' })
 export type ErrorBody = Static<typeof ErrorSchema>

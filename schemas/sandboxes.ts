@@ -101,3 +101,33 @@ export type FileEntry = Static<typeof FileEntrySchema>
 
 export const FilePathSchema = Type.Object({ id: Type.String({ maxLength: 64 }), '*': Type.String({ maxLength: 1024 }) })
 export const FileListSchema = Type.Object({ object: Type.Literal('list'), path: Type.String(), data: Type.Array(FileEntrySchema) })
+
+/** The sandbox host's load, as /v1/ready and /v1/stats show it. */
+export const PoolStatusSchema = Type.Object({
+  warm: Type.Integer({ description: 'warm containers ready to hand out' }),
+  creating: Type.Integer({ description: 'containers starting now' }),
+  size: Type.Integer({ description: 'POOL_SIZE: the floor of the warm pool' }),
+  target: Type.Integer({ description: 'warm containers the elastic pool aims for now' }),
+  max: Type.Integer({ description: 'POOL_MAX' }),
+  queued: Type.Integer({ description: 'requests waiting for a container start' }),
+  concurrency: Type.Integer({ description: 'SANDBOX_START_CONCURRENCY' }),
+  avg_start_ms: Type.Integer({ description: 'recent container start time' }),
+  live: Type.Integer({ description: 'sandboxes this process is attached to' }),
+  busy: Type.Integer({ description: 'of those, running code now' })
+})
+
+export const CapacityStatusSchema = Type.Object({
+  live: Type.Integer({ description: 'sandboxes on this Docker host, all keys (as of the last creation or reaper round)' }),
+  max: Type.Integer({ description: 'MAX_SANDBOXES' }),
+  creating: Type.Integer({ description: 'creations under way in this process' }),
+  memory_used_mb: Type.Integer({ description: "the sum of live sandboxes' memory limits" }),
+  memory_budget_mb: Type.Integer({ description: 'SANDBOX_MEMORY_BUDGET_MB' })
+})
+
+export const RecoveryStatusSchema = Type.Object({
+  state: Type.Union([Type.Literal('pending'), Type.Literal('running'), Type.Literal('done'), Type.Literal('failed')]),
+  total: Type.Integer({ description: 'stored sandboxes to re-adopt' }),
+  adopted: Type.Integer(),
+  removed: Type.Integer({ description: 'records whose container was gone' }),
+  orphans_removed: Type.Integer()
+}, { description: "start-up's re-adoption of the containers stored sandboxes reference, which runs in the background" })

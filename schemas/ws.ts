@@ -25,5 +25,5 @@ export type ServerMessage =
   | { type: 'hello', session_id: string, last_event_id: string | null }
   | { type: 'event', id: string, event: string, data: unknown }
   | { type: 'ack', of: string, [key: string]: unknown }
-  | { type: 'error', error: { message: string, type: string, code: string }, of?: string }
+  | { type: 'error', error: { message: string, type: string, code: string, [key: string]: unknown }, of?: string }
   | { type: 'pong' }

@@ -25,6 +25,10 @@ function typeForStatus (status: number): string {
 
 export const SessionNotFound = () => new AppError(404, 'session_not_found', 'Session not found', 'session_error')
 export const SandboxNotFound = () => new AppError(404, 'sandbox_not_found', 'Sandbox not found', 'sandbox_error')
+/** Overload or a host-wide limit: a documented 503 whose Retry-After says when to come back. */
+export const CapacityExhausted = (message: string, retryAfterS: number) =>
+  new AppError(503, 'capacity_exhausted', message, 'unavailable_error', { retry_after: Math.max(1, Math.ceil(retryAfterS)) })
+
 export const ServiceUnavailable = (what: string, detail?: string) =>
   new AppError(503, `${what}_unavailable`, `${what[0].toUpperCase()}${what.slice(1)} is unavailable${detail ? `: ${detail}` : ''}`)
 

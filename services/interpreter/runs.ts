@@ -166,7 +166,7 @@ export class RunManager {
       }
       await run.append({
         type: 'run_end', run_id: run.id, session_id: session.id, usage: outcome.usage, finish_reason: outcome.finishReason,
-        ...(outcome.error ? { error: { message: outcome.error.message, type: outcome.error.type, code: outcome.error.code } } : {})
+        ...(outcome.error ? { error: errorBody(outcome.error) } : {})
       })
     } catch (err) {
       log.warn({ err, session: session.id }, 'could not record the end of a run')
@@ -181,7 +181,7 @@ export class RunManager {
   /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
   private executor (run: ActiveRun, session: Session): TurnDeps['execute'] {
     return async (language, code, onEvent) => {
-      const record = await this.sandboxFor(session)
+      const record = await this.sandboxFor(session, run.abort.signal)
       run.executing = record
       try {
         return await this.deps.sandboxes.execute(record, { language, code }, onEvent)
@@ -256,13 +256,13 @@ export class RunManager {
   }
 
   /** The session's sandbox, created (from the pool) on first use. */
-  private async sandboxFor (session: Session): Promise<SandboxRecord> {
+  private async sandboxFor (session: Session, signal: AbortSignal): Promise<SandboxRecord> {
     const { store, sandboxes } = this.deps
     if (session.sandbox_id) {
       const record = await store.getSandbox(session.sandbox_id)
       if (record) return record
     }
-    const record = await sandboxes.create({ name: session.owner, role: 'user' }, {}, session.id)
+    const record = await sandboxes.create({ name: session.owner, role: 'user' }, {}, session.id, signal)
     const fresh = await store.getSession(session.id) ?? session
     fresh.sandbox_id = record.id
     session.sandbox_id = record.id
@@ -326,6 +326,11 @@ export class RunManager {
     for (const run of this.active.values()) run.abort.abort()
     await Promise.all([...this.active.values()].map(r => r.done.catch(() => {})))
   }
+}
+
+/** The documented error body of a run's end; a capacity refusal keeps its retry_after. */
+function errorBody (e: AppError): { message: string, type: string, code: string, retry_after?: number } {
+  return { message: e.message, type: e.type, code: e.code, ...(typeof e.extra.retry_after === 'number' ? { retry_after: e.extra.retry_after } : {}) }
 }
 
 /** A relayed call's answer: its result, or the AppError it threw as data. */

@@ -9,6 +9,8 @@ export interface SandboxLimits {
   workspaceMb: number
   tmpMb: number
   killGraceMs: number
+  /** Python modules the kernel imports before the sandbox counts as ready. */
+  preload?: string
 }
 
 export const LABEL = 'dev.interpreter-server.sandbox'
@@ -29,7 +31,7 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
     Tty: false,
     NetworkDisabled: true,
     Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace, ...(instance ? { [INSTANCE_LABEL]: instance } : {}) },
-    Env: [`KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`],
+    Env: [`KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`, ...(limits.preload ? [`SANDBOX_PRELOAD=${limits.preload}`] : [])],
     HostConfig: {
       NetworkMode: 'none',
       ReadonlyRootfs: true,

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
-import { AppError, SandboxNotFound } from '../errors.js'
+import { AppError, CapacityExhausted, SandboxNotFound } from '../errors.js'
 import type { SandboxPool, Logger } from './pool.js'
 import type { SandboxHandle } from './sandbox.js'
 import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
@@ -18,6 +18,12 @@ export interface SandboxServiceOptions {
   keepOnClose: boolean
   cpus: number
   memoryMb: number
+  /** Sandboxes on this Docker host, all keys together. */
+  maxSandboxes: number
+  /** The sum of live sandboxes' memory limits may not pass this. */
+  memoryBudgetMb: number
+  /** Containers re-adopted (or removed) at once during start-up's recovery. */
+  recoveryConcurrency?: number
   reapIntervalMs?: number
   /**
    * Whether another server process still lives (with a shared store). Given, the reaper also removes containers
@@ -25,45 +31,74 @@ export interface SandboxServiceOptions {
    * container no stored sandbox references.
    */
   isLive?: (instance: string) => Promise<boolean>
+  /** Told of each creation refused for a host-wide limit. */
+  onRejected?: (reason: 'max_sandboxes' | 'memory_budget') => void
 }
 
 /** Sandboxes as the API sees them: owned by a key, recorded in the store, backed by pool containers. */
+export interface RecoveryState { state: 'pending' | 'running' | 'done' | 'failed', total: number, adopted: number, removed: number, orphans_removed: number }
+
+/** Creations under way in this process, counted against the limits before their records exist. */
+interface Reserved { count: number, memoryMb: number, byOwner: Map<string, number> }
+
 export class SandboxService {
   private readonly live = new Map<string, SandboxHandle>()
   private reaper: NodeJS.Timeout | null = null
+  private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map() }
+  private usage = { live: 0, memoryMb: 0 }
+  readonly recovery: RecoveryState = { state: 'pending', total: 0, adopted: 0, removed: 0, orphans_removed: 0 }
+  private recovering: Promise<void> = Promise.resolve()
 
   constructor (readonly pool: SandboxPool, private readonly store: Store, private readonly opts: SandboxServiceOptions, private readonly log: Logger) {}
 
-  /** Re-adopts the containers that stored sandboxes reference, removes orphans, starts the pool and the reaper. */
-  async start (waitWarm = false): Promise<void> {
+  /**
+   * Starts the pool and the reaper; re-adopting the containers that stored sandboxes reference and removing orphans
+   * runs in the background (however many containers a burst left, the server answers at once). `wait` waits for
+   * both the recovery and the pool's first fill.
+   */
+  async start (wait = false): Promise<void> {
     const health = await this.pool.health()
-    if (health.docker === 'ok') await this.recover().catch((err: Error) => this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up'))
-    await this.pool.start(waitWarm)
+    if (health.docker === 'ok') {
+      this.recovering = this.recover().catch((err: Error) => {
+        this.recovery.state = 'failed'
+        this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up')
+      })
+    }
+    if (wait) await this.recovering
+    await this.pool.start(wait)
     this.reaper = setInterval(() => {
       this.sweep().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
     }, this.opts.reapIntervalMs ?? 5000)
     this.reaper.unref()
   }
 
-  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's orphans. */
+  /** Resolves when start-up's recovery has finished (tests, benchmarks). */
+  recovered (): Promise<void> { return this.recovering }
+
+  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's orphans, a few at a time. */
   private async recover (): Promise<void> {
     const records = await this.store.listSandboxes()
-    let adopted = 0
-    for (const record of records) {
-      const handle = await this.pool.adopt(record.container_id)
+    Object.assign(this.recovery, { state: 'running', total: records.length })
+    await eachLimited(records, this.opts.recoveryConcurrency ?? 8, async (record) => {
+      if (this.live.has(record.id)) return // a request already attached to it
+      const handle = await this.pool.adopt(record.container_id).catch(() => null)
       if (handle) {
         this.track(record.id, handle)
-        adopted++
+        this.recovery.adopted++
       } else {
         await this.store.deleteSandbox(record.id)
+        this.recovery.removed++
       }
-    }
-    this.log.info({ adopted, orphansRemoved: await this.removeOrphans(records) }, 'sandboxes recovered')
+    })
+    this.recovery.orphans_removed = await this.removeOrphans(records)
+    this.recovery.state = 'done'
+    this.log.info({ ...this.recovery }, 'sandboxes recovered')
   }
 
   /** One reaper round: idle sandboxes, then (with a shared store) the containers of processes that died. */
   private async sweep (): Promise<void> {
     const records = await this.store.listSandboxes()
+    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
     await this.reap(records)
     if (this.opts.isLive) await this.removeOrphans(records)
   }
@@ -80,12 +115,12 @@ export class SandboxService {
       return live.get(instance)!
     }
     let removed = 0
-    for (const { id, instance } of await this.pool.containers()) {
-      if (referenced.has(id) || instance === this.pool.instance) continue
-      if (instance && await isLive(instance)) continue
+    await eachLimited(await this.pool.containers(), this.opts.recoveryConcurrency ?? 8, async ({ id, instance }) => {
+      if (referenced.has(id) || instance === this.pool.instance) return
+      if (instance && await isLive(instance)) return
       await this.pool.remove(id).catch(() => {})
       removed++
-    }
+    })
     if (removed) this.log.info({ removed }, 'orphan containers removed')
     return removed
   }
@@ -95,18 +130,25 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.live.delete(id) })
   }
 
-  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null): Promise<SandboxRecord> {
-    const own = await this.store.listSandboxes(principal.name)
-    if (own.length >= this.opts.maxPerKey) {
-      throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own.length} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
-    }
+  /**
+   * A new sandbox for `principal`, within the per-key limit (429), the host's sandbox count and memory budget (503),
+   * and the start queue (503 when it cannot serve in time). An aborted `signal` (the client left) gives up.
+   */
+  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal): Promise<SandboxRecord> {
     const timeoutS = spec.timeout_s ?? this.opts.defaultTimeoutS
     if (timeoutS > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
-    const handle = await this.pool.acquire()
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
+    const release = this.admit(principal.name, memoryMb, await this.store.listSandboxes())
+    let handle: SandboxHandle
+    try {
+      handle = await this.pool.acquire(signal)
+    } catch (err) {
+      release()
+      throw err
+    }
     try {
       if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
         const bytes = memoryMb * 1024 * 1024
@@ -127,13 +169,64 @@ export class SandboxService {
         metadata: spec.metadata ?? {},
         session_id: sessionId
       }
+      signal?.throwIfAborted()
       await this.store.saveSandbox(record)
       this.track(record.id, handle)
+      this.usage = { live: this.usage.live + 1, memoryMb: this.usage.memoryMb + memoryMb }
       return record
     } catch (err) {
       handle.agent.close()
       await this.pool.remove(handle.containerId).catch(() => {})
       throw err
+    } finally {
+      release()
+    }
+  }
+
+  /**
+   * Counts a creation against the per-key limit, the host's count and its memory budget (stored sandboxes plus the
+   * creations under way here), or refuses it; the returned function gives the reservation back.
+   */
+  private admit (owner: string, memoryMb: number, records: SandboxRecord[]): () => void {
+    const r = this.reserved
+    const own = records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
+    if (own >= this.opts.maxPerKey) {
+      throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
+    }
+    const count = records.length + r.count
+    const usedMb = records.reduce((sum, x) => sum + x.memory_mb, 0) + r.memoryMb
+    this.usage = { live: records.length, memoryMb: usedMb - r.memoryMb }
+    if (count >= this.opts.maxSandboxes) {
+      this.opts.onRejected?.('max_sandboxes')
+      throw CapacityExhausted(`This server holds its most sandboxes (${this.opts.maxSandboxes}); try again later`, nextExpiry(records))
+    }
+    if (usedMb + memoryMb > this.opts.memoryBudgetMb) {
+      this.opts.onRejected?.('memory_budget')
+      throw CapacityExhausted(`The sandboxes' memory budget is used (${usedMb} of ${this.opts.memoryBudgetMb} MB; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
+    }
+    r.count++
+    r.memoryMb += memoryMb
+    r.byOwner.set(owner, (r.byOwner.get(owner) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      r.count--
+      r.memoryMb -= memoryMb
+      const left = (r.byOwner.get(owner) ?? 1) - 1
+      if (left > 0) r.byOwner.set(owner, left)
+      else r.byOwner.delete(owner)
+    }
+  }
+
+  /** Sandboxes and the memory their limits take (read from the store at each creation and reaper round, kept since), plus creations under way. */
+  get capacity (): { live: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
+    return {
+      live: this.usage.live,
+      max: this.opts.maxSandboxes,
+      memory_used_mb: this.usage.memoryMb + this.reserved.memoryMb,
+      memory_budget_mb: this.opts.memoryBudgetMb,
+      creating: this.reserved.count
     }
   }
 
@@ -169,6 +262,7 @@ export class SandboxService {
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.pool.remove(record.container_id)
     await this.store.deleteSandbox(record.id)
+    this.usage = { live: Math.max(0, this.usage.live - 1), memoryMb: Math.max(0, this.usage.memoryMb - record.memory_mb) }
   }
 
   async touch (record: SandboxRecord): Promise<void> {
@@ -244,6 +338,7 @@ export class SandboxService {
   /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
   async close (): Promise<void> {
     if (this.reaper) clearInterval(this.reaper)
+    await this.recovering
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of this.live) {
       handle.agent.close()
@@ -255,4 +350,17 @@ export class SandboxService {
     this.live.clear()
     await this.pool.close()
   }
+}
+
+/** Seconds until the first of `records` expires for idleness (when a slot may free up by itself), 1 to 300. */
+function nextExpiry (records: SandboxRecord[]): number {
+  const first = Math.min(...records.map(r => Date.parse(r.last_used_at) + r.timeout_s * 1000))
+  return Number.isFinite(first) ? Math.min(300, Math.max(1, (first - Date.now()) / 1000)) : 30
+}
+
+/** Runs `fn` over `items`, at most `limit` at once. */
+async function eachLimited<T> (items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0
+  const worker = async () => { while (next < items.length) await fn(items[next++]) }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
