@@ -22,7 +22,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const log = app.log.child({ component: 'sandbox' })
   const pool = new SandboxPool(docker, {
     size: c.POOL_SIZE,
-    max: c.POOL_MAX ?? c.POOL_SIZE + 6,
+    max: c.POOL_MAX ?? c.POOL_SIZE * 4,
     idleShrinkMs: c.POOL_IDLE_SHRINK_MS,
     startConcurrency: c.SANDBOX_START_CONCURRENCY ?? Math.max(2, availableParallelism()),
     queueTimeoutMs: c.SANDBOX_QUEUE_TIMEOUT_MS,

@@ -47,7 +47,7 @@ export const EnvSchema = Type.Object({
   MAX_EXECUTION_TIMEOUT_MS: Int(100, 600000),
   KERNEL_KILL_GRACE_MS: Int(100, 2000),
   POOL_SIZE: Int(0, 2, 'warm containers kept at least'),
-  POOL_MAX: Type.Optional(Int(0, undefined, 'warm containers kept at most while acquisitions outpace POOL_SIZE (default: POOL_SIZE + 6)')),
+  POOL_MAX: Type.Optional(Int(0, undefined, 'warm containers kept at most while acquisitions outpace POOL_SIZE (default: 4 × POOL_SIZE)')),
   POOL_IDLE_SHRINK_MS: Int(50, 60000, 'a grown pool shrinks back to POOL_SIZE after this long without an acquisition'),
   SANDBOX_START_CONCURRENCY: Type.Optional(Int(1, undefined, 'containers starting at once (default: the host\'s cores, at least 2)')),
   SANDBOX_QUEUE_TIMEOUT_MS: Int(100, 30000, 'longest a request waits for a container start; beyond it, 503 capacity_exhausted'),

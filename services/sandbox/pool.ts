@@ -69,6 +69,7 @@ export class SandboxPool {
   private readonly waiters: Waiter[] = []
   private starting = 0
   private readonly inflight = new Set<Promise<void>>()
+  private readonly removing = new Set<Promise<void>>()
   private closed = false
   private fillError: string | null = null
   private spareBackoffUntil = 0
@@ -191,7 +192,8 @@ export class SandboxPool {
 
   private discard (handle: SandboxHandle): void {
     handle.agent.close()
-    this.remove(handle.containerId).catch(() => {})
+    const removal: Promise<void> = this.remove(handle.containerId).catch(() => {}).finally(() => this.removing.delete(removal))
+    this.removing.add(removal)
   }
 
   /** Changes the floor of the pool: extras are removed, missing ones started. */
@@ -350,6 +352,7 @@ export class SandboxPool {
       waiter.reject(new AppError(503, 'shutting_down', 'The server is shutting down', 'unavailable_error'))
     }
     await Promise.all(this.inflight)
+    await Promise.all(this.removing)
     const warm = this.warm.splice(0)
     await Promise.all(warm.map(h => { h.agent.close(); return this.remove(h.containerId).catch(() => {}) }))
   }
