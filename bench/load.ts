@@ -3,11 +3,9 @@
 // on and, in the same run, switched off (the behaviour before them).
 // Usage: npm run bench:load [-- --bursts 50,100,300 --baseline-bursts 50,100 --concurrency 1,10,50,100 --plots 8]
 import { parseArgs } from 'node:util'
-import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, openSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import Docker from 'dockerode'
+import { Server, eachLimited, ms, pct, sleep } from './server.js'
 
 const { values } = parseArgs({
   options: {
@@ -19,106 +17,8 @@ const { values } = parseArgs({
   }
 })
 const list = (s: string) => s.split(',').filter(Boolean).map(Number)
-const KEY = 'bench-load-secret'
-const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }
 const PRELOAD = 'numpy,pandas,matplotlib.pyplot'
 const PLOT = 'import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [3, 1, 2])\nplt.show()'
-
-const pct = (xs: number[], p: number) => {
-  if (!xs.length) return NaN
-  const s = [...xs].sort((a, b) => a - b)
-  return s[Math.min(s.length - 1, Math.ceil(p / 100 * s.length) - 1)]
-}
-const ms = (x: number) => Number.isFinite(x) ? x < 10 ? x.toFixed(2) : x.toFixed(0) : '-'
-const sleep = (n: number) => new Promise(resolve => setTimeout(resolve, n))
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port')))
-    })
-  })
-}
-
-/** One server process, started with `interpreter-server serve` and the given settings. */
-class Server {
-  child!: ChildProcess
-  base = ''
-  constructor (readonly name: string, readonly env: Record<string, string>) {}
-
-  async start (): Promise<number> {
-    const port = await freePort()
-    const log = openSync(`/tmp/bench-load-${this.name}.log`, 'w')
-    const t0 = performance.now()
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve'], {
-      env: {
-        ...process.env,
-        API_KEYS: `bench:admin:${KEY}`,
-        REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
-        REDIS_PREFIX: `bench-load:${process.pid}:${this.name}:`,
-        SANDBOX_NAMESPACE: `bench-load-${process.pid}-${this.name}`,
-        LOG_LEVEL: 'warn',
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        RATE_LIMIT_PER_MINUTE: '100000000',
-        SESSION_RATE_LIMIT_PER_MINUTE: '100000000',
-        MAX_SANDBOXES_PER_KEY: '100000',
-        SANDBOX_KEEP_ON_CLOSE: 'false',
-        ...this.env
-      },
-      stdio: ['ignore', log, log]
-    })
-    this.base = `http://127.0.0.1:${port}`
-    for (;;) {
-      if (this.child.exitCode !== null) throw new Error(`${this.name} exited: ${readFileSync(`/tmp/bench-load-${this.name}.log`, 'utf8')}`)
-      const ok = await fetch(`${this.base}/v1/health`).then(r => r.ok, () => false)
-      if (ok) return performance.now() - t0
-      await sleep(50)
-    }
-  }
-
-  async waitWarm (): Promise<void> {
-    for (;;) {
-      const ready = await (await fetch(`${this.base}/v1/ready`)).json() as { pool?: { warm: number, size: number, creating: number } }
-      if (ready.pool && ready.pool.warm >= ready.pool.size && ready.pool.creating === 0) return
-      await sleep(100)
-    }
-  }
-
-  rssMb (): number {
-    const status = readFileSync(`/proc/${this.child.pid}/status`, 'utf8')
-    return Number(/VmRSS:\s+(\d+)/.exec(status)![1]) / 1024
-  }
-
-  async stop (): Promise<void> {
-    if (this.child.exitCode !== null) return
-    const exited = new Promise(resolve => this.child.once('exit', resolve))
-    this.child.kill('SIGTERM')
-    await exited
-  }
-
-  post (path: string, body: object): Promise<Response> {
-    return fetch(`${this.base}${path}`, { method: 'POST', headers, body: JSON.stringify(body) })
-  }
-
-  async execute (id: string, code: string): Promise<{ stdout: string, results: Array<{ data: Record<string, string> }> }> {
-    const res = await this.post(`/v1/sandboxes/${id}/execute`, { code })
-    if (!res.ok) throw new Error(`execute: ${res.status} ${await res.text()}`)
-    return await res.json() as { stdout: string, results: Array<{ data: Record<string, string> }> }
-  }
-
-  /** Deletes every sandbox of the key, a few at a time. */
-  async clear (): Promise<void> {
-    const { data } = await (await fetch(`${this.base}/v1/sandboxes`, { headers })).json() as { data: Array<{ id: string }> }
-    await eachLimited(data, 8, async ({ id }) => { await fetch(`${this.base}/v1/sandboxes/${id}`, { method: 'DELETE', headers }) })
-  }
-}
-
-async function eachLimited<T> (items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let next = 0
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => { while (next < items.length) await fn(items[next++]) }))
-}
 
 interface BurstRow { server: string, n: number, statuses: string, noRetryAfter: number, p50: number, p99: number, max: number, usableS: number, ran: string }
 
@@ -152,19 +52,6 @@ async function burst (server: Server, n: number): Promise<BurstRow> {
   }
 }
 
-/** Creates `n` sandboxes, retrying on 503 after its Retry-After. */
-async function sandboxes (server: Server, n: number): Promise<string[]> {
-  const ids: string[] = []
-  while (ids.length < n) {
-    const batch = await Promise.all(Array.from({ length: Math.min(10, n - ids.length) }, () => server.post('/v1/sandboxes', {})))
-    for (const res of batch) {
-      if (res.status === 201) ids.push((await res.json() as { id: string }).id)
-      else await sleep(Number(res.headers.get('retry-after') ?? 1) * 1000)
-    }
-  }
-  return ids
-}
-
 interface ExecRow { server: string, c: number, n: number, p50: number, p99: number, errors: number, perS: number, rssMb: number }
 
 /** `c` clients, each on its own sandbox, running print(i) in a loop for a few seconds. */
@@ -187,6 +74,13 @@ async function executions (server: Server, ids: string[], c: number, seconds: nu
   clearInterval(sampler)
   const elapsed = (performance.now() - t0) / 1000
   return { server: server.name, c, n: latencies.length, p50: pct(latencies, 50), p99: pct(latencies, 99), errors, perS: latencies.length / elapsed, rssMb: rss }
+}
+
+/** Removes a namespace's containers (after a server died and could not). */
+async function removeContainers (namespace: string): Promise<void> {
+  const docker = new Docker()
+  const list = await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${namespace}`] } })
+  await eachLimited(list, 8, async (c) => { await docker.getContainer(c.Id).remove({ force: true }).catch(() => {}) })
 }
 
 /** Idle memory of warm sandboxes, as the cgroup counts it minus reclaimable file cache. */
@@ -226,21 +120,34 @@ async function main (): Promise<void> {
   const queueTimeout = Number(bounded.env.SANDBOX_QUEUE_TIMEOUT_MS ?? 30000)
   const bursts: BurstRow[] = []
   const execs: ExecRow[] = []
+  const failures: string[] = []
   const conc = list(values.concurrency)
   for (const [server, sizes] of [[bounded, list(values.bursts)], [unbounded, list(values['baseline-bursts'])]] as const) {
     await server.start()
     await server.waitWarm()
-    for (const n of sizes) {
-      process.stderr.write(`[bench:load] ${server.name}: ${n} simultaneous creates\n`)
-      bursts.push(await burst(server, n))
+    try {
+      for (const n of sizes) {
+        process.stderr.write(`[bench:load] ${server.name}: ${n} simultaneous creates\n`)
+        bursts.push(await burst(server, n))
+        process.stderr.write(`[bench:load]   ${JSON.stringify(bursts.at(-1))}\n`)
+        await server.clear()
+        await sleep(2000)
+        await server.waitWarm()
+      }
+      process.stderr.write(`[bench:load] ${server.name}: executions at concurrency ${conc.join(', ')}\n`)
+      const ids = await server.sandboxes(Math.max(...conc))
+      for (const c of conc) {
+        execs.push(await executions(server, ids, c, Number(values['exec-seconds'])))
+        process.stderr.write(`[bench:load]   ${JSON.stringify(execs.at(-1))}\n`)
+      }
       await server.clear()
-      await sleep(2000)
-      await server.waitWarm()
+    } catch (err) {
+      // The server died or stopped answering: that is a result too (it is what the bounds are for).
+      const died = server.child.exitCode !== null ? `exited with ${server.child.exitCode}` : 'stopped answering'
+      failures.push(`${server.name}: ${(err as Error).message}; the server ${died} (log: ${server.log})`)
+      process.stderr.write(`[bench:load]   ${failures.at(-1)}\n`)
+      await removeContainers(server.namespace)
     }
-    process.stderr.write(`[bench:load] ${server.name}: executions at concurrency ${conc.join(', ')}\n`)
-    const ids = await sandboxes(server, Math.max(...conc))
-    for (const c of conc) execs.push(await executions(server, ids, c, Number(values['exec-seconds'])))
-    await server.clear()
     await server.stop()
   }
 
@@ -251,7 +158,7 @@ async function main (): Promise<void> {
     await server.start()
     await server.waitWarm()
     await sleep(1000)
-    const memory = await idleMemoryMb(`bench-load-${process.pid}-${server.name}`)
+    const memory = await idleMemoryMb(server.namespace)
     plots.push({ name, times: await firstPlots(server, Number(values.plots)), memory })
     await server.stop()
   }
@@ -260,7 +167,7 @@ async function main (): Promise<void> {
   process.stderr.write('[bench:load] start-up with 100 sandboxes left behind\n')
   const leaver = new Server('restart', { SANDBOX_KEEP_ON_CLOSE: 'true', SANDBOX_MEMORY_BUDGET_MB: '1000000', POOL_SIZE: '0' })
   await leaver.start()
-  await sandboxes(leaver, 100)
+  await leaver.sandboxes(100)
   await leaver.stop()
   const restart = new Server('restart', { SANDBOX_KEEP_ON_CLOSE: 'false', SANDBOX_MEMORY_BUDGET_MB: '1000000', POOL_SIZE: '0' })
   const healthMs = await restart.start()
@@ -278,6 +185,7 @@ async function main (): Promise<void> {
   out.push(`## Simultaneous creates (SANDBOX_QUEUE_TIMEOUT_MS ${queueTimeout}; bounded = defaults, start concurrency = cores; unbounded = every start at once, no queue timeout)`, '')
   out.push('| server | N | answers | 503 without Retry-After | p50 ms | p99 ms | max ms | last usable s | print(1) ran |', '|---|---|---|---|---|---|---|---|---|')
   for (const r of bursts) out.push(`| ${r.server} | ${r.n} | ${r.statuses} | ${r.noRetryAfter} | ${ms(r.p50)} | ${ms(r.p99)} | ${ms(r.max)} | ${r.usableS.toFixed(1)} | ${r.ran} |`)
+  for (const f of failures) out.push('', `Failed: ${f}`)
   out.push('', '## Executions, print(i), each client on its own sandbox', '')
   out.push('| server | clients | executions | p50 ms | p99 ms | errors | executions/s | server RSS MiB |', '|---|---|---|---|---|---|---|---|')
   for (const r of execs) out.push(`| ${r.server} | ${r.c} | ${r.n} | ${ms(r.p50)} | ${ms(r.p99)} | ${r.errors} | ${r.perS.toFixed(0)} | ${r.rssMb.toFixed(0)} |`)

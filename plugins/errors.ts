@@ -22,7 +22,9 @@ function toAppError (err: FastifyError | Error): AppError {
 export default fp(async (app) => {
   app.setErrorHandler((err: FastifyError, request, reply) => {
     const error = toAppError(err)
-    if (error.statusCode >= 500) {
+    if (error.code === 'capacity_exhausted') {
+      request.log.warn({ code: error.code, retryAfter: error.extra.retry_after }, error.message) // overload, not a fault
+    } else if (error.statusCode >= 500) {
       request.log.error({ err }, 'request failed')
       if (error.code === 'redis_unavailable') app.metrics?.redisErrors.inc()
     } else {

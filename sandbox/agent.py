@@ -12,6 +12,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import sys
 import time
 
@@ -31,12 +32,71 @@ COMMANDS = {
 }
 
 
+FLUSH_AT = 256 * 1024  # a channel's queued output is written at the end of each loop turn, or once this large
+SOCKET_DIR = os.environ.get('AGENT_SOCKET_DIR', '')  # where the server's direct channel (a unix socket) is offered
+
+
+class Channel:
+    """One server connection: the attach stream (stdin/stdout) or a connection to the agent's unix socket.
+
+    Events are queued and written once per loop turn, so a run's start, output and end cost one write, not three.
+    """
+    def __init__(self, rfd, wfd, sock=None):
+        self.rfd, self.wfd, self.sock = rfd, wfd, sock
+        self.inbuf = b''
+        self.out = []
+        self.size = 0
+        self.closed = False
+
+    def queue(self, data):
+        if self.closed:
+            return
+        self.out.append(data)
+        self.size += len(data)
+        if self.size >= FLUSH_AT:
+            self.flush()
+
+    def flush(self):
+        if not self.out or self.closed:
+            return
+        data = b''.join(self.out)
+        self.out, self.size = [], 0
+        try:
+            while data:
+                data = data[os.write(self.wfd, data):]
+        except OSError:
+            if self.sock is None:  # the attach stream broke: the server detached for good
+                os._exit(0)
+            self.close()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        if self.sock is not None:
+            self.sock.close()
+            CHANNELS.remove(self)
+
+
+STDIO = Channel(0, 1)
+CHANNELS = [STDIO]
+ROUTES = {}  # request id -> the channel it came from, while the request is answered
+
+
 def emit(event):
-    try:
-        sys.stdout.write(json.dumps(event, separators=(',', ':')) + '\n')
-        sys.stdout.flush()
-    except BrokenPipeError:  # the server detached for good
-        os._exit(0)
+    """Queue an event for the channel whose request it answers (events without an id go to every channel)."""
+    line = (json.dumps(event, separators=(',', ':')) + '\n').encode()
+    rid = event.get('id')
+    if rid is None:
+        for ch in list(CHANNELS):
+            ch.queue(line)
+    else:
+        ROUTES.get(rid, STDIO).queue(line)
+
+
+def flush_all():
+    for ch in list(CHANNELS):
+        ch.flush()
 
 
 def set_nonblocking(fd):
@@ -178,7 +238,6 @@ class Agent:
         self.current = None  # the running execution
         self.count = 0
         self.writes = {}
-        self.stdin_buf = b''
         self.stop = False
 
     # --- kernels -----------------------------------------------------------------------------
@@ -322,6 +381,7 @@ class Agent:
             self.kill_strays(cur['kernel'])
         self.current = None
         emit(end)
+        ROUTES.pop(cur['id'], None)
 
     def kernel_died(self, k):
         status = k.reap()
@@ -352,9 +412,17 @@ class Agent:
             self.kernel('python')  # keep the default kernel warm
 
     # --- requests ----------------------------------------------------------------------------
-    def handle(self, req):
+    def handle(self, req, channel=STDIO):
         rid = req.get('id')
         op = req.get('op')
+        ROUTES[rid] = channel
+        try:
+            self.dispatch(rid, op, req)
+        finally:
+            if self.current is None or self.current['id'] != rid:  # answered already; a run answers until its end
+                ROUTES.pop(rid, None)
+
+    def dispatch(self, rid, op, req):
         try:
             getattr(self, 'op_' + str(op), self.op_unknown)(rid, req)
         except OSError as e:
@@ -542,35 +610,60 @@ class Agent:
         self.handle_denied(rid, run)
 
     # --- main loop ---------------------------------------------------------------------------
-    def read_requests(self):
-        data = os.read(0, 1 << 20)
-        if not data:
-            self.stop = True
+    def read_requests(self, ch):
+        try:
+            data = os.read(ch.rfd, 1 << 20)
+        except BlockingIOError:
             return
-        self.stdin_buf += data
-        while b'\n' in self.stdin_buf:
-            line, self.stdin_buf = self.stdin_buf.split(b'\n', 1)
+        except OSError:
+            data = b''
+        if not data:
+            if ch is STDIO:
+                self.stop = True
+            else:
+                ch.close()
+            return
+        ch.inbuf += data
+        while b'\n' in ch.inbuf:
+            line, ch.inbuf = ch.inbuf.split(b'\n', 1)
             if not line.strip():
                 continue
             try:
                 req = json.loads(line)
             except ValueError:
-                emit({'type': 'error', 'code': 'bad_request', 'name': 'BadRequest', 'value': 'invalid JSON'})
+                ch.queue(b'{"type":"error","code":"bad_request","name":"BadRequest","value":"invalid JSON"}\n')
                 continue
-            self.handle(req)
+            self.handle(req, ch)
+
+    def accept(self, listener):
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        sock.setblocking(True)  # written whole (as stdout is); read only when select says so
+        ch = Channel(sock.fileno(), sock.fileno(), sock)
+        CHANNELS.append(ch)
+        python = self.kernels.get('python')
+        if python is not None and python.ready and not self.current:
+            emit_to(ch, {'type': 'ready'})
 
     def run(self):
         set_nonblocking(0)
+        listener = listen(SOCKET_DIR) if SOCKET_DIR else None
         self.kernel('python')
         while not self.stop:
+            flush_all()
             owners = self.fd_owner()
-            readable, _, _ = select.select([0] + list(owners), [], [], self.next_wakeup())
+            channels = {ch.rfd: ch for ch in CHANNELS}
+            wanted = list(channels) + list(owners) + ([listener.fileno()] if listener else [])
+            readable, _, _ = select.select(wanted, [], [], self.next_wakeup())
             for fd in readable:
-                if fd == 0:
-                    try:
-                        self.read_requests()
-                    except BlockingIOError:
-                        pass
+                if fd in channels:
+                    if not channels[fd].closed:
+                        self.read_requests(channels[fd])
+                    continue
+                if listener is not None and fd == listener.fileno():
+                    self.accept(listener)
                     continue
                 k = owners[fd]
                 if not k.alive:
@@ -582,6 +675,28 @@ class Agent:
             self.tick()
         for k in self.kernels.values():
             k.kill()
+
+
+def emit_to(ch, event):
+    ch.queue((json.dumps(event, separators=(',', ':')) + '\n').encode())
+
+
+def listen(directory):
+    """The direct channel: a unix socket in a directory only root can enter (kernels run as uid 1000)."""
+    path = os.path.join(directory, 'agent.sock')
+    try:
+        os.chmod(directory, 0o700)
+        if os.path.exists(path):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(16)
+        listener.setblocking(False)
+        return listener
+    except OSError as e:  # the attach stream still works
+        sys.stderr.write('agent socket unavailable: %s\n' % e)
+        return None
 
 
 def prepare_workspace():

@@ -34,6 +34,8 @@ export const EnvSchema = Type.Object({
   SANDBOX_ENABLED: Type.Boolean({ default: true }),
   SANDBOX_IMAGE: Type.Optional(Type.String({ minLength: 1 })),
   SANDBOX_RUNTIME: Type.Optional(Type.String({ minLength: 1 })),
+  SANDBOX_AGENT_CHANNEL: Type.Enum(['socket', 'attach'], { default: 'socket', description: 'how the server talks to sandbox agents: a unix socket in a bind-mounted directory (skips dockerd; needs the server beside the Docker daemon; not under runsc), or docker attach' }),
+  SANDBOX_AGENT_SOCKET_DIR: Type.String({ minLength: 1, default: '/run/interpreter-server/agents', description: 'where the per-sandbox socket directories are made (a path the Docker daemon sees the same way)' }),
   SANDBOX_CPUS: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 1 }),
   SANDBOX_MEMORY_MB: Int(64, 512),
   SANDBOX_PIDS: Int(16, 100),

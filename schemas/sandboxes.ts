@@ -112,6 +112,7 @@ export const PoolStatusSchema = Type.Object({
   queued: Type.Integer({ description: 'requests waiting for a container start' }),
   concurrency: Type.Integer({ description: 'SANDBOX_START_CONCURRENCY' }),
   avg_start_ms: Type.Integer({ description: 'recent container start time' }),
+  agent_channel: Type.Union([Type.Literal('socket'), Type.Literal('attach')], { description: 'how new sandboxes are talked to (SANDBOX_AGENT_CHANNEL)' }),
   live: Type.Integer({ description: 'sandboxes this process is attached to' }),
   busy: Type.Integer({ description: 'of those, running code now' })
 })

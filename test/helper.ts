@@ -68,7 +68,9 @@ export async function sandboxConfig (overrides: Record<string, string | undefine
   await docker.ping().catch((err: Error) => { throw new Error(`these tests need a running Docker daemon: ${err.message}`) })
   const image = sandboxImageTag()
   await docker.getImage(image).inspect().catch(() => { throw new Error(`these tests need the sandbox image ${image}: run npm run image`) })
-  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...overrides })
+  // TEST_AGENT_CHANNEL=attach runs a suite over docker attach instead of the agents' sockets (the *-attach tests).
+  const channel = process.env.TEST_AGENT_CHANNEL ? { SANDBOX_AGENT_CHANNEL: process.env.TEST_AGENT_CHANNEL } : {}
+  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...overrides })
 }
 
 /** Containers Docker still has in a namespace (running or not). */

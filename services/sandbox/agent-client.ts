@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events'
-import { PassThrough, type Duplex } from 'node:stream'
+import { PassThrough, type Duplex, type Readable } from 'node:stream'
+import type { Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import type Docker from 'dockerode'
 
@@ -12,27 +13,42 @@ export class AgentGone extends Error {
   override name = 'AgentGone'
 }
 
+/** How this process reaches the agent: its unix socket (direct), or the `docker attach` stream (through dockerd). */
+export type AgentChannel = 'socket' | 'attach'
+
 /**
- * Speaks the agent's JSON-lines protocol over one `docker attach` stream. Requests carry random ids, so
- * several server processes can attach to the same container and each sees only its own answers.
+ * Speaks the agent's JSON-lines protocol over one stream: a connection to the agent's unix socket, or a `docker
+ * attach` stream. Requests carry random ids, so several server processes can talk to the same agent and each sees
+ * only its own answers.
  */
 export class AgentClient extends EventEmitter {
   private readonly pending = new Map<string, Pending>()
   private buffer = ''
   private closed = false
 
-  constructor (private readonly stream: Duplex, modem: Docker['modem'], private readonly onLog?: (line: string) => void) {
+  private constructor (private readonly stream: Duplex, input: Readable, readonly channel: AgentChannel, private readonly onLog?: (line: string) => void) {
     super()
-    const stdout = new PassThrough()
-    const stderr = new PassThrough()
-    modem.demuxStream(stream, stdout, stderr)
-    stdout.setEncoding('utf8')
-    stdout.on('data', (chunk: string) => this.receive(chunk))
-    stderr.setEncoding('utf8')
-    stderr.on('data', (chunk: string) => this.onLog?.(chunk))
+    input.setEncoding('utf8')
+    input.on('data', (chunk: string) => this.receive(chunk))
     stream.on('end', () => this.fail(new AgentGone('the sandbox agent closed its stream')))
     stream.on('close', () => this.fail(new AgentGone('the sandbox agent closed its stream')))
     stream.on('error', (err: Error) => this.fail(new AgentGone(`sandbox stream error: ${err.message}`)))
+  }
+
+  /** Over `docker attach`: stdout carries events, stderr the agent's log lines. */
+  static overAttach (stream: Duplex, modem: Docker['modem'], onLog?: (line: string) => void): AgentClient {
+    const stdout = new PassThrough()
+    const stderr = new PassThrough()
+    modem.demuxStream(stream, stdout, stderr)
+    stderr.setEncoding('utf8')
+    stderr.on('data', (chunk: string) => onLog?.(chunk))
+    return new AgentClient(stream, stdout, 'attach', onLog)
+  }
+
+  /** Over a connection to the agent's unix socket: no dockerd, no shim, no stream framing on the way. */
+  static overSocket (socket: Socket, onLog?: (line: string) => void): AgentClient {
+    socket.setNoDelay?.(true)
+    return new AgentClient(socket, socket, 'socket', onLog)
   }
 
   get alive (): boolean { return !this.closed }

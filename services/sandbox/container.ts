@@ -1,4 +1,5 @@
 import type Docker from 'dockerode'
+import { AGENT_DIR_IN_CONTAINER } from './agent-socket.js'
 
 export interface SandboxLimits {
   image: string
@@ -17,10 +18,12 @@ export const LABEL = 'dev.interpreter-server.sandbox'
 export const NAMESPACE_LABEL = 'dev.interpreter-server.namespace'
 /** The server process that made the container (its bus id), so that other processes leave it alone while that one lives. */
 export const INSTANCE_LABEL = 'dev.interpreter-server.instance'
+/** The host directory holding the agent's unix socket, when it has one. */
+export const AGENT_DIR_LABEL = 'dev.interpreter-server.agent-dir'
 const MB = 1024 * 1024
 
 /** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
-export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string): Docker.ContainerCreateOptions {
+export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string): Docker.ContainerCreateOptions {
   return {
     Image: limits.image,
     OpenStdin: true,
@@ -30,10 +33,16 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
     AttachStderr: true,
     Tty: false,
     NetworkDisabled: true,
-    Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace, ...(instance ? { [INSTANCE_LABEL]: instance } : {}) },
-    Env: [`KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`, ...(limits.preload ? [`SANDBOX_PRELOAD=${limits.preload}`] : [])],
+    Labels: { [LABEL]: 'true', [NAMESPACE_LABEL]: namespace, ...(instance ? { [INSTANCE_LABEL]: instance } : {}), ...(agentDir ? { [AGENT_DIR_LABEL]: agentDir } : {}) },
+    Env: [
+      `KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`,
+      ...(limits.preload ? [`SANDBOX_PRELOAD=${limits.preload}`] : []),
+      ...(agentDir ? [`AGENT_SOCKET_DIR=${AGENT_DIR_IN_CONTAINER}`] : [])
+    ],
     HostConfig: {
       NetworkMode: 'none',
+      // The only host mount: the agent's socket directory (root's alone; kernels cannot enter it).
+      ...(agentDir ? { Binds: [`${agentDir}:${AGENT_DIR_IN_CONTAINER}:rw`] } : {}),
       ReadonlyRootfs: true,
       Tmpfs: {
         '/home/user': `rw,nosuid,nodev,size=${limits.workspaceMb}m,uid=1000,gid=1000,mode=0700`,

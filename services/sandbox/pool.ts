@@ -1,7 +1,8 @@
 import type Docker from 'dockerode'
 import type { Duplex } from 'node:stream'
 import { AgentClient } from './agent-client.js'
-import { containerSpec, LABEL, NAMESPACE_LABEL, INSTANCE_LABEL, type SandboxLimits } from './container.js'
+import { containerSpec, LABEL, NAMESPACE_LABEL, INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
+import { connectAgentSocket, makeAgentDir, removeAgentDir, staleAgentDirs } from './agent-socket.js'
 import { SandboxHandle } from './sandbox.js'
 import { AppError, CapacityExhausted, DependencyError } from '../errors.js'
 
@@ -27,6 +28,11 @@ export interface PoolOptions {
   queueTimeoutMs?: number
   /** Without an acquisition for this long, the pool shrinks back to its floor. */
   idleShrinkMs?: number
+  /**
+   * Where per-sandbox agent directories are made, when the server talks to agents over their unix socket (same host
+   * as the Docker daemon, runc); unset: over `docker attach`.
+   */
+  agentSocketDir?: string
   /** Told of each start (its duration) and each failed start, for metrics. */
   observe?: { started (ms: number): void, failed (): void, rejected (reason: 'queue_full' | 'queue_timeout'): void }
 }
@@ -44,6 +50,8 @@ export interface PoolStats {
   queued: number
   concurrency: number
   avg_start_ms: number
+  /** How this process talks to agents: their unix socket, or docker attach. */
+  agent_channel: 'socket' | 'attach'
 }
 
 interface Waiter {
@@ -70,6 +78,8 @@ export class SandboxPool {
   private starting = 0
   private readonly inflight = new Set<Promise<void>>()
   private readonly removing = new Set<Promise<void>>()
+  /** Agent directories of the containers this process made or adopted. */
+  private readonly dirs = new Map<string, string>()
   private closed = false
   private fillError: string | null = null
   private spareBackoffUntil = 0
@@ -98,7 +108,8 @@ export class SandboxPool {
       max: this.max,
       queued: this.waiters.length,
       concurrency: this.concurrency,
-      avg_start_ms: Math.round(this.avgStartMs)
+      avg_start_ms: Math.round(this.avgStartMs),
+      agent_channel: this.opts.agentSocketDir ? 'socket' : 'attach'
     }
   }
 
@@ -168,6 +179,7 @@ export class SandboxPool {
           : new AppError(503, 'sandbox_start_failed', `A sandbox could not be started: ${err.message}`, 'sandbox_error', { retry_after: 5 }))
       } else {
         this.spareBackoffUntil = Date.now() + SPARE_BACKOFF_MS
+        setTimeout(() => this.pump(), SPARE_BACKOFF_MS).unref() // try the spare again after the pause
       }
     }).finally(() => {
       this.starting--
@@ -274,66 +286,118 @@ export class SandboxPool {
   }
 
   private async create (): Promise<SandboxHandle> {
+    const base = this.opts.agentSocketDir
+    const dir = base ? await makeAgentDir(base) : undefined
     let container: Docker.Container
     try {
-      container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace, this.opts.instance))
+      container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace, this.opts.instance, dir))
     } catch (err) {
+      if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('create', err)
     }
+    const timeoutMs = this.opts.readyTimeoutMs ?? 30000
     try {
-      const agent = await this.connect(container)
-      const ready = agent.waitReady(this.opts.readyTimeoutMs ?? 30000)
-      await container.start()
-      await ready
+      let agent: AgentClient
+      if (dir) {
+        await container.start()
+        agent = AgentClient.overSocket(await connectAgentSocket(dir, timeoutMs), this.agentLog(container.id))
+        await agent.waitReady(timeoutMs)
+        this.dirs.set(container.id, dir)
+      } else {
+        agent = await this.attach(container)
+        const ready = agent.waitReady(timeoutMs) // before the start, so that the ready event cannot be missed
+        ready.catch(() => {}) // awaited below; a start slower than the timeout must not leave it unhandled
+        await container.start()
+        await ready
+      }
       return new SandboxHandle(container.id, container, agent)
     } catch (err) {
       await container.remove({ force: true }).catch(() => {})
+      if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('start', err)
     }
   }
 
-  private async connect (container: Docker.Container): Promise<AgentClient> {
-    const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true }) as unknown as Duplex
-    return new AgentClient(stream, this.docker.modem, (line) => this.log.debug({ container: container.id.slice(0, 12), agent: line.trimEnd() }, 'agent log'))
+  private agentLog (containerId: string): (line: string) => void {
+    return (line) => this.log.debug({ container: containerId.slice(0, 12), agent: line.trimEnd() }, 'agent log')
   }
 
-  /** Attaches to a running container (after a restart, or one another server process started); null if it is gone. */
+  private async attach (container: Docker.Container): Promise<AgentClient> {
+    const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true }) as unknown as Duplex
+    return AgentClient.overAttach(stream, this.docker.modem, this.agentLog(container.id))
+  }
+
+  /** The agent's socket when the container has one that answers, else its attach stream. */
+  private async connect (container: Docker.Container, dir: string | undefined): Promise<AgentClient> {
+    if (dir) {
+      try {
+        const agent = AgentClient.overSocket(await connectAgentSocket(dir, 1000), this.agentLog(container.id))
+        this.dirs.set(container.id, dir)
+        return agent
+      } catch (err) {
+        this.log.debug({ container: container.id.slice(0, 12), err: (err as Error).message }, 'agent socket unreachable; attaching')
+      }
+    }
+    return await this.attach(container)
+  }
+
+  /** Connects to a running container (after a restart, or one another server process started); null if it is gone. */
   async adopt (containerId: string): Promise<SandboxHandle | null> {
     const container = this.docker.getContainer(containerId)
+    let dir: string | undefined
     try {
       const info = await container.inspect()
+      dir = info.Config.Labels?.[AGENT_DIR_LABEL]
       if (!info.State.Running) {
-        await container.remove({ force: true }).catch(() => {})
+        await this.remove(containerId, dir)
         return null
       }
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode === 404) return null
       throw this.dockerError('inspect', err)
     }
-    const agent = await this.connect(container)
+    const agent = await this.connect(container, dir)
     try {
       await Promise.race([agent.call('ping'), new Promise((_, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
     } catch {
       agent.close()
-      await container.remove({ force: true }).catch(() => {})
+      await this.remove(containerId, dir).catch(() => {})
       return null
     }
     return new SandboxHandle(containerId, container, agent)
   }
 
-  async remove (containerId: string): Promise<void> {
+  /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
+  async remove (containerId: string, dir?: string): Promise<void> {
+    const container = this.docker.getContainer(containerId)
+    dir ??= this.dirs.get(containerId)
+    if (!dir && this.opts.agentSocketDir) {
+      dir = await container.inspect().then(info => info.Config.Labels?.[AGENT_DIR_LABEL], () => undefined)
+    }
     try {
-      await this.docker.getContainer(containerId).remove({ force: true })
+      await container.remove({ force: true })
     } catch (err) {
       if ((err as { statusCode?: number }).statusCode !== 404) throw this.dockerError('remove', err)
     }
+    this.dirs.delete(containerId)
+    if (dir) await removeAgentDir(dir).catch(() => {})
+  }
+
+  /** Removes agent directories under the socket base that no container of any namespace references any more. */
+  async removeStaleAgentDirs (): Promise<number> {
+    const base = this.opts.agentSocketDir
+    if (!base) return 0
+    const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`] } })
+    const stale = await staleAgentDirs(base, new Set(list.map(c => c.Labels?.[AGENT_DIR_LABEL]).filter((d): d is string => !!d)))
+    await Promise.all(stale.map(removeAgentDir))
+    return stale.length
   }
 
   /** Containers of this namespace that Docker knows, with the process that made them (null when unlabelled). */
-  async containers (): Promise<Array<{ id: string, instance: string | null }>> {
+  async containers (): Promise<Array<{ id: string, instance: string | null, dir?: string }>> {
     try {
       const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`, `${NAMESPACE_LABEL}=${this.opts.namespace}`] } })
-      return list.map(c => ({ id: c.Id, instance: c.Labels?.[INSTANCE_LABEL] ?? null }))
+      return list.map(c => ({ id: c.Id, instance: c.Labels?.[INSTANCE_LABEL] ?? null, dir: c.Labels?.[AGENT_DIR_LABEL] }))
     } catch (err) {
       throw this.dockerError('list', err)
     }

@@ -91,6 +91,7 @@ export class SandboxService {
       }
     })
     this.recovery.orphans_removed = await this.removeOrphans(records)
+    await this.pool.removeStaleAgentDirs().catch((err: Error) => this.log.warn({ err: err.message }, 'could not remove stale agent directories'))
     this.recovery.state = 'done'
     this.log.info({ ...this.recovery }, 'sandboxes recovered')
   }
@@ -115,10 +116,10 @@ export class SandboxService {
       return live.get(instance)!
     }
     let removed = 0
-    await eachLimited(await this.pool.containers(), this.opts.recoveryConcurrency ?? 8, async ({ id, instance }) => {
+    await eachLimited(await this.pool.containers(), this.opts.recoveryConcurrency ?? 8, async ({ id, instance, dir }) => {
       if (referenced.has(id) || instance === this.pool.instance) return
       if (instance && await isLive(instance)) return
-      await this.pool.remove(id).catch(() => {})
+      await this.pool.remove(id, dir).catch(() => {})
       removed++
     })
     if (removed) this.log.info({ removed }, 'orphan containers removed')
@@ -267,7 +268,7 @@ export class SandboxService {
 
   async touch (record: SandboxRecord): Promise<void> {
     record.last_used_at = new Date().toISOString()
-    await this.store.saveSandbox(record)
+    await this.store.touchSandbox(record.id, record.last_used_at)
   }
 
   /** The default per-execution timeout, changed at run time by an admin. */
@@ -289,12 +290,14 @@ export class SandboxService {
     }
     const timeoutMs = this.timeoutFor(req.timeout_ms)
     const handle = await this.handle(record)
-    await this.touch(record)
     const language = req.language ?? record.language
+    // Touched when the run ends, and meanwhile every half idle timeout, so that no reaper (of any replica) takes it.
+    const renewal = setInterval(() => { this.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
     try {
       const result = await handle.execute({ language, code: req.code, timeoutMs, maxOutputBytes: this.opts.outputLimit }, onEvent)
       return { sandbox_id: record.id, ...result }
     } finally {
+      clearInterval(renewal)
       await this.touch(record).catch(() => {})
     }
   }

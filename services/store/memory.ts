@@ -65,6 +65,11 @@ export class MemoryStore implements Store {
     return record ? structuredClone(record) : null
   }
 
+  async touchSandbox (id: string, at: string): Promise<void> {
+    const record = this.sandboxes.get(id)
+    if (record) record.last_used_at = at
+  }
+
   async deleteSandbox (id: string): Promise<void> { this.sandboxes.delete(id) }
   async listSandboxes (owner?: string): Promise<SandboxRecord[]> {
     return [...this.sandboxes.values()].filter(r => owner === undefined || r.owner === owner).map(r => structuredClone(r))

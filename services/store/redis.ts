@@ -98,6 +98,14 @@ export class RedisStore implements Store {
     return raw ? JSON.parse(raw) as SandboxRecord : null
   }
 
+  async touchSandbox (id: string, at: string): Promise<void> {
+    // One round trip, and only if the record still exists (a touch after a delete must not bring it back).
+    await this.guard('touch sandbox', () => this.redis.eval(
+      'local raw = redis.call("hget", KEYS[1], ARGV[1]) if not raw then return 0 end ' +
+      'local r = cjson.decode(raw) r.last_used_at = ARGV[2] redis.call("hset", KEYS[1], ARGV[1], cjson.encode(r)) return 1',
+      1, SANDBOXES, id, at))
+  }
+
   async deleteSandbox (id: string): Promise<void> {
     await this.guard('delete sandbox', () => this.redis.hdel(SANDBOXES, id))
   }

@@ -20,6 +20,8 @@ export interface Store {
   listMessages (id: string, page: PageRequest): Promise<Page<Message>>
   saveSandbox (record: SandboxRecord): Promise<void>
   getSandbox (id: string): Promise<SandboxRecord | null>
+  /** Sets a sandbox's last_used_at, unless the sandbox was deleted meanwhile (a touch never brings a record back). */
+  touchSandbox (id: string, at: string): Promise<void>
   deleteSandbox (id: string): Promise<void>
   listSandboxes (owner?: string): Promise<SandboxRecord[]>
   /** Takes a lock, or extends it when `owner` holds it already, unless another owner holds it; it expires after ttlMs. */

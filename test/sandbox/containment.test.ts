@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { sandboxConfig, sandboxCalls, auth, KEYS } from '../helper.js'
 import { buildApp } from '../../app.js'
+import Docker from 'dockerode'
 
 const alice = auth(KEYS.alice)
 let app: FastifyInstance
@@ -95,6 +96,35 @@ t.test("user code can read neither the agent's environment nor gain capabilities
     'print(os.getuid())'
   ].join('\n'))
   t.equal(res.stdout, 'denied\nFalse\n0000000000000000\n1000\n')
+  await stillHealthy(t, id)
+})
+
+t.test("user code can neither enter the agent's socket directory nor connect to its socket", async (t) => {
+  const id = await newSandbox()
+  const res = await run(id, [
+    'import os, socket',
+    'for what in ("list", "connect"):',
+    '    try:',
+    '        if what == "list":',
+    '            os.listdir("/run/agent")',
+    '        else:',
+    '            socket.socket(socket.AF_UNIX).connect("/run/agent/agent.sock")',
+    '        print(what, "ALLOWED")',
+    '    except PermissionError:',
+    '        print(what, "denied")',
+    '    except FileNotFoundError:',
+    '        print(what, "absent")'
+  ].join('\n'))
+  const socketChannel = app.sandboxes.pool.stats.agent_channel === 'socket'
+  t.equal(res.stdout, socketChannel ? 'list denied\nconnect denied\n' : 'list absent\nconnect absent\n')
+  const record = await app.store.getSandbox(id)
+  if (socketChannel) {
+    const { statSync } = await import('node:fs')
+    const dir = (await new Docker().getContainer(record!.container_id).inspect()).Config.Labels['dev.interpreter-server.agent-dir']
+    const st = statSync(dir)
+    t.equal(st.mode & 0o777, 0o700, 'the host directory is mode 0700')
+    t.equal(st.uid, 0, 'owned by root (kernels run as uid 1000)')
+  }
   await stillHealthy(t, id)
 })
 

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import Docker from 'dockerode'
+import { unlinkSync } from 'node:fs'
 import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, sleep } from '../helper.js'
 import { buildApp } from '../../app.js'
 import { containerSpec } from '../../services/sandbox/container.js'
@@ -111,15 +112,30 @@ t.test('re-adoption: a restarted server finds its sandboxes with their state; or
   await first.ready()
   const id = (await first.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })).json().id
   await first.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'survivor = "still here"' } })
+  const noSocket = (await first.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })).json().id
+  await first.inject({ method: 'POST', url: `/v1/sandboxes/${noSocket}/execute`, headers: alice, payload: { code: 'survivor = "over attach"' } })
+  const socketChannel = first.sandboxes.pool.stats.agent_channel === 'socket'
+  const noSocketContainer = (await first.store.getSandbox(noSocket))!.container_id
   await first.close()
+  if (socketChannel) {
+    const info = await new Docker().getContainer(noSocketContainer).inspect()
+    unlinkSync(`${info.Config.Labels['dev.interpreter-server.agent-dir']}/agent.sock`) // as if the socket were lost
+  }
   const docker = new Docker()
   const orphan = await docker.createContainer(containerSpec({ image: first.sandboxes.pool.limits.image, cpus: 1, memoryMb: 128, pids: 50, workspaceMb: 8, tmpMb: 8, killGraceMs: 100 }, config.SANDBOX_NAMESPACE))
-  t.equal(await containersIn(config.SANDBOX_NAMESPACE), 2, 'the kept sandbox and an orphan')
+  t.equal(await containersIn(config.SANDBOX_NAMESPACE), 3, 'the kept sandboxes and an orphan')
 
   const second = await build(t, { ...config, SANDBOX_KEEP_ON_CLOSE: false })
   const res = await second.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'survivor' } })
   t.equal(res.statusCode, 200)
   t.same(res.json().results[0].data, { 'text/plain': "'still here'" }, 'the variable survived the restart')
+  const attached = await second.inject({ method: 'POST', url: `/v1/sandboxes/${noSocket}/execute`, headers: alice, payload: { code: 'survivor' } })
+  t.same(attached.json().results[0].data, { 'text/plain': "'over attach'" }, 'a sandbox whose socket is gone is re-adopted over docker attach')
+  if (socketChannel) {
+    const channel = async (sid: string) => (await second.sandboxes.handle((await second.store.getSandbox(sid))!)).agent.channel
+    t.equal(await channel(id), 'socket', 're-adopted over its socket')
+    t.equal(await channel(noSocket), 'attach', 'or, without one, over docker attach')
+  }
   await t.rejects(orphan.inspect(), 'the orphan was removed')
 })
 
@@ -143,7 +159,14 @@ t.test('containers are hardened as documented', async (t) => {
     LogConfig: { Type: 'json-file', Config: { 'max-size': '1m' } }
   })
   t.match(host.Tmpfs, { '/home/user': /size=256m/, '/tmp': /size=64m/ })
-  t.same(host.Binds ?? [], [], 'no host mounts, so no Docker socket')
+  const binds = host.Binds ?? []
+  if (app.sandboxes.pool.stats.agent_channel === 'socket') {
+    t.equal(binds.length, 1, 'one host mount: the agent socket directory')
+    t.match(binds[0], /^\/run\/interpreter-server\/agents\/sbx-[^:]+:\/run\/agent:rw$/)
+  } else {
+    t.same(binds, [], 'no host mounts')
+  }
+  t.notOk(binds.some(b => b.includes('docker.sock')), 'never the Docker socket')
   t.match(host.Ulimits, [{ Name: 'nofile' }, { Name: 'fsize' }])
 })
 

@@ -1,0 +1,129 @@
+// A server process for the benchmarks, started as a user starts it (`interpreter-server serve`), from this checkout or
+// another one (the baseline), plus the small helpers the benchmarks share.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync, openSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { performance } from 'node:perf_hooks'
+
+export const KEY = 'bench-server-secret'
+export const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' }
+export const sleep = (n: number) => new Promise(resolve => setTimeout(resolve, n))
+
+export const pct = (xs: number[], p: number) => {
+  if (!xs.length) return NaN
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(p / 100 * s.length) - 1))]
+}
+export const ms = (x: number) => Number.isFinite(x) ? x < 10 ? x.toFixed(2) : x.toFixed(0) : '-'
+
+export function freePort (): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const a = s.address()
+      s.close(() => typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port')))
+    })
+  })
+}
+
+export async function eachLimited<T> (items: T[], limit: number, fn: (x: T) => Promise<void>): Promise<void> {
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => { while (next < items.length) await fn(items[next++]) }))
+}
+
+export interface Execution { stdout: string, results: Array<{ data: Record<string, string> }>, error: unknown }
+
+/** One server process with the given settings; `cwd` is the checkout it runs from. */
+export class Server {
+  child!: ChildProcess
+  base = ''
+  readonly namespace: string
+
+  constructor (readonly name: string, readonly env: Record<string, string>, readonly cwd = process.cwd()) {
+    this.namespace = `bench-${process.pid}-${name}`
+  }
+
+  get log (): string { return `/tmp/bench-${this.name}.log` }
+
+  /** Starts it and resolves when /v1/health answers, with the milliseconds that took. */
+  async start (): Promise<number> {
+    const port = await freePort()
+    const t0 = performance.now()
+    this.child = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve'], {
+      cwd: this.cwd,
+      env: {
+        ...process.env,
+        API_KEYS: `bench:admin:${KEY}`,
+        REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+        REDIS_PREFIX: `bench:${process.pid}:${this.name}:`,
+        SANDBOX_NAMESPACE: this.namespace,
+        LOG_LEVEL: 'warn',
+        PORT: String(port),
+        HOST: '127.0.0.1',
+        RATE_LIMIT_PER_MINUTE: '100000000',
+        SESSION_RATE_LIMIT_PER_MINUTE: '100000000',
+        MAX_SANDBOXES_PER_KEY: '100000',
+        SANDBOX_KEEP_ON_CLOSE: 'false',
+        ...this.env
+      },
+      stdio: ['ignore', openSync(this.log, 'w'), openSync(this.log, 'a')]
+    })
+    this.base = `http://127.0.0.1:${port}`
+    for (;;) {
+      if (this.child.exitCode !== null) throw new Error(`${this.name} exited: ${readFileSync(this.log, 'utf8')}`)
+      if (await fetch(`${this.base}/v1/health`).then(r => r.ok, () => false)) return performance.now() - t0
+      await sleep(50)
+    }
+  }
+
+  async waitWarm (): Promise<void> {
+    for (;;) {
+      const ready = await (await fetch(`${this.base}/v1/ready`)).json() as { pool?: { warm: number, size: number, creating: number } }
+      if (ready.pool && ready.pool.warm >= ready.pool.size && ready.pool.creating === 0) return
+      await sleep(100)
+    }
+  }
+
+  rssMb (): number {
+    return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${this.child.pid}/status`, 'utf8'))![1]) / 1024
+  }
+
+  async stop (): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return
+    const exited = new Promise(resolve => this.child.once('exit', resolve))
+    this.child.kill('SIGTERM')
+    await exited
+  }
+
+  post (path: string, body: object): Promise<Response> {
+    return fetch(`${this.base}${path}`, { method: 'POST', headers, body: JSON.stringify(body) })
+  }
+
+  async execute (id: string, code: string): Promise<Execution> {
+    const res = await this.post(`/v1/sandboxes/${id}/execute`, { code })
+    if (!res.ok) throw new Error(`execute: ${res.status} ${await res.text()}`)
+    return await res.json() as Execution
+  }
+
+  /** Creates `n` sandboxes, retrying on 503 after its Retry-After. */
+  async sandboxes (n: number): Promise<string[]> {
+    const ids: string[] = []
+    while (ids.length < n) {
+      const batch = await Promise.all(Array.from({ length: Math.min(10, n - ids.length) }, () => this.post('/v1/sandboxes', {})))
+      for (const res of batch) {
+        if (res.status === 201) ids.push((await res.json() as { id: string }).id)
+        else await sleep(Number(res.headers.get('retry-after') ?? 1) * 1000)
+      }
+    }
+    return ids
+  }
+
+  /** Deletes every sandbox of the key, a few at a time. */
+  async clear (): Promise<void> {
+    const { data } = await (await fetch(`${this.base}/v1/sandboxes`, { headers })).json() as { data: Array<{ id: string }> }
+    const auth = { authorization: headers.authorization } // no content-type: a DELETE has no body
+    await eachLimited(data, 8, async ({ id }) => {
+      const res = await fetch(`${this.base}/v1/sandboxes/${id}`, { method: 'DELETE', headers: auth })
+      if (res.status !== 204 && res.status !== 404) throw new Error(`delete: ${res.status} ${await res.text()}`)
+    })
+  }
+}

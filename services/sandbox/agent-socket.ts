@@ -1,0 +1,70 @@
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { watch } from 'node:fs'
+import { connect, type Socket } from 'node:net'
+import { join } from 'node:path'
+
+/**
+ * The direct channel to a sandbox's agent: a host directory per sandbox, bind-mounted into the container, where the
+ * agent listens on a unix socket. The directory is root's alone (mode 0700) and kernels run as uid 1000, so only the
+ * agent and this server can reach the socket; the container's network stays `none`. Talking over it skips dockerd,
+ * the container shim and Docker's stream framing on every request.
+ */
+export const AGENT_DIR_IN_CONTAINER = '/run/agent'
+const SOCKET_NAME = 'agent.sock'
+
+/** A fresh directory for one sandbox's socket (mkdtemp makes it 0700). */
+export async function makeAgentDir (base: string): Promise<string> {
+  await mkdir(base, { recursive: true, mode: 0o700 })
+  return await mkdtemp(join(base, 'sbx-'))
+}
+
+export async function removeAgentDir (dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true })
+}
+
+/** The directories under `base` that no container in `inUse` references (left by containers removed by hand). */
+export async function staleAgentDirs (base: string, inUse: Set<string>): Promise<string[]> {
+  const names = await readdir(base).catch(() => [] as string[])
+  return names.map(n => join(base, n)).filter(dir => dir.startsWith(join(base, 'sbx-')) && !inUse.has(dir))
+}
+
+function tryConnect (path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(path)
+    socket.once('connect', () => { socket.off('error', reject); resolve(socket) })
+    socket.once('error', reject)
+  })
+}
+
+/** Resolves when something in `dir` changes, or after `ms`. */
+function changeIn (dir: string, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    let watcher: ReturnType<typeof watch> | null = null
+    const done = () => { clearTimeout(timer); watcher?.close(); resolve() }
+    const timer = setTimeout(done, ms)
+    try {
+      watcher = watch(dir, done)
+      watcher.on('error', done)
+    } catch {
+      // the directory may not be visible yet; the timer still ends the wait
+    }
+  })
+}
+
+/** Connects to the agent's socket as soon as it listens; rejects after `timeoutMs`. */
+export async function connectAgentSocket (dir: string, timeoutMs: number): Promise<Socket> {
+  const path = join(dir, SOCKET_NAME)
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await tryConnect(path)
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      // Not there yet, or bound but not yet listening: wait for the agent.
+      if (code !== 'ENOENT' && code !== 'ECONNREFUSED') throw err
+    }
+    const left = deadline - Date.now()
+    if (left <= 0) throw new Error(`the sandbox agent's socket did not open within ${timeoutMs} ms`)
+    await changeIn(dir, Math.min(50, left))
+  }
+}
