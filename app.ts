@@ -8,6 +8,7 @@ import type { Config } from './services/config.js'
 import { LogHub } from './services/log-hub.js'
 import configPlugin from './plugins/config.js'
 import errorsPlugin from './plugins/errors.js'
+import requestLogPlugin from './plugins/request-log.js'
 import metricsPlugin from './plugins/metrics.js'
 import redisPlugin from './plugins/redis.js'
 import busPlugin from './plugins/bus.js'
@@ -63,6 +64,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(configPlugin, { config: opts.config })
   app.decorate('logs', opts.logs ?? new LogHub())
   await app.register(errorsPlugin)
+  await app.register(requestLogPlugin)
   await app.register(metricsPlugin)
   await app.register(redisPlugin)
   await app.register(busPlugin)
@@ -100,6 +102,7 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
       : logger,
     bodyLimit: config.BODY_LIMIT,
     requestIdHeader: 'x-request-id',
+    disableRequestLogging: true, // plugins/request-log writes one line per request instead of two
     genReqId: () => randomUUID(),
     trustProxy: false,
     return503OnClosing: true,

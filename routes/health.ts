@@ -12,7 +12,7 @@ const ReadySchema = Type.Object({
 })
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const publicRoute = { public: true, rateLimit: false } as const
+  const publicRoute = { public: true, rateLimit: false, accessLog: 'debug' } as const
 
   app.get('/health', {
     config: publicRoute,

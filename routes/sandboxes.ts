@@ -56,6 +56,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.post('/:id/execute', {
+    config: { accessLog: 'debug' },
     preHandler: [enabled, app.limitPerTarget],
     bodyLimit: Math.max(app.config.BODY_LIMIT, app.config.MAX_CODE_SIZE * 6 + 65536),
     schema: {

@@ -8,6 +8,8 @@ export interface LoggedEvent { id: string, event: RunEvent }
 /** Each session's run events, numbered in order; every reader (SSE, WebSocket, any replica) can resume after an id. */
 export interface EventLog {
   append (sessionId: string, event: RunEvent): Promise<string>
+  /** Appends several events in order, in one round trip; their ids in the same order. */
+  appendMany (sessionId: string, events: RunEvent[]): Promise<string[]>
   /** Events after `after` (all when undefined), then new ones as they come, until `signal` aborts. */
   follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent>
   delete (sessionId: string): Promise<void>
@@ -22,12 +24,19 @@ export class RedisEventLog implements EventLog {
   constructor (private readonly redis: Redis, private readonly maxLength = 10_000, private readonly ttlS = 7 * 24 * 3600) {}
 
   async append (sessionId: string, event: RunEvent): Promise<string> {
+    return (await this.appendMany(sessionId, [event]))[0]
+  }
+
+  async appendMany (sessionId: string, events: RunEvent[]): Promise<string[]> {
+    const key = streamKey(sessionId)
+    const tx = this.redis.multi()
+    for (const event of events) tx.xadd(key, 'MAXLEN', '~', this.maxLength, '*', 'e', JSON.stringify(event))
+    tx.expire(key, this.ttlS)
     try {
-      const [[, id]] = (await this.redis.multi()
-        .xadd(streamKey(sessionId), 'MAXLEN', '~', this.maxLength, '*', 'e', JSON.stringify(event))
-        .expire(streamKey(sessionId), this.ttlS)
-        .exec()) as Array<[Error | null, string]>
-      return id
+      const results = (await tx.exec()) as Array<[Error | null, string]>
+      const failed = results.find(([err]) => err)
+      if (failed) throw failed[0]!
+      return results.slice(0, events.length).map(([, id]) => id)
     } catch (err) {
       throw new DependencyError('redis', `event log append failed: ${(err as Error).message}`, { cause: err })
     }
@@ -106,6 +115,12 @@ export class MemoryEventLog implements EventLog {
     }
   }
 
+  async appendMany (sessionId: string, events: RunEvent[]): Promise<string[]> {
+    const ids: string[] = []
+    for (const event of events) ids.push(await this.append(sessionId, event))
+    return ids
+  }
+
   async delete (sessionId: string): Promise<void> { this.logs.delete(sessionId) }
 
   async lastId (sessionId: string): Promise<string | null> {
@@ -117,4 +132,40 @@ function compareIds (a: string, b: string): number {
   const [a1, a2] = a.split('-').map(Number)
   const [b1, b2] = b.split('-').map(Number)
   return a1 - b1 || a2 - b2
+}
+
+/**
+ * One run's appender: events are written in the order they were given; those that queue while a write is under way
+ * go together in the next one (one round trip for many chunks). A failed write fails only its own events.
+ */
+export class OrderedAppender {
+  private queue: Array<{ event: RunEvent, resolve: () => void, reject: (err: unknown) => void }> = []
+  private writing: Promise<void> | null = null
+
+  constructor (private readonly log: EventLog, private readonly sessionId: string) {}
+
+  append (event: RunEvent): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ event, resolve, reject })
+      this.writing ??= this.write()
+    })
+  }
+
+  /** Resolves when everything appended so far is written (or has failed). */
+  drained (): Promise<void> {
+    return this.writing ?? Promise.resolve()
+  }
+
+  private async write (): Promise<void> {
+    while (this.queue.length) {
+      const batch = this.queue.splice(0)
+      try {
+        await this.log.appendMany(this.sessionId, batch.map(b => b.event))
+        for (const b of batch) b.resolve()
+      } catch (err) {
+        for (const b of batch) b.reject(err)
+      }
+    }
+    this.writing = null
+  }
 }

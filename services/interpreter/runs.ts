@@ -4,7 +4,7 @@ import type { Chunk, FinishReason, RunEvent, Usage } from '../../schemas/chat.js
 import type { LoggedEvent } from '../events.js'
 import type { Language, SandboxRecord } from '../../schemas/sandboxes.js'
 import type { SessionService } from '../sessions.js'
-import type { EventLog } from '../events.js'
+import { OrderedAppender, type EventLog } from '../events.js'
 import type { ModelRegistry } from '../llm/registry.js'
 import type { SandboxService } from '../sandbox/service.js'
 import type { Store } from '../store/types.js'
@@ -134,7 +134,7 @@ export class RunManager {
         (err: unknown) => this.deps.log.warn({ err, session: session.id }, 'could not renew the session lock'))
     }, Math.floor(ttl / 3))
     renewal.unref()
-    let tail: Promise<unknown> = Promise.resolve()
+    const appender = new OrderedAppender(events, session.id)
     const run: ActiveRun = {
       id,
       abort: new AbortController(),
@@ -142,12 +142,8 @@ export class RunManager {
       executing: null,
       done: Promise.resolve(null as unknown as RunOutcome),
       startEventId,
-      append: (event) => {
-        const next = tail.then(() => events.append(session.id, event))
-        tail = next.catch(() => {})
-        return next.then(() => {})
-      },
-      drained: () => tail,
+      append: (event) => appender.append(event),
+      drained: () => appender.drained(),
       renewal
     }
     this.active.set(session.id, run)

@@ -86,7 +86,8 @@ export class SandboxPool {
   private target: number
   private readonly acquired: number[] = []
   private lastAcquireAt = 0
-  private avgStartMs = 1000 // until a start has been measured
+  private avgStartMs = 1000 // a guess until the first start is measured
+  private measured = false
   private shrinkTimer: NodeJS.Timeout | null = null
 
   constructor (readonly docker: Docker, private readonly opts: PoolOptions, private readonly log: Logger) {
@@ -163,7 +164,8 @@ export class SandboxPool {
     const began = Date.now()
     const round: Promise<void> = this.create().then((handle) => {
       const ms = Date.now() - began
-      this.avgStartMs = this.avgStartMs * 0.7 + ms * 0.3
+      this.avgStartMs = this.measured ? this.avgStartMs * 0.7 + ms * 0.3 : ms
+      this.measured = true
       this.opts.observe?.started(ms)
       this.fillError = null
       this.deliver(handle)
