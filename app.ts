@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { randomUUID } from 'node:crypto'
@@ -102,7 +102,7 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
       : logger,
     bodyLimit: config.BODY_LIMIT,
     requestIdHeader: 'x-request-id',
-    disableRequestLogging: true, // plugins/request-log writes one line per request instead of two
+    logController: new LogController({ disableRequestLogging: true }), // plugins/request-log writes one line per request instead of two
     genReqId: () => randomUUID(),
     trustProxy: false,
     return503OnClosing: true,

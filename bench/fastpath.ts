@@ -73,6 +73,7 @@ function classify (server: Server): Map<number, string> {
   const under = (p: Proc, ancestor: number) => { for (let q: Proc | undefined = p; q; q = byPid.get(q.ppid)) if (q.pid === ancestor) return true; return false }
   for (const p of procs) {
     if (p.pid === server.child.pid) classes.set(p.pid, 'server (node)')
+    else if (p.pid === process.pid) classes.set(p.pid, 'load generator (this benchmark, not the service)')
     else if (p.comm === 'dockerd') classes.set(p.pid, 'dockerd')
     else if (p.comm === 'containerd') classes.set(p.pid, 'containerd')
     else if (p.comm.startsWith('containerd-shim')) classes.set(p.pid, 'containerd-shim')
@@ -181,7 +182,8 @@ async function main (): Promise<void> {
     await server.start()
     await server.waitWarm()
     const ids = await server.sandboxes(Math.max(...conc))
-    await eachLimited(ids, 10, async (id) => { for (let i = 0; i < 5; i++) await server.execute(id, 'print(0)') }) // warm-up
+    await eachLimited(ids, 10, async (id) => { for (let i = 0; i < 40; i++) await server.execute(id, 'print(0)') }) // warm-up (JIT, kernels)
+    await server.waitWarm() // the burst of creates grew the pool: let its refill finish before measuring
     const loads: Load[] = []
     for (const c of conc) {
       loads.push(await load(server, ids, c, c === 1 ? Math.min(N, 1000) : N, c === 10))
@@ -204,10 +206,11 @@ async function main (): Promise<void> {
   const names = [...new Set(results.flatMap(r => [...(r.loads.find(l => l.cpu)?.cpu?.keys() ?? [])]))].sort()
   out.push('', '## CPU per execution by process (ms, during the 10-client run)', '')
   out.push(`| process | ${results.map(r => r.name).join(' | ')} |`, `|---|${results.map(() => '---').join('|')}|`)
-  for (const name of [...names, 'total']) {
+  for (const name of [...names.filter(n => !n.startsWith('load')), 'total', ...names.filter(n => n.startsWith('load'))]) {
     out.push(`| ${name} | ${results.map(r => {
       const cpu = r.loads.find(l => l.cpu)!.cpu!
-      return (name === 'total' ? [...cpu.values()].reduce((a, b) => a + b, 0) : cpu.get(name) ?? 0).toFixed(3)
+      const service = [...cpu].filter(([k]) => !k.startsWith('load generator')).reduce((a, [, v]) => a + v, 0)
+      return (name === 'total' ? service : cpu.get(name) ?? 0).toFixed(3)
     }).join(' | ')} |`)
   }
   out.push('', '## Streaming and chat', '')

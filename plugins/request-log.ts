@@ -11,6 +11,6 @@ declare module 'fastify' {
 export default fp(async (app) => {
   app.addHook('onResponse', async (request, reply) => {
     const level = request.routeOptions.config?.accessLog ?? 'info'
-    request.log[level]({ method: request.method, route: request.routeOptions.url ?? 'unmatched', status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'request completed')
+    request.log[level]({ method: request.method, url: request.url, route: request.routeOptions.url ?? 'unmatched', status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'request completed')
   })
 }, { name: 'request-log' })

@@ -12,7 +12,10 @@ export function createRedis (url: string, keyPrefix: string): Redis {
     connectTimeout: 2000,
     commandTimeout: 2000,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
-    reconnectOnError: () => true
+    reconnectOnError: () => true,
+    // Commands issued in the same tick (several requests' rate-limit counters, reads, touches) go in one write:
+    // on a busy server each write, and the wake-up of Redis it causes, is much of the cost of a request.
+    enableAutoPipelining: true
   })
 }
 

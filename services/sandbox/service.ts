@@ -43,6 +43,10 @@ interface Reserved { count: number, memoryMb: number, byOwner: Map<string, numbe
 
 export class SandboxService {
   private readonly live = new Map<string, SandboxHandle>()
+  /** The records of the sandboxes in `live`. */
+  private readonly records = new Map<string, SandboxRecord>()
+  /** When each sandbox's use was last written to the store, and a pending write of a later one. */
+  private readonly touches = new Map<string, { at: number, timer?: NodeJS.Timeout }>()
   private reaper: NodeJS.Timeout | null = null
   private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map() }
   private usage = { live: 0, memoryMb: 0 }
@@ -83,7 +87,7 @@ export class SandboxService {
       if (this.live.has(record.id)) return // a request already attached to it
       const handle = await this.pool.adopt(record.container_id).catch(() => null)
       if (handle) {
-        this.track(record.id, handle)
+        this.track(record.id, handle, record)
         this.recovery.adopted++
       } else {
         await this.store.deleteSandbox(record.id)
@@ -126,9 +130,17 @@ export class SandboxService {
     return removed
   }
 
-  private track (id: string, handle: SandboxHandle): void {
+  private track (id: string, handle: SandboxHandle, record: SandboxRecord): void {
     this.live.set(id, handle)
-    handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.live.delete(id) })
+    this.records.set(id, record)
+    handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
+  }
+
+  private forget (id: string): void {
+    this.live.delete(id)
+    this.records.delete(id)
+    clearTimeout(this.touches.get(id)?.timer)
+    this.touches.delete(id)
   }
 
   /**
@@ -172,7 +184,7 @@ export class SandboxService {
       }
       signal?.throwIfAborted()
       await this.store.saveSandbox(record)
-      this.track(record.id, handle)
+      this.track(record.id, handle, record)
       this.usage = { live: this.usage.live + 1, memoryMb: this.usage.memoryMb + memoryMb }
       return record
     } catch (err) {
@@ -231,8 +243,13 @@ export class SandboxService {
     }
   }
 
+  /**
+   * A sandbox's record. One this process is attached to comes from memory: its owner never changes, and if another
+   * replica deletes it, that replica removes the container first, which ends the attachment (and the cache entry).
+   */
   async get (id: string, principal: Principal): Promise<SandboxRecord> {
-    const record = await this.store.getSandbox(id)
+    const cached = this.live.get(id)?.agent.alive ? this.records.get(id) : undefined
+    const record = cached ?? await this.store.getSandbox(id)
     if (!record || !canAccess(principal, record.owner)) throw SandboxNotFound()
     return record
   }
@@ -252,13 +269,13 @@ export class SandboxService {
       this.log.warn({ sandbox: record.id }, 'sandbox container was gone')
       throw new AppError(404, 'sandbox_not_found', 'Sandbox not found (its container has stopped)', 'sandbox_error')
     }
-    this.track(record.id, handle)
+    this.track(record.id, handle, record)
     return handle
   }
 
   async destroy (record: SandboxRecord): Promise<void> {
     const handle = this.live.get(record.id)
-    this.live.delete(record.id)
+    this.forget(record.id)
     handle?.agent.close()
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.pool.remove(record.container_id)
@@ -266,8 +283,24 @@ export class SandboxService {
     this.usage = { live: Math.max(0, this.usage.live - 1), memoryMb: Math.max(0, this.usage.memoryMb - record.memory_mb) }
   }
 
+  /**
+   * Records a use. Busy sandboxes would write on every execution, so writes to the store are spaced by a tenth of the
+   * idle timeout (at most 1 s); a use in between is written when that time is up, so the store is never later than that.
+   */
   async touch (record: SandboxRecord): Promise<void> {
-    record.last_used_at = new Date().toISOString()
+    const now = Date.now()
+    record.last_used_at = new Date(now).toISOString()
+    const gap = Math.min(1000, record.timeout_s * 100)
+    const last = this.touches.get(record.id)
+    if (last && now - last.at < gap) {
+      last.timer ??= setTimeout(() => {
+        last.timer = undefined
+        last.at = Date.now()
+        this.store.touchSandbox(record.id, record.last_used_at).catch(() => {})
+      }, gap - (now - last.at))
+      return
+    }
+    this.touches.set(record.id, { at: now })
     await this.store.touchSandbox(record.id, record.last_used_at)
   }
 
@@ -350,7 +383,7 @@ export class SandboxService {
         await this.store.deleteSandbox(id).catch(() => {})
       }
     }
-    this.live.clear()
+    for (const id of [...this.live.keys()]) this.forget(id)
     await this.pool.close()
   }
 }

@@ -8,6 +8,7 @@ const sessionKey = (id: string) => `session:${id}`
 const messagesKey = (id: string) => `messages:${id}`
 const ownerKey = (owner: string | null) => owner === null ? 'all-sessions' : `sessions:${owner}`
 const SANDBOXES = 'sandboxes'
+type TouchCommand = (key: string, id: string, at: string) => Promise<number>
 
 /**
  * Sessions are JSON strings with a TTL that every read or write renews; each owner has a sorted set of
@@ -16,7 +17,16 @@ const SANDBOXES = 'sandboxes'
 export class RedisStore implements Store {
   readonly kind = 'redis'
 
-  constructor (private readonly redis: Redis, private readonly ttlS: number) {}
+  constructor (private readonly redis: Redis, private readonly ttlS: number) {
+    // Sent by its hash (EVALSHA) after the first call.
+    if (!('touchSandbox' in redis)) {
+      redis.defineCommand('touchSandbox', {
+        numberOfKeys: 1,
+        lua: 'local raw = redis.call("hget", KEYS[1], ARGV[1]) if not raw then return 0 end ' +
+          'local r = cjson.decode(raw) r.last_used_at = ARGV[2] redis.call("hset", KEYS[1], ARGV[1], cjson.encode(r)) return 1'
+      })
+    }
+  }
 
   private async guard<T> (what: string, fn: () => Promise<T>): Promise<T> {
     try {
@@ -100,10 +110,7 @@ export class RedisStore implements Store {
 
   async touchSandbox (id: string, at: string): Promise<void> {
     // One round trip, and only if the record still exists (a touch after a delete must not bring it back).
-    await this.guard('touch sandbox', () => this.redis.eval(
-      'local raw = redis.call("hget", KEYS[1], ARGV[1]) if not raw then return 0 end ' +
-      'local r = cjson.decode(raw) r.last_used_at = ARGV[2] redis.call("hset", KEYS[1], ARGV[1], cjson.encode(r)) return 1',
-      1, SANDBOXES, id, at))
+    await this.guard('touch sandbox', () => (this.redis as Redis & { touchSandbox: TouchCommand }).touchSandbox(SANDBOXES, id, at))
   }
 
   async deleteSandbox (id: string): Promise<void> {

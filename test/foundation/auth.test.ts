@@ -69,7 +69,7 @@ t.test('log lines of authenticated requests never contain the key', async (t) =>
   await app.inject({ method: 'GET', url: '/v1/sessions/ses_missing', headers: auth(KEYS.alice) })
   await app.inject({ method: 'GET', url: '/v1/sessions', headers: auth('wrong-key-value') })
   const text = lines.join('')
-  t.match(text, /"route":"\/v1\/sessions","status":201,"ms":[0-9.]+,"msg":"request completed"/, 'each request was logged once it finished')
+  t.match(text, /"url":"\/v1\/sessions","route":"\/v1\/sessions","status":201,"ms":[0-9.]+,"msg":"request completed"/, 'each request was logged once it finished')
   t.notMatch(text, KEYS.alice, 'the valid key is not in the logs')
   t.notMatch(text, 'wrong-key-value', 'a rejected key is not in the logs')
   t.match(text, /"reqId":"[0-9a-f-]{36}"/, 'log lines carry request ids')
