@@ -31,6 +31,7 @@ import settingsRoutes from './routes/settings.js'
 import wsRoutes from './routes/ws.js'
 import adminRoutes from './routes/admin.js'
 import uiRoutes from './routes/ui.js'
+import mcpRoutes from './routes/mcp/index.js'
 
 export interface AppOptions {
   config: Config
@@ -86,6 +87,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(settingsRoutes, { prefix: '/v1' })
   await app.register(wsRoutes, { prefix: '/v1' })
   await app.register(adminRoutes, { prefix: '/v1' })
+  await app.register(mcpRoutes, { prefix: '/mcp' })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Message, Session } from '../../schemas/sessions.js'
 import type { Chunk, FinishReason, RunEvent, Usage } from '../../schemas/chat.js'
 import type { LoggedEvent } from '../events.js'
-import type { Language, SandboxRecord } from '../../schemas/sandboxes.js'
+import type { Execution, Language, SandboxRecord } from '../../schemas/sandboxes.js'
 import type { SessionService } from '../sessions.js'
 import { OrderedAppender, type EventLog } from '../events.js'
 import type { ModelRegistry } from '../llm/registry.js'
@@ -23,7 +23,15 @@ export interface RunRequest {
   /** The conversation to use instead of the stored history (the OpenAI-compatible route sends it whole). */
   history?: Message[]
 }
-export interface RunOutcome { runId: string, usage: Usage, finishReason: FinishReason, error?: AppError, messages: Message[] }
+export interface RunOutcome {
+  runId: string
+  usage: Usage
+  finishReason: FinishReason
+  error?: AppError
+  messages: Message[]
+  /** A direct execution's result as the sandbox gave it. */
+  execution?: Execution
+}
 
 interface ActiveRun {
   id: string
@@ -92,14 +100,15 @@ export class RunManager {
   }
 
   /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
-  async executeDirect (session: Session, language: Language, code: string): Promise<ActiveRun> {
+  async executeDirect (session: Session, language: Language, code: string, opts: { timeoutMs?: number } = {}): Promise<ActiveRun> {
     const run = await this.open(session, 'direct')
     run.done = (async () => {
       const messages: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id: run.id }]
       let outcome: RunOutcome = { runId: run.id, usage: noUsage(), finishReason: 'stop', messages }
       try {
         const emit = (chunk: Chunk) => run.append({ type: 'chunk', run_id: run.id, chunk })
-        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session) }, run.id, language, code)
+        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session, opts.timeoutMs) }, run.id, language, code)
+        outcome.execution = execution
         messages.push(...results)
         await this.deps.sessions.append(session, messages)
         if (execution.error?.name === 'KeyboardInterrupt' || run.abort.signal.aborted) outcome.finishReason = 'interrupted'
@@ -175,12 +184,12 @@ export class RunManager {
   }
 
   /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
-  private executor (run: ActiveRun, session: Session): TurnDeps['execute'] {
+  private executor (run: ActiveRun, session: Session, timeoutMs?: number): TurnDeps['execute'] {
     return async (language, code, onEvent) => {
-      const record = await this.sandboxFor(session, run.abort.signal)
+      const record = await this.sessionSandbox(session, run.abort.signal)
       run.executing = record
       try {
-        return await this.deps.sandboxes.execute(record, { language, code }, onEvent)
+        return await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent)
       } finally {
         run.executing = null
       }
@@ -252,7 +261,7 @@ export class RunManager {
   }
 
   /** The session's sandbox, created (from the pool) on first use. */
-  private async sandboxFor (session: Session, signal: AbortSignal): Promise<SandboxRecord> {
+  async sessionSandbox (session: Session, signal?: AbortSignal): Promise<SandboxRecord> {
     const { store, sandboxes } = this.deps
     if (session.sandbox_id) {
       const record = await store.getSandbox(session.sandbox_id)
@@ -264,6 +273,25 @@ export class RunManager {
     session.sandbox_id = record.id
     await store.saveSession(fresh)
     return record
+  }
+
+  /** Replaces the session's sandbox with nothing (the next run gets a fresh one); 409 while a run holds the session. */
+  async resetSandbox (session: Session): Promise<void> {
+    const { store, sandboxes } = this.deps
+    const owner = `reset_${randomBytes(6).toString('base64url')}`
+    if (!(await store.lock(sessionLock(session.id), owner, this.deps.lockTtlMs))) {
+      throw new AppError(409, 'run_in_progress', 'This session is running; wait for it or interrupt it', 'conflict_error')
+    }
+    try {
+      const fresh = await store.getSession(session.id) ?? session
+      const record = fresh.sandbox_id ? await store.getSandbox(fresh.sandbox_id) : null
+      if (record) await sandboxes.destroy(record)
+      fresh.sandbox_id = null
+      session.sandbox_id = null
+      await store.saveSession(fresh)
+    } finally {
+      await store.unlock(sessionLock(session.id), owner).catch(() => {})
+    }
   }
 
   /** Approves or declines the block the run waits on, in whichever process it runs; 409 when it waits on another block or on none. */

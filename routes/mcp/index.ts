@@ -1,0 +1,93 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
+import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
+import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { mcpServer } from './tools.js'
+
+interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string }
+
+/** A body that is not JSON: answered with a JSON-RPC parse error, as MCP clients expect. */
+const NOT_JSON = Symbol('not json')
+
+const rpcError = (reply: FastifyReply, status: number, code: number, message: string) =>
+  reply.status(status).type('application/json').send({ jsonrpc: '2.0', error: { code, message }, id: null })
+
+/**
+ * MCP over Streamable HTTP at /mcp, through the official SDK's transport. Each MCP session is one of our sessions
+ * (its Mcp-Session-Id is the session id, so the monitor shows it); deleting either ends both. The API key comes as a
+ * Bearer header like everywhere else. MCP sessions live in the process that initialized them: with several replicas,
+ * route /mcp by the Mcp-Session-Id header.
+ */
+const routes: FastifyPluginAsync = async (app) => {
+  const live = new Map<string, McpSession>()
+
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    try {
+      done(null, JSON.parse(body as string))
+    } catch {
+      done(null, NOT_JSON)
+    }
+  })
+
+  /** The MCP session of the request's Mcp-Session-Id, if it is this key's and its session still exists. */
+  const existing = async (request: FastifyRequest, id: string): Promise<McpSession | null> => {
+    const entry = live.get(id)
+    if (!entry || entry.owner !== request.principal.name) return null
+    if (!(await app.store.getSession(id))) { // deleted through the REST API: the MCP session ends with it
+      await entry.transport.close().catch(() => {})
+      return null
+    }
+    return entry
+  }
+
+  const start = async (request: FastifyRequest): Promise<McpSession> => {
+    const session = await app.sessions.create(request.principal, { title: 'MCP session', metadata: { source: 'mcp' } })
+    const transport = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => session.id,
+      onsessionclosed: async (id) => { await endSession(id) }
+    })
+    const entry: McpSession = { transport, server: mcpServer(app, session), owner: request.principal.name }
+    transport.onclose = () => { live.delete(session.id) }
+    live.set(session.id, entry)
+    await entry.server.connect(transport)
+    return entry
+  }
+
+  /** Ends an MCP session: our session and its sandbox go with it. */
+  const endSession = async (id: string) => {
+    live.delete(id)
+    const session = await app.store.getSession(id)
+    if (!session) return
+    await app.store.deleteSession(session)
+    const record = session.sandbox_id ? await app.store.getSandbox(session.sandbox_id) : null
+    if (record) await app.sandboxes.destroy(record).catch((err: Error) => app.log.warn({ err: err.message, session: id }, 'could not remove an MCP session\'s sandbox'))
+  }
+
+  const handler = async (request: FastifyRequest, reply: FastifyReply) => {
+    if (request.body === NOT_JSON) return rpcError(reply, 400, -32700, 'Parse error: the body is not JSON')
+    const id = request.headers['mcp-session-id']
+    let entry: McpSession | null
+    if (typeof id === 'string') {
+      entry = await existing(request, id)
+      if (!entry) return rpcError(reply, 404, -32001, 'Session not found')
+    } else if (request.method === 'POST' && isInitializeRequest(request.body)) {
+      entry = await start(request)
+    } else {
+      return rpcError(reply, 400, -32000, 'Bad Request: send initialize first, then the Mcp-Session-Id it returns')
+    }
+    reply.hijack()
+    await entry.transport.handleRequest(request.raw, reply.raw, request.body)
+  }
+
+  const schema = { hide: true } // MCP speaks JSON-RPC; its tools are listed by tools/list, not in OpenAPI
+  app.post('', { schema, config: { accessLog: 'debug' } }, handler)
+  app.get('', { schema }, handler)
+  app.delete('', { schema }, handler)
+
+  app.addHook('onClose', async () => {
+    await Promise.all([...live.values()].map(e => e.transport.close().catch(() => {})))
+    live.clear()
+  })
+}
+
+export default routes

@@ -1,0 +1,109 @@
+import type { FastifyInstance } from 'fastify'
+import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import { z } from 'zod'
+import type { Session } from '../../schemas/sessions.js'
+import { runError } from '../../services/interpreter/runs.js'
+
+/** Files the read_file tool returns as text (larger or binary files come back as a base64 resource). */
+const TEXT_LIMIT = 1024 * 1024
+
+const text = (value: string): CallToolResult['content'][number] => ({ type: 'text', text: value })
+const failure = (message: string): CallToolResult => ({ isError: true, content: [text(message)] })
+
+/** Runs a tool body; an error becomes a tool result with isError (what MCP clients show the model), never a crash. */
+async function tool (body: () => Promise<CallToolResult>): Promise<CallToolResult> {
+  try {
+    return await body()
+  } catch (err) {
+    const e = runError(err)
+    return failure(`${e.code}: ${e.message}`)
+  }
+}
+
+/**
+ * The MCP server of one MCP session: tools over that session's sandbox, through the same services as every route
+ * (direct executions are runs: they take the session's lock, land in its event log and show in the monitor).
+ */
+export function mcpServer (app: FastifyInstance, session: Session): McpServer {
+  const server = new McpServer({ name: 'interpreter-server', version: app.config.version }, {
+    instructions: 'Runs code in a hardened, stateful sandbox: variables, imports and files persist between execute_code calls of this MCP session until reset. Files live under /home/user (relative paths).'
+  })
+  const { runs, sandboxes } = app
+  const handle = async () => await sandboxes.handle(await runs.sessionSandbox(session))
+
+  server.registerTool('execute_code', {
+    title: 'Execute code',
+    description: 'Run code in this session\'s sandbox and return its output. State persists between calls. Plots (matplotlib) come back as images.',
+    inputSchema: {
+      language: z.enum(['python', 'javascript', 'shell']).default('python').describe('the kernel to run in'),
+      code: z.string().describe('the code'),
+      timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
+    }
+  }, async ({ language, code, timeout_ms: timeoutMs }) => tool(async () => {
+    const run = await runs.executeDirect(session, language, code, timeoutMs ? { timeoutMs } : {})
+    const outcome = await run.done
+    if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
+    const ex = outcome.execution!
+    const content: CallToolResult['content'] = []
+    const out = [ex.stdout, ex.stderr].filter(Boolean).join(ex.stdout.endsWith('\n') || !ex.stdout ? '' : '\n')
+    if (out) content.push(text(out))
+    for (const result of ex.results) {
+      if (result.data['image/png']) content.push({ type: 'image', data: result.data['image/png'], mimeType: 'image/png' })
+      else if (result.data['text/plain']) content.push(text(result.data['text/plain']))
+    }
+    if (ex.error) content.push(text([...ex.error.traceback].join('') || `${ex.error.name}: ${ex.error.value}`))
+    if (ex.state_lost) content.push(text('[the kernel was restarted: earlier variables are gone]'))
+    if (!content.length) content.push(text('(no output)'))
+    return { content, ...(ex.error ? { isError: true } : {}) }
+  }))
+
+  server.registerTool('list_files', {
+    title: 'List files',
+    description: 'List a directory of the sandbox workspace.',
+    inputSchema: { path: z.string().default('').describe('a directory relative to the workspace; empty for its top') }
+  }, async ({ path }) => tool(async () => {
+    const entries = await (await handle()).listFiles(path)
+    return { content: [text(entries.length ? entries.map(e => `${e.type === 'directory' ? 'd' : '-'} ${String(e.size).padStart(10)} ${e.path}`).join('\n') : '(empty)')] }
+  }))
+
+  server.registerTool('read_file', {
+    title: 'Read a file',
+    description: 'Read a file of the sandbox workspace: text as text, anything else as a base64 resource.',
+    inputSchema: { path: z.string().min(1).describe('a file relative to the workspace') }
+  }, async ({ path }) => tool(async () => {
+    const { stream } = await (await handle()).readFile(path)
+    const chunks: Buffer[] = []
+    for await (const chunk of stream) chunks.push(chunk as Buffer)
+    const bytes = Buffer.concat(chunks)
+    const decoded = bytes.toString('utf8')
+    if (bytes.length <= TEXT_LIMIT && Buffer.from(decoded, 'utf8').equals(bytes)) return { content: [text(decoded)] }
+    const mimeType = path.endsWith('.png') ? 'image/png' : 'application/octet-stream'
+    return { content: [{ type: 'resource', resource: { uri: `sandbox:///home/user/${path}`, mimeType, blob: bytes.toString('base64') } }] }
+  }))
+
+  server.registerTool('write_file', {
+    title: 'Write a file',
+    description: 'Create or replace a file of the sandbox workspace (parent directories are made).',
+    inputSchema: {
+      path: z.string().min(1).describe('a file relative to the workspace'),
+      content: z.string().describe('the content'),
+      encoding: z.enum(['utf8', 'base64']).default('utf8').describe('how content is encoded')
+    }
+  }, async ({ path, content, encoding }) => tool(async () => {
+    const bytes = Buffer.from(content, encoding)
+    const size = await (await handle()).writeFile(path, (async function * () { yield bytes })(), app.config.MAX_UPLOAD_BYTES)
+    return { content: [text(`wrote ${size} bytes to ${path}`)] }
+  }))
+
+  server.registerTool('reset', {
+    title: 'Reset the sandbox',
+    description: 'Remove this session\'s sandbox; the next call starts with a fresh one (no variables, no files).',
+    inputSchema: {}
+  }, async () => tool(async () => {
+    await runs.resetSandbox(session)
+    return { content: [text('the sandbox was reset')] }
+  }))
+
+  return server
+}
