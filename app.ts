@@ -32,6 +32,7 @@ import wsRoutes from './routes/ws.js'
 import adminRoutes from './routes/admin.js'
 import uiRoutes from './routes/ui.js'
 import mcpRoutes from './routes/mcp/index.js'
+import librechatRoutes from './routes/librechat/index.js'
 
 export interface AppOptions {
   config: Config
@@ -88,6 +89,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(wsRoutes, { prefix: '/v1' })
   await app.register(adminRoutes, { prefix: '/v1' })
   await app.register(mcpRoutes, { prefix: '/mcp' })
+  await app.register(librechatRoutes, { prefix: '/librechat/v1' })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }
@@ -98,7 +100,7 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
     logger: logger === true || (typeof logger === 'object' && logger !== null)
       ? {
           level: config.LOG_LEVEL,
-          redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', '*.api_key', '*.apiKey', '*.secret', 'config.apiKeys'], censor: '[redacted]' },
+          redact: { paths: ['req.headers.authorization', 'headers.authorization', 'authorization', 'req.headers["x-api-key"]', 'headers["x-api-key"]', '*.api_key', '*.apiKey', '*.secret', 'config.apiKeys'], censor: '[redacted]' },
           ...(typeof logger === 'object' ? logger : {})
         }
       : logger,

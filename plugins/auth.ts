@@ -9,7 +9,11 @@ declare module 'fastify' {
     /** The API key's identity; set on every route that is not public. */
     principal: Principal
   }
-  interface FastifyContextConfig { public?: boolean }
+  interface FastifyContextConfig {
+    public?: boolean
+    /** The route also takes the key from an `X-API-Key` header (LibreChat's Code API clients send it). */
+    apiKeyHeader?: boolean
+  }
 }
 
 const PUBLIC_PREFIXES = ['/docs']
@@ -23,6 +27,11 @@ function subprotocolToken (request: FastifyRequest): string | undefined {
   if (request.headers.upgrade?.toLowerCase() !== 'websocket') return undefined
   const offered = String(request.headers['sec-websocket-protocol'] ?? '').split(',').map(p => p.trim())
   return offered.find(p => p.startsWith('bearer.'))?.slice('bearer.'.length)
+}
+
+function apiKeyHeader (request: FastifyRequest): string | undefined {
+  const value = request.headers['x-api-key']
+  return request.routeOptions.config?.apiKeyHeader && typeof value === 'string' ? value : undefined
 }
 
 /** A preHandler for routes only admin keys may use. */
@@ -39,13 +48,13 @@ export default fp(async (app) => {
   app.decorate('apiKeys', keyring)
   app.decorateRequest('principal', null as unknown as Principal)
   app.addHook('onRequest', async (request) => {
-    const principal = keyring.authenticate(bearerToken(request.headers.authorization) ?? subprotocolToken(request))
+    const principal = keyring.authenticate(bearerToken(request.headers.authorization) ?? subprotocolToken(request) ?? apiKeyHeader(request))
     if (principal) request.principal = principal
   })
   app.addHook('preParsing', async (request, reply) => {
     if (request.principal || isPublic(request)) return
     reply.header('WWW-Authenticate', 'Bearer')
-    throw request.headers.authorization
+    throw request.headers.authorization || request.headers['x-api-key']
       ? new AppError(401, 'invalid_api_key', 'The API key is not valid')
       : new AppError(401, 'missing_api_key', 'Missing API key: send Authorization: Bearer <key>')
   })

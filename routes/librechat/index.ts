@@ -1,0 +1,162 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyError } from 'fastify'
+import multipart from '@fastify/multipart'
+import { Type } from 'typebox'
+import { LibreChatService, LIBRECHAT_LANGUAGES, fileId, pathOfId, safeName } from '../../services/librechat.js'
+import { AppError, DependencyError } from '../../services/errors.js'
+
+const ErrorBody = Type.Object({ error: Type.String(), code: Type.String(), retry_after_seconds: Type.Optional(Type.Number()) }, { description: "LibreChat's error shape: `error` is shown to the model" })
+const FileRefSchema = Type.Object({ id: Type.String(), name: Type.String(), path: Type.String(), session_id: Type.String(), storage_session_id: Type.String() })
+const InputFileSchema = Type.Object({
+  id: Type.String({ minLength: 1, maxLength: 2048 }),
+  name: Type.String({ minLength: 1, maxLength: 1024 }),
+  session_id: Type.Optional(Type.String({ maxLength: 64 })),
+  storage_session_id: Type.Optional(Type.String({ maxLength: 64 }))
+})
+// Clients put more in the body than they need (user_id, entity_id, runtime_session_hint, their own options): allowed.
+const ExecSchema = Type.Object({
+  lang: Type.String({ minLength: 1, maxLength: 32 }),
+  code: Type.String(),
+  args: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 256 })),
+  session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+  files: Type.Optional(Type.Array(InputFileSchema, { maxItems: 200 }))
+})
+const ExecResultSchema = Type.Object({ session_id: Type.String(), stdout: Type.String(), stderr: Type.String(), code: Type.Integer({ description: 'the exit code' }), files: Type.Array(FileRefSchema) })
+const SessionParams = Type.Object({ session_id: Type.String({ minLength: 1, maxLength: 64 }) })
+const FileParams = Type.Object({ session_id: Type.String({ minLength: 1, maxLength: 64 }), file_id: Type.String({ minLength: 1, maxLength: 2048 }) })
+
+const MIME: Record<string, string> = { png: 'image/png', jpg: 'image/jpeg', jpeg: 'image/jpeg', gif: 'image/gif', svg: 'image/svg+xml', csv: 'text/csv', txt: 'text/plain', json: 'application/json', html: 'text/html', pdf: 'application/pdf', md: 'text/markdown' }
+const mimeOf = (name: string) => MIME[name.split('.').pop()?.toLowerCase() ?? ''] ?? 'application/octet-stream'
+
+/**
+ * LibreChat's Code Interpreter API (set LIBRECHAT_CODE_BASEURL to http://host:8000/librechat/v1): exec, upload,
+ * download, file listings and the freshness probe, over our sandboxes, keys and limits.
+ */
+const routes: FastifyPluginAsyncTypebox = async (app) => {
+  const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES })
+  const tags = ['librechat']
+  const config = { apiKeyHeader: true }
+  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody }
+  // preservePath: LibreChat sends nested names (a/b.csv); they are checked, not stripped.
+  await app.register(multipart, { preservePath: true, limits: { fileSize: app.config.MAX_UPLOAD_BYTES, files: 200, fields: 50 } })
+
+  // LibreChat shows `error` to the model and reads 429s as {error: 'rate_limited', retry_after_seconds}.
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    let e: AppError
+    if (err instanceof AppError) e = err
+    else if (err instanceof DependencyError) e = err.toAppError()
+    else if (err.validation) e = new AppError(400, 'validation_error', err.message)
+    else if (err.code === 'FST_REQ_FILE_TOO_LARGE' || err.statusCode === 413) e = new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
+    else if (err.statusCode && err.statusCode < 500) e = new AppError(err.statusCode, (err.code ?? 'bad_request').replace(/^FST_/, '').toLowerCase(), err.message)
+    else {
+      request.log.error({ err }, 'librechat request failed')
+      e = new AppError(500, 'internal_error', 'Internal server error')
+    }
+    const retry = e.extra.retry_after
+    if (typeof retry === 'number') reply.header('retry-after', retry)
+    return reply.status(e.statusCode).send(e.statusCode === 429
+      ? { error: 'rate_limited', code: e.code, retry_after_seconds: retry as number }
+      : { error: e.message, code: e.code, ...(typeof retry === 'number' ? { retry_after_seconds: retry } : {}) })
+  })
+
+  app.post('/exec', {
+    config,
+    schema: {
+      tags,
+      summary: 'Run code as a fresh process in the session\'s sandbox (LibreChat `execute_code`)',
+      description: `Languages: ${LIBRECHAT_LANGUAGES.join(', ')}. Without session_id a new session is made. Input files are copied into /mnt/data first; files the run writes or changes under /mnt/data come back as refs. A failing program is a 200 with its stderr and exit code.`,
+      body: ExecSchema,
+      response: { 200: ExecResultSchema, ...errors }
+    }
+  }, async (request, reply) => {
+    const controller = new AbortController()
+    reply.raw.on('close', () => { if (!reply.raw.writableFinished) controller.abort(new AppError(499, 'client_closed', 'The client closed the connection')) })
+    return await service.exec(request.principal, request.body, controller.signal)
+  })
+
+  app.post('/upload', {
+    config,
+    schema: { tags, summary: 'Upload files (multipart, field `file`, repeatable) into a new session', consumes: ['multipart/form-data'], response: { 200: Type.Object({ message: Type.Literal('success'), session_id: Type.String(), storage_session_id: Type.String(), files: Type.Array(Type.Object({ fileId: Type.String(), filename: Type.String() })) }), ...errors } }
+  }, async (request) => {
+    if (!request.isMultipart()) throw new AppError(400, 'not_multipart', 'Send multipart/form-data with a `file` field')
+    const { record, handle } = await service.newSession(request.principal)
+    const files: Array<{ fileId: string, filename: string }> = []
+    try {
+      for await (const part of request.files()) {
+        const name = safeName(part.filename)
+        await handle.writeFile(name, part.file, app.config.MAX_UPLOAD_BYTES)
+        if (part.file.truncated) throw new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
+        files.push({ fileId: fileId(name), filename: name })
+      }
+    } catch (err) {
+      await app.sandboxes.destroy(record).catch(() => {}) // nothing half-uploaded stays behind
+      throw err
+    }
+    if (!files.length) {
+      await app.sandboxes.destroy(record).catch(() => {})
+      throw new AppError(400, 'no_file', 'The upload has no `file` part')
+    }
+    return { message: 'success' as const, session_id: record.id, storage_session_id: record.id, files }
+  })
+
+  app.get('/download/:session_id/:file_id', {
+    config,
+    schema: { tags, summary: 'A file of a session, as bytes', params: FileParams, response: { 200: Type.Any({ description: 'the file bytes' }), ...errors } }
+  }, async (request, reply) => {
+    const { handle } = await service.session(request.principal, request.params.session_id)
+    const path = pathOfId(request.params.file_id)
+    const { size, stream } = await handle.readFile(path)
+    const name = path.split('/').pop()!
+    return reply.header('content-type', mimeOf(name)).header('content-length', size)
+      .header('content-disposition', `attachment; filename="${name.replace(/[^\x20-\x7e]|"/g, '_')}"; filename*=UTF-8''${encodeURIComponent(name)}`)
+      .send(stream)
+  })
+
+  app.get('/files/:session_id', {
+    config,
+    schema: {
+      tags,
+      summary: "A session's files",
+      params: SessionParams,
+      querystring: Type.Object({ detail: Type.Union([Type.Literal('simple'), Type.Literal('summary'), Type.Literal('full'), Type.Literal('normalized')], { default: 'simple' }) }, { additionalProperties: true }),
+      response: { 200: Type.Array(Type.Unknown()), ...errors }
+    }
+  }, async (request) => {
+    const { record, handle } = await service.session(request.principal, request.params.session_id)
+    const files = await service.snapshot(handle)
+    const entries = [...files.keys()].map(async (path) => ({ path, entry: await service.stat(handle, path) }))
+    const stats = await Promise.all(entries)
+    switch (request.query.detail) {
+      case 'simple': return stats.map(({ path }) => `${record.id}/${fileId(path)}`)
+      case 'summary': return stats.map(({ path, entry }) => ({ name: `${record.id}/${fileId(path)}`, size: entry.size, lastModified: new Date(entry.modified * 1000).toISOString(), etag: `${entry.size}-${entry.modified}` }))
+      default: return stats.map(({ path, entry }) => ({
+        id: fileId(path), name: path, storage_session_id: record.id, session_id: record.id, size: entry.size,
+        lastModified: new Date(entry.modified * 1000).toISOString(), etag: `${entry.size}-${entry.modified}`, contentType: mimeOf(path),
+        metadata: { 'content-type': mimeOf(path), 'original-filename': path.split('/').pop() }
+      }))
+    }
+  })
+
+  app.get('/sessions/:session_id/objects/:file_id', {
+    config,
+    schema: { tags, summary: "One file's metadata (LibreChat's freshness probe)", params: FileParams, response: { 200: Type.Object({ id: Type.String(), name: Type.String(), size: Type.Integer(), lastModified: Type.String(), etag: Type.String(), contentType: Type.String() }), ...errors } }
+  }, async (request) => {
+    const { handle } = await service.session(request.principal, request.params.session_id)
+    const path = pathOfId(request.params.file_id)
+    const entry = await service.stat(handle, path)
+    return { id: request.params.file_id, name: path, size: entry.size, lastModified: new Date(entry.modified * 1000).toISOString(), etag: `${entry.size}-${entry.modified}`, contentType: mimeOf(path) }
+  })
+
+  app.delete('/files/:session_id/:file_id', {
+    config,
+    schema: { tags, summary: 'Delete a file of a session', params: FileParams, response: { 200: Type.Object({ message: Type.String() }), ...errors } }
+  }, async (request) => {
+    const { handle } = await service.session(request.principal, request.params.session_id)
+    await handle.deleteFile(pathOfId(request.params.file_id))
+    return { message: 'deleted' }
+  })
+
+  app.get('/health', { config: { public: true, rateLimit: false, accessLog: 'debug' }, schema: { tags, summary: 'Liveness', security: [], response: { 200: Type.Object({ status: Type.Literal('ok') }) } } }, async () => ({ status: 'ok' as const }))
+}
+
+export default routes

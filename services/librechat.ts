@@ -1,0 +1,129 @@
+import { randomBytes } from 'node:crypto'
+import { posix } from 'node:path'
+import type { Principal } from './auth.js'
+import { AppError } from './errors.js'
+import type { SandboxService } from './sandbox/service.js'
+import type { SandboxHandle } from './sandbox/sandbox.js'
+import type { FileEntry, SandboxRecord } from '../schemas/sandboxes.js'
+
+/**
+ * LibreChat's Code Interpreter API over our sandboxes. A LibreChat session is one of our sandboxes (its session_id
+ * is the sandbox id), and /mnt/data is its workspace. Each exec runs the code as a fresh process of its language
+ * (LibreChat tells the model the environment is stateless), so files persist between calls and variables do not.
+ */
+
+/** How each language's code runs: a command that reads the program on stdin, in the sandbox's shell. */
+const RUNNERS: Record<string, (args: string) => string> = {
+  py: (args) => `python3 - ${args}`,
+  js: (args) => `node - ${args}`,
+  bash: (args) => `bash -s -- ${args}`
+}
+const ALIASES: Record<string, string> = { python: 'py', python3: 'py', javascript: 'js', node: 'js', nodejs: 'js', sh: 'bash', shell: 'bash' }
+export const LIBRECHAT_LANGUAGES = Object.keys(RUNNERS)
+
+export interface FileRef { id: string, name: string, path: string, session_id: string, storage_session_id: string }
+export interface InputFile { id: string, name: string, session_id?: string, storage_session_id?: string }
+export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[] }
+
+const quote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`
+
+/** File ids name a workspace path (base64url), so any replica can serve a download without a table of files. */
+export const fileId = (path: string) => Buffer.from(path).toString('base64url')
+export function pathOfId (id: string): string {
+  const path = Buffer.from(id, 'base64url').toString('utf8')
+  if (!id || fileId(path) !== id) throw new AppError(404, 'file_not_found', 'File not found', 'file_error')
+  return path
+}
+
+/** A file name from a client: kept inside /mnt/data, or a 400. */
+export function safeName (name: string): string {
+  const clean = posix.normalize(name.replace(/^\/mnt\/data\//, ''))
+  if (!name || clean.startsWith('..') || clean.startsWith('/') || clean.includes('\0') || clean === '.') {
+    throw new AppError(400, 'invalid_path', `File names must stay inside /mnt/data (got "${name}")`)
+  }
+  return clean
+}
+
+export class LibreChatService {
+  constructor (private readonly sandboxes: SandboxService, private readonly opts: { maxFileBytes: number }) {}
+
+  /** The sandbox behind a LibreChat session of this key; 404 for an unknown one or another key's. */
+  async session (principal: Principal, sessionId: string): Promise<{ record: SandboxRecord, handle: SandboxHandle }> {
+    const record = await this.sandboxes.get(sessionId, principal)
+    return { record, handle: await this.sandboxes.handle(record) }
+  }
+
+  async newSession (principal: Principal, signal?: AbortSignal): Promise<{ record: SandboxRecord, handle: SandboxHandle }> {
+    const record = await this.sandboxes.create(principal, { language: 'python', metadata: { source: 'librechat' } }, null, signal)
+    return { record, handle: await this.sandboxes.handle(record) }
+  }
+
+  async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[] }, signal?: AbortSignal): Promise<ExecResult> {
+    const lang = ALIASES[req.lang] ?? req.lang
+    const runner = RUNNERS[lang]
+    if (!runner) throw new AppError(400, 'unsupported_language', `Unsupported language: ${req.lang} (this server runs ${LIBRECHAT_LANGUAGES.join(', ')})`)
+    const args = Array.isArray(req.args) ? req.args.map(String) : []
+    const { record, handle } = req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal)
+    for (const file of req.files ?? []) await this.placeInput(principal, record, handle, file)
+    const before = await this.snapshot(handle)
+    const marker = `__LIBRECHAT_${randomBytes(6).toString('hex')}__`
+    let exitCode = 0
+    const execution = await this.sandboxes.execute(record, {
+      language: 'shell',
+      code: `(cd /mnt/data && ${runner(args.map(quote).join(' '))} <<'${marker}'\n${req.code}\n${marker}\n)`
+    }, (e) => { if (e.type === 'end' && typeof e.exit_code === 'number') exitCode = e.exit_code })
+    if (execution.error) { // a timeout or a killed kernel: said on stderr, as a process would
+      execution.stderr += `${execution.error.name}: ${execution.error.value}\n`
+      exitCode ||= 1
+    }
+    const after = await this.snapshot(handle)
+    const files = [...after].filter(([path, stamp]) => before.get(path) !== stamp).map(([path]) => this.ref(record.id, path))
+    return { session_id: record.id, stdout: execution.stdout, stderr: execution.stderr, code: exitCode, files }
+  }
+
+  ref (sessionId: string, path: string): FileRef {
+    return { id: fileId(path), name: path, path: `/mnt/data/${path}`, session_id: sessionId, storage_session_id: sessionId }
+  }
+
+  /** Copies an input file (from this key's session it names) into /mnt/data under its name. */
+  private async placeInput (principal: Principal, record: SandboxRecord, handle: SandboxHandle, file: InputFile): Promise<void> {
+    const name = safeName(file.name)
+    const sourceId = file.storage_session_id ?? file.session_id ?? record.id
+    const path = pathOfId(file.id)
+    if (sourceId === record.id && path === name) return // already there
+    const source = sourceId === record.id ? handle : (await this.session(principal, sourceId)).handle
+    const { stream } = await source.readFile(path)
+    await handle.writeFile(name, stream as AsyncIterable<Buffer>, this.opts.maxFileBytes)
+  }
+
+  /** Every file under /mnt/data (dot-directories skipped) with its size and modification time. */
+  async snapshot (handle: SandboxHandle, limit = 1000): Promise<Map<string, string>> {
+    const files = new Map<string, string>()
+    const walk = async (dir: string, depth: number): Promise<void> => {
+      let entries: FileEntry[]
+      try {
+        entries = await handle.listFiles(dir)
+      } catch {
+        return // it went away meanwhile
+      }
+      for (const entry of entries) {
+        if (files.size >= limit || entry.name.startsWith('.')) continue
+        if (entry.type === 'directory') {
+          if (depth < 4) await walk(entry.path, depth + 1)
+        } else if (entry.type === 'file') {
+          files.set(entry.path, `${entry.size}:${entry.modified}`)
+        }
+      }
+    }
+    await walk('', 0)
+    return files
+  }
+
+  /** One file's metadata, as LibreChat's freshness probe and listings read it. */
+  async stat (handle: SandboxHandle, path: string): Promise<FileEntry> {
+    const dir = posix.dirname(path) === '.' ? '' : posix.dirname(path)
+    const entry = (await handle.listFiles(dir)).find(e => e.path === path && e.type === 'file')
+    if (!entry) throw new AppError(404, 'file_not_found', 'File not found', 'file_error')
+    return entry
+  }
+}
