@@ -36,7 +36,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     namespace: c.SANDBOX_NAMESPACE,
     instance: app.bus?.id ?? randomUUID(),
     limits: {
-      image: c.SANDBOX_IMAGE ?? sandboxImageTag(),
+      image: c.SANDBOX_IMAGE ?? sandboxImageTag(c.SANDBOX_IMAGE_PROFILE),
       runtime: c.SANDBOX_RUNTIME,
       cpus: c.SANDBOX_CPUS,
       memoryMb: c.SANDBOX_MEMORY_MB,
@@ -59,6 +59,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     cpus: c.SANDBOX_CPUS,
     memoryMb: c.SANDBOX_MEMORY_MB,
     maxSandboxes: c.MAX_SANDBOXES,
+    imageProfile: c.SANDBOX_IMAGE_PROFILE,
     memoryBudgetMb: c.SANDBOX_MEMORY_BUDGET_MB ?? Math.floor(totalmem() / 1024 / 1024 * 0.75),
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
     onRejected: (reason) => app.metrics.capacityRejections.inc({ reason }),

@@ -33,6 +33,7 @@ export const EnvSchema = Type.Object({
   METRICS_PUBLIC: Type.Boolean({ default: false }),
   SANDBOX_ENABLED: Type.Boolean({ default: true }),
   SANDBOX_IMAGE: Type.Optional(Type.String({ minLength: 1 })),
+  SANDBOX_IMAGE_PROFILE: Type.Enum(['full', 'slim'], { default: 'full', description: 'full: python, javascript, shell and the compilers/runtimes of 10 more languages; slim: python, javascript, shell' }),
   SANDBOX_RUNTIME: Type.Optional(Type.String({ minLength: 1 })),
   SANDBOX_AGENT_CHANNEL: Type.Enum(['socket', 'attach'], { default: 'socket', description: 'how the server talks to sandbox agents: a unix socket in a bind-mounted directory (skips dockerd; needs the server beside the Docker daemon; not under runsc), or docker attach' }),
   SANDBOX_AGENT_SOCKET_DIR: Type.String({ minLength: 1, default: '/run/interpreter-server/agents', description: 'where the per-sandbox socket directories are made (a path the Docker daemon sees the same way)' }),

@@ -1,8 +1,20 @@
 import { Type, type Static } from 'typebox'
 import { Metadata } from './common.js'
 
-export const Language = Type.Union([Type.Literal('python'), Type.Literal('javascript'), Type.Literal('shell')])
+/** python, javascript and shell have stateful kernels; the others run as a fresh process per execution (GET /v1/languages). */
+export const Language = Type.Enum(['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'])
 export type Language = Static<typeof Language>
+/** The languages with a stateful kernel in the sandbox. */
+export type KernelLanguage = 'python' | 'javascript' | 'shell'
+
+export const LanguageInfoSchema = Type.Object({
+  id: Language,
+  name: Type.String(),
+  aliases: Type.Array(Type.String()),
+  stateful: Type.Boolean({ description: 'a kernel keeps variables between executions; otherwise each execution is a fresh process (files persist either way)' }),
+  available: Type.Boolean({ description: "this server's image has it (SANDBOX_IMAGE_PROFILE)" })
+})
+export const LanguageListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(LanguageInfoSchema) })
 
 export const ResourcesSchema = Type.Object({
   cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 16 })),
@@ -78,6 +90,7 @@ export const ExecutionSchema = Type.Object({
   error: Type.Union([ExecutionErrorSchema, Type.Null()]),
   execution_count: Type.Integer(),
   duration_ms: Type.Number(),
+  exit_code: Type.Optional(Type.Integer({ description: 'the process exit code (shell and the fresh-process languages); non-zero without an `error` when the program failed on its own terms, e.g. a compile error' })),
   state_lost: Type.Boolean()
 })
 export type Execution = Static<typeof ExecutionSchema>

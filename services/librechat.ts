@@ -1,10 +1,10 @@
-import { randomBytes } from 'node:crypto'
 import { posix } from 'node:path'
 import type { Principal } from './auth.js'
 import { AppError } from './errors.js'
 import type { SandboxService } from './sandbox/service.js'
 import type { SandboxHandle } from './sandbox/sandbox.js'
 import type { FileEntry, SandboxRecord } from '../schemas/sandboxes.js'
+import { freshProcess } from './sandbox/languages.js'
 
 /**
  * LibreChat's Code Interpreter API over our sandboxes. A LibreChat session is one of our sandboxes (its session_id
@@ -12,20 +12,9 @@ import type { FileEntry, SandboxRecord } from '../schemas/sandboxes.js'
  * (LibreChat tells the model the environment is stateless), so files persist between calls and variables do not.
  */
 
-/** How each language's code runs: a command that reads the program on stdin, in the sandbox's shell. */
-const RUNNERS: Record<string, (args: string) => string> = {
-  py: (args) => `python3 - ${args}`,
-  js: (args) => `node - ${args}`,
-  bash: (args) => `bash -s -- ${args}`
-}
-const ALIASES: Record<string, string> = { python: 'py', python3: 'py', javascript: 'js', node: 'js', nodejs: 'js', sh: 'bash', shell: 'bash' }
-export const LIBRECHAT_LANGUAGES = Object.keys(RUNNERS)
-
 export interface FileRef { id: string, name: string, path: string, session_id: string, storage_session_id: string }
 export interface InputFile { id: string, name: string, session_id?: string, storage_session_id?: string }
 export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[] }
-
-const quote = (s: string) => `'${s.replace(/'/g, "'\\''")}'`
 
 /** File ids name a workspace path (base64url), so any replica can serve a download without a table of files. */
 export const fileId = (path: string) => Buffer.from(path).toString('base64url')
@@ -59,18 +48,16 @@ export class LibreChatService {
   }
 
   async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[] }, signal?: AbortSignal): Promise<ExecResult> {
-    const lang = ALIASES[req.lang] ?? req.lang
-    const runner = RUNNERS[lang]
-    if (!runner) throw new AppError(400, 'unsupported_language', `Unsupported language: ${req.lang} (this server runs ${LIBRECHAT_LANGUAGES.join(', ')})`)
+    const language = this.sandboxes.language(req.lang) // 400 naming the languages for one this image lacks
     const args = Array.isArray(req.args) ? req.args.map(String) : []
     const { record, handle } = req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal)
     for (const file of req.files ?? []) await this.placeInput(principal, record, handle, file)
     const before = await this.snapshot(handle)
-    const marker = `__LIBRECHAT_${randomBytes(6).toString('hex')}__`
     let exitCode = 0
+    // Every language runs as a fresh process here, python and javascript too: LibreChat promises the model that.
     const execution = await this.sandboxes.execute(record, {
       language: 'shell',
-      code: `(cd /mnt/data && ${runner(args.map(quote).join(' '))} <<'${marker}'\n${req.code}\n${marker}\n)`
+      code: freshProcess(language, req.code, args, '/mnt/data')
     }, (e) => { if (e.type === 'end' && typeof e.exit_code === 'number') exitCode = e.exit_code })
     if (execution.error) { // a timeout or a killed kernel: said on stderr, as a process would
       execution.stderr += `${execution.error.name}: ${execution.error.value}\n`

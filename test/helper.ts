@@ -66,7 +66,7 @@ export async function flushPrefix (url: string, prefix: string): Promise<void> {
 export async function sandboxConfig (overrides: Record<string, string | undefined> = {}): Promise<Config> {
   const docker = new Docker()
   await docker.ping().catch((err: Error) => { throw new Error(`these tests need a running Docker daemon: ${err.message}`) })
-  const image = sandboxImageTag()
+  const image = sandboxImageTag(overrides.SANDBOX_IMAGE_PROFILE === 'slim' ? 'slim' : 'full')
   await docker.getImage(image).inspect().catch(() => { throw new Error(`these tests need the sandbox image ${image}: run npm run image`) })
   // TEST_AGENT_CHANNEL=attach runs a suite over docker attach instead of the agents' sockets (the *-attach tests).
   const channel = process.env.TEST_AGENT_CHANNEL ? { SANDBOX_AGENT_CHANNEL: process.env.TEST_AGENT_CHANNEL } : {}

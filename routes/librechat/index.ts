@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyError } from 'fastify'
 import multipart from '@fastify/multipart'
 import { Type } from 'typebox'
-import { LibreChatService, LIBRECHAT_LANGUAGES, fileId, pathOfId, safeName } from '../../services/librechat.js'
+import { LibreChatService, fileId, pathOfId, safeName } from '../../services/librechat.js'
 import { AppError, DependencyError } from '../../services/errors.js'
 
 const ErrorBody = Type.Object({ error: Type.String(), code: Type.String(), retry_after_seconds: Type.Optional(Type.Number()) }, { description: "LibreChat's error shape: `error` is shown to the model" })
@@ -64,7 +64,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: {
       tags,
       summary: 'Run code as a fresh process in the session\'s sandbox (LibreChat `execute_code`)',
-      description: `Languages: ${LIBRECHAT_LANGUAGES.join(', ')}. Without session_id a new session is made. Input files are copied into /mnt/data first; files the run writes or changes under /mnt/data come back as refs. A failing program is a 200 with its stderr and exit code.`,
+      description: `Languages (and LibreChat's names for them): ${app.sandboxes.languages().map(l => [l.id, ...l.aliases].join('|')).join(', ')}. Without session_id a new session is made. Input files are copied into /mnt/data first; files the run writes or changes under /mnt/data come back as refs. A failing program is a 200 with its stderr and exit code.`,
       body: ExecSchema,
       response: { 200: ExecResultSchema, ...errors }
     }

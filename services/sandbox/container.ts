@@ -46,7 +46,8 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
       ReadonlyRootfs: true,
       Tmpfs: {
         '/home/user': `rw,nosuid,nodev,size=${limits.workspaceMb}m,uid=1000,gid=1000,mode=0700`,
-        '/tmp': `rw,nosuid,nodev,size=${limits.tmpMb}m,mode=1777`
+        // exec: compiled languages run their binaries from here (user code can do as much through python anyway).
+        '/tmp': `rw,exec,nosuid,nodev,size=${limits.tmpMb}m,mode=1777`
       },
       ShmSize: 16 * MB,
       PidsLimit: limits.pids,

@@ -10,17 +10,26 @@ export const SUITE = 'bookworm'
 export const BASE_PACKAGES = [
   'python3', 'python3-numpy', 'python3-pandas', 'python3-matplotlib', 'nodejs', 'bash', 'util-linux', 'procps', 'ca-certificates'
 ]
+/** The full profile adds compilers and runtimes for the languages LibreChat's tool offers, all from Debian. */
+export const FULL_PACKAGES = [
+  'node-typescript', 'gcc', 'g++', 'libc6-dev', 'default-jdk-headless', 'php-cli', 'rustc', 'golang-go', 'gdc', 'gfortran', 'r-base-core'
+]
+export type ImageProfile = 'slim' | 'full'
+export const imageProfile = (): ImageProfile => process.env.SANDBOX_IMAGE_PROFILE === 'slim' ? 'slim' : 'full'
+const packagesOf = (profile: ImageProfile) => profile === 'slim' ? BASE_PACKAGES : [...BASE_PACKAGES, ...FULL_PACKAGES]
 export const AGENT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sandbox')
 
 const shortHash = (text: string) => createHash('sha256').update(text).digest('hex').slice(0, 12)
 
-export function baseImageTag (): string {
-  return `interpreter-sandbox-base:${shortHash(JSON.stringify({ SUITE, BASE_PACKAGES, v: 2 }))}`
+export function baseImageTag (profile = imageProfile()): string {
+  // The slim profile keeps the hash it had before profiles existed, so existing images stay valid.
+  const inputs = profile === 'slim' ? { SUITE, BASE_PACKAGES, v: 2 } : { SUITE, packages: packagesOf(profile), v: 3 }
+  return `interpreter-sandbox-base:${shortHash(JSON.stringify(inputs))}`
 }
 
 /** The final image's tag: a hash of the base image's inputs and every file of the in-container agent. */
-export function sandboxImageTag (agentDir = AGENT_DIR): string {
-  const hash = createHash('sha256').update(baseImageTag())
+export function sandboxImageTag (profile = imageProfile(), agentDir = AGENT_DIR): string {
+  const hash = createHash('sha256').update(baseImageTag(profile))
   for (const name of readdirSync(agentDir).sort()) {
     hash.update(name).update(readFileSync(join(agentDir, name)))
   }
@@ -67,15 +76,24 @@ async function imageExists (docker: string, tag: string): Promise<boolean> {
   })
 }
 
-async function buildBase (docker: string, tag: string, log: (m: string) => void): Promise<void> {
+async function buildBase (docker: string, tag: string, profile: ImageProfile, log: (m: string) => void): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'sandbox-rootfs-'))
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C' }
+  let procMounted = false
   try {
     const mirror = debianMirror()
     log(`debootstrap ${SUITE} from ${mirror} into ${root}`)
     await run('debootstrap', ['--variant=minbase', SUITE, root, mirror], { env })
     const chroot = (...args: string[]) => run('chroot', [root, ...args], { env })
-    await chroot('apt-get', 'install', '-y', '-q', '--no-install-recommends', ...BASE_PACKAGES)
+    // Some packages' scripts (Java's) need /proc; it is unmounted before the root is packed or removed.
+    await run('mount', ['-t', 'proc', 'proc', join(root, 'proc')])
+    procMounted = true
+    try {
+      await chroot('apt-get', 'install', '-y', '-q', '--no-install-recommends', ...packagesOf(profile))
+    } finally {
+      await run('umount', [join(root, 'proc')])
+      procMounted = false
+    }
     await chroot('useradd', '--uid', '1000', '--create-home', '--home-dir', '/home/user', '--shell', '/bin/bash', 'user')
     // Pre-build matplotlib's font cache so the first plot in a sandbox is fast.
     await chroot('env', 'MPLCONFIGDIR=/opt/mplconfig', 'python3', '-c', 'import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot')
@@ -85,28 +103,30 @@ async function buildBase (docker: string, tag: string, log: (m: string) => void)
     const tar = spawn('tar', ['-C', root, '-c', '.'], { stdio: ['ignore', 'pipe', 'inherit'] })
     await run(docker, ['import', '-', tag], { input: tar.stdout })
   } finally {
-    rmSync(root, { recursive: true, force: true })
+    // Never delete through a mounted /proc.
+    if (!procMounted) rmSync(root, { recursive: true, force: true })
   }
 }
 
-export async function ensureBaseImage (docker: string, log: (m: string) => void): Promise<string> {
-  const base = baseImageTag()
-  if (!(await imageExists(docker, base))) await buildBase(docker, base, log)
+export async function ensureBaseImage (docker: string, profile: ImageProfile, log: (m: string) => void): Promise<string> {
+  const base = baseImageTag(profile)
+  if (!(await imageExists(docker, base))) await buildBase(docker, base, profile, log)
   return base
 }
 
 /** Builds whatever is missing (base, then agent layer); returns the final tag. */
-export async function buildSandboxImage (opts: { docker?: string, log?: (m: string) => void } = {}): Promise<string> {
+export async function buildSandboxImage (opts: { docker?: string, profile?: ImageProfile, log?: (m: string) => void } = {}): Promise<string> {
   const docker = opts.docker ?? 'docker'
+  const profile = opts.profile ?? imageProfile()
   const log = opts.log ?? ((m: string) => process.stderr.write(`[image] ${m}\n`))
-  const base = baseImageTag()
-  const tag = sandboxImageTag()
+  const base = baseImageTag(profile)
+  const tag = sandboxImageTag(profile)
   if (await imageExists(docker, tag)) {
-    log(`${tag} is up to date`)
+    log(`${tag} (${profile}) is up to date`)
     return tag
   }
-  await ensureBaseImage(docker, log)
-  log(`docker build ${tag} from ${base}`)
-  await run(docker, ['build', '-q', '--build-arg', `BASE=${base}`, '-t', tag, '-t', 'interpreter-sandbox:latest', AGENT_DIR])
+  await ensureBaseImage(docker, profile, log)
+  log(`docker build ${tag} (${profile}) from ${base}`)
+  await run(docker, ['build', '-q', '--build-arg', `BASE=${base}`, '-t', tag, '-t', `interpreter-sandbox:${profile}`, AGENT_DIR])
   return tag
 }

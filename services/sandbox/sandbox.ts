@@ -1,7 +1,7 @@
 import { PassThrough, type Readable } from 'node:stream'
 import type Docker from 'dockerode'
 import type { AgentClient, AgentEvent } from './agent-client.js'
-import type { Execution, ExecutionEvent, FileEntry, Language } from '../../schemas/sandboxes.js'
+import type { Execution, ExecutionEvent, FileEntry, KernelLanguage, Language } from '../../schemas/sandboxes.js'
 import { AppError } from '../errors.js'
 
 const FILE_ERRORS: Record<string, [number, string]> = {
@@ -20,6 +20,9 @@ function fileError (event: AgentEvent): AppError {
 }
 
 export interface ExecuteOptions {
+  /** The kernel that runs the code. */
+  kernel: KernelLanguage
+  /** The language the execution reports (a fresh-process language runs through the shell kernel). */
   language: Language
   code: string
   timeoutMs: number
@@ -43,7 +46,7 @@ export class SandboxHandle {
     this.busy = true
     try {
       await this.agent.request('execute', {
-        language: opts.language, code: opts.code, timeout_ms: opts.timeoutMs, max_output_bytes: opts.maxOutputBytes
+        language: opts.kernel, code: opts.code, timeout_ms: opts.timeoutMs, max_output_bytes: opts.maxOutputBytes
       }, (raw) => {
         const { id: _id, ...event } = raw
         const e = event as unknown as ExecutionEvent
@@ -59,6 +62,7 @@ export class SandboxHandle {
             execution.execution_count = e.execution_count
             execution.duration_ms = e.duration_ms
             execution.state_lost = e.state_lost
+            if (typeof e.exit_code === 'number') execution.exit_code = e.exit_code
             break
           case 'start': execution.execution_count = e.execution_count; break
         }

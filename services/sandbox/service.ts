@@ -5,6 +5,8 @@ import { canAccess } from '../auth.js'
 import { AppError, CapacityExhausted, SandboxNotFound } from '../errors.js'
 import type { SandboxPool, Logger } from './pool.js'
 import type { SandboxHandle } from './sandbox.js'
+import type { ImageProfile } from './image.js'
+import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
 import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
 
 export interface SandboxServiceOptions {
@@ -22,6 +24,8 @@ export interface SandboxServiceOptions {
   maxSandboxes: number
   /** The sum of live sandboxes' memory limits may not pass this. */
   memoryBudgetMb: number
+  /** Which languages the image has (GET /v1/languages). */
+  imageProfile?: ImageProfile
   /** Containers re-adopted (or removed) at once during start-up's recovery. */
   recoveryConcurrency?: number
   reapIntervalMs?: number
@@ -152,6 +156,7 @@ export class SandboxService {
     if (timeoutS > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
+    if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
     const release = this.admit(principal.name, memoryMb, await this.store.listSandboxes())
@@ -304,6 +309,20 @@ export class SandboxService {
     await this.store.touchSandbox(record.id, record.last_used_at)
   }
 
+  /** A language this server's image runs, or a 400 naming those it does. */
+  language (name: string): LanguageSpec {
+    const spec = findLanguage(name)
+    if (!spec || !this.languages().includes(spec)) {
+      throw new AppError(400, 'unsupported_language', `Unsupported language: ${name} (this server runs ${this.languages().map(l => l.id).join(', ')})`)
+    }
+    return spec
+  }
+
+  /** The languages of this server's image profile. */
+  languages (): LanguageSpec[] {
+    return languagesOf(this.opts.imageProfile ?? 'full')
+  }
+
   /** The default per-execution timeout, changed at run time by an admin. */
   setExecutionTimeout (ms: number): void {
     this.opts.executionTimeoutMs = ms
@@ -322,12 +341,19 @@ export class SandboxService {
       throw new AppError(413, 'code_too_large', `Code is limited to ${this.opts.maxCodeSize} bytes`)
     }
     const timeoutMs = this.timeoutFor(req.timeout_ms)
-    const handle = await this.handle(record)
     const language = req.language ?? record.language
+    const spec = this.language(language)
+    const handle = await this.handle(record)
     // Touched when the run ends, and meanwhile every half idle timeout, so that no reaper (of any replica) takes it.
     const renewal = setInterval(() => { this.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
     try {
-      const result = await handle.execute({ language, code: req.code, timeoutMs, maxOutputBytes: this.opts.outputLimit }, onEvent)
+      const result = await handle.execute({
+        kernel: spec.kernel ?? 'shell',
+        language,
+        code: spec.kernel ? req.code : freshProcess(spec, req.code),
+        timeoutMs,
+        maxOutputBytes: this.opts.outputLimit
+      }, onEvent)
       return { sandbox_id: record.id, ...result }
     } finally {
       clearInterval(renewal)

@@ -2,6 +2,7 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import * as agents from '@librechat/agents'
 import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
+import { PROGRAMS, LIBRECHAT_NAMES } from '../sandbox/programs.js'
 
 let app: FastifyInstance
 let base: string
@@ -81,12 +82,24 @@ t.test('JavaScript and bash run too; a failing program is output and an exit cod
   t.match(error.content, /stderr:\n[\s\S]*ZeroDivisionError/)
 })
 
+t.test("each of the 13 languages of LibreChat's tool prints a computed value; a C compile error is output, not an HTTP error", async (t) => {
+  for (const [lang, language] of Object.entries(LIBRECHAT_NAMES)) {
+    const started = Date.now()
+    const result = await execute({ lang, code: PROGRAMS[language] })
+    t.match(result.content, new RegExp(`^stdout:\\n${language}\\s+42`), `${lang} (${Date.now() - started} ms)`)
+  }
+  const broken = await fetch(`${base}/exec`, { method: 'POST', headers: { 'x-api-key': KEYS.alice, 'content-type': 'application/json' }, body: JSON.stringify({ lang: 'c', code: 'int main(void) { return missing; }' }) })
+  t.equal(broken.status, 200)
+  t.match(await broken.json(), { stdout: '', stderr: /error: .missing. undeclared/, code: 1 })
+  const viaTool = await execute({ lang: 'c', code: 'int main(void) { return missing; }' })
+  t.match(viaTool.content, /stderr:\n[\s\S]*missing. undeclared/, "LibreChat's tool shows the compiler's message to the model")
+})
+
 t.test('bad input: unknown lang names the languages; paths that leave /mnt/data; an oversized upload', async (t) => {
   const headers = { 'x-api-key': KEYS.alice, 'content-type': 'application/json' }
   const lang = await fetch(`${base}/exec`, { method: 'POST', headers, body: JSON.stringify({ lang: 'cobol', code: 'x' }) })
   t.equal(lang.status, 400)
-  t.match(await lang.json(), { error: /Unsupported language: cobol \(this server runs py, js, bash\)/, code: 'unsupported_language' })
-  await t.rejects(execute({ lang: 'c', code: 'int main(){}' }), /request was rejected/, "LibreChat's client reports the 400 for a language of its list this image lacks")
+  t.match(await lang.json(), { error: /Unsupported language: cobol \(this server runs python, javascript, shell, typescript, c, cpp, java, php, rust, go, d, fortran, r\)/, code: 'unsupported_language' })
 
   const first = await execute({ lang: 'bash', code: 'echo hi > /mnt/data/a.txt' })
   const traversal = await fetch(`${base}/exec`, { method: 'POST', headers, body: JSON.stringify({ lang: 'py', code: '1', files: [{ id: first.artifact.files![0].id, session_id: first.artifact.session_id, name: '../../etc/evil' }] }) })
