@@ -29,7 +29,9 @@ COMMANDS = {
     'python': ['python3', '-u', os.path.join(AGENT_DIR, 'kernel_python.py')],
     'javascript': ['node', os.path.join(AGENT_DIR, 'kernel_node.js')],
     'shell': ['bash', '--noprofile', '--norc'],
+    'r': ['Rscript', '--vanilla', os.path.join(AGENT_DIR, 'kernel_r.R')],
 }
+PLOT_LIMIT = 20 * 1024 * 1024  # largest plot file a kernel may hand over
 
 
 FLUSH_AT = 256 * 1024  # a channel's queued output is written at the end of each loop turn, or once this large
@@ -128,8 +130,9 @@ def user_env(extra):
 class Kernel:
     def __init__(self, language, env):
         self.language = language
-        ctrl_r, self.ctrl_w = os.pipe()
-        self.ev_r, ev_w = os.pipe()
+        with AsUser():  # owned by the kernel's uid, so a kernel can reopen its own ends through /proc (R does)
+            ctrl_r, self.ctrl_w = os.pipe()
+            self.ev_r, ev_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         child_env = user_env(env)
@@ -180,9 +183,14 @@ class Kernel:
             quoted = execution['code'].replace('\\', '\\\\').replace("'", "\\'")
             line = ("eval $'%s' </dev/null; printf '{\"type\":\"end\",\"exit_code\":%%d}\\n' $? >&$KERNEL_EVENT_FD\n"
                     % quoted.replace('\n', '\\n'))
+        elif self.language == 'r':  # base R has no JSON parser: the code's length in bytes, then the code
+            code = execution['code'].encode()
+            line = None
+            data = b'%d\n' % len(code) + code
         else:
             line = json.dumps({'code': execution['code']}) + '\n'
-        data = line.encode()
+        if line is not None:
+            data = line.encode()
         while data:  # the kernel reads as it goes; a short blocking write loop is fine here
             n = os.write(self.ctrl_w, data)
             data = data[n:]
@@ -305,9 +313,26 @@ class Agent:
     def kernel_event(self, k, ev):
         kind = ev.get('type')
         if kind == 'display':
+            if 'path' in ev:
+                ev = self.plot_file(ev['path'])
             self.ack_after(k, ev)
             return
         self.dispatch_event(k, kind, ev)
+
+    def plot_file(self, path):
+        """A plot a kernel saved as a file (R's png device), as display data; read as the user, so a kernel can name no file it could not read itself."""
+        try:
+            with AsUser():
+                fd = os.open(str(path), os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                data = os.read(fd, PLOT_LIMIT + 1)
+            finally:
+                os.close(fd)
+            if len(data) > PLOT_LIMIT or not data.startswith(b'\x89PNG'):
+                raise ValueError('not a PNG under %d bytes' % PLOT_LIMIT)
+            return {'type': 'display', 'data': {'image/png': base64.b64encode(data).decode()}}
+        except (OSError, ValueError) as e:
+            return {'type': 'display', 'data': {'text/plain': '[plot not readable: %s]' % e}}
 
     def ack_after(self, k, ev):
         """Forward a mid-run event, then let the kernel go on (it waits, so that its next output comes after)."""

@@ -1,11 +1,11 @@
 import { Type, type Static } from 'typebox'
 import { Metadata } from './common.js'
 
-/** python, javascript and shell have stateful kernels; the others run as a fresh process per execution (GET /v1/languages). */
+/** python, javascript, shell and r have stateful kernels; the others run as a fresh process per execution (GET /v1/languages). */
 export const Language = Type.Enum(['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'])
 export type Language = Static<typeof Language>
 /** The languages with a stateful kernel in the sandbox. */
-export type KernelLanguage = 'python' | 'javascript' | 'shell'
+export type KernelLanguage = 'python' | 'javascript' | 'shell' | 'r'
 
 export const LanguageInfoSchema = Type.Object({
   id: Language,

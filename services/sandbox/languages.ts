@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
 import type { ImageProfile } from './image.js'
+import type { KernelLanguage } from '../../schemas/sandboxes.js'
 
 /**
- * The languages a sandbox runs. python, javascript and shell have stateful kernels; the others compile (where they
+ * The languages a sandbox runs. python, javascript, shell and r have stateful kernels; the others compile (where they
  * compile) and run as a fresh process per execution, through the sandbox's shell, so the compile has the same limits
  * and timeout as the run and its errors are the run's stderr and exit code.
  */
@@ -12,7 +13,7 @@ export interface LanguageSpec {
   /** Other names clients use (LibreChat's: py, js, ts, rs, f90, bash). */
   aliases: string[]
   /** The stateful kernel that runs it, if it has one. */
-  kernel?: 'python' | 'javascript' | 'shell'
+  kernel?: KernelLanguage
   /** The image profile that has its compiler or runtime. */
   profile: ImageProfile
   /** The source file's name in the run's scratch directory. */
@@ -37,7 +38,7 @@ export const LANGUAGES: LanguageSpec[] = [
   spec('go', 'Go', ['golang'], 'main.go', 'GOCACHE=/tmp/.gocache GOPATH=/tmp/.gopath go run "$__is_d/main.go" "$@"'),
   spec('d', 'D (gdc)', [], 'main.d', 'gdc -o "$__is_d/main" "$__is_d/main.d" && "$__is_d/main" "$@"'),
   spec('fortran', 'Fortran (gfortran)', ['f90', 'f95'], 'main.f90', 'gfortran -o "$__is_d/main" "$__is_d/main.f90" && "$__is_d/main" "$@"'),
-  spec('r', 'R (Rscript; png() draws with cairo)', ['rscript'], 'main.R', 'Rscript "$__is_d/main.R" "$@"')
+  spec('r', 'R (plots come back as PNG)', ['rscript'], 'main.R', 'Rscript "$__is_d/main.R" "$@"', { kernel: 'r' })
 ]
 
 const byName = new Map<string, LanguageSpec>()

@@ -15,7 +15,7 @@ t.test('GET /v1/languages lists the 13 languages, which are stateful, and that t
   const res = await app.inject({ method: 'GET', url: '/v1/languages', headers: auth(KEYS.alice) })
   const data = res.json().data as Array<{ id: string, stateful: boolean, available: boolean, aliases: string[] }>
   t.same(data.map(l => l.id).sort(), Object.keys(PROGRAMS).sort())
-  t.same(data.filter(l => l.stateful).map(l => l.id), ['python', 'javascript', 'shell'])
+  t.same(data.filter(l => l.stateful).map(l => l.id), ['python', 'javascript', 'shell', 'r'])
   t.ok(data.every(l => l.available), 'the full image has every one')
   t.same(data.find(l => l.id === 'fortran')!.aliases, ['f90', 'f95'])
 })
@@ -44,12 +44,27 @@ t.test('a compile error is output and an exit code, not an HTTP error; a compile
   t.equal((await run(id, 'print(open("from_c.txt").read())')).stdout, 'kept\n', 'fresh-process languages run in the workspace: their files stay')
 })
 
-t.test('R draws a PNG with its png() device; shell variables of the user are untouched by the runner', async (t) => {
+t.test('R is stateful: variables persist, a plot comes back as a PNG, errors and timeouts are reported and the kernel lives on', async (t) => {
   const id = await newSandbox()
-  const plot = await run(id, 'png("plot.png"); plot(1:10); invisible(dev.off()); cat(file.size("plot.png") > 1000, "\\n")', { language: 'r' })
-  t.equal(plot.stdout.trim(), 'TRUE')
-  const png = await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}/files/plot.png`, headers: auth(KEYS.alice) })
-  t.equal(png.rawPayload.subarray(1, 4).toString(), 'PNG')
+  t.equal((await run(id, 'x <- 20\ny <- c(1, 2)', { language: 'r' })).stdout, '')
+  const value = await run(id, 'x * 2 + 2', { language: 'r' })
+  t.equal(value.stdout, '[1] 42\n', 'the value of the last expression is printed, as at the R prompt')
+  const plot = await run(id, 'plot(1:10)\ncat("after the plot\\n")', { language: 'r' })
+  t.equal(plot.stdout, 'after the plot\n')
+  t.equal(Buffer.from(plot.results[0].data['image/png'], 'base64').subarray(1, 4).toString(), 'PNG', 'the plot as PNG data')
+  const error = await run(id, 'stop("boom")', { language: 'r' })
+  t.match(error.error, { name: 'Error', value: 'boom' })
+  const slow = await run(id, 'Sys.sleep(30)', { language: 'r', timeout_ms: 500 })
+  t.match(slow.error, { code: 'execution_timeout', state_lost: false })
+  t.equal((await run(id, 'cat(x, length(y), "\\n")', { language: 'r' })).stdout, '20 2 \n', 'state kept through the error and the interrupt')
+  const forged = await run(id, 'con <- file("/proc/self/fd/1"); cat("ok\\n")', { language: 'r' })
+  t.equal(forged.stdout, 'ok\n')
+  const png = await run(id, 'png("saved.png"); plot(1:3); invisible(dev.off()); cat(file.exists("saved.png"), "\\n")', { language: 'r' })
+  t.equal(png.stdout, 'TRUE \n', 'a png() the code opens itself writes its file as usual')
+})
+
+t.test('the runner leaves the user\'s shell variables alone', async (t) => {
+  const id = await newSandbox()
   await run(id, 'd=mine; s=also_mine', { language: 'shell' })
   await run(id, 'print("x")', { language: 'php' })
   t.equal((await run(id, 'echo "$d $s"', { language: 'shell' })).stdout, 'mine also_mine\n')
