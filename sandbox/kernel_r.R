@@ -4,8 +4,8 @@
 ev_fd <- Sys.getenv("KERNEL_EVENT_FD")
 ctrl_fd <- Sys.getenv("KERNEL_CTRL_FD")
 Sys.unsetenv(c("KERNEL_EVENT_FD", "KERNEL_CTRL_FD"))
-events <- file(paste0("/proc/self/fd/", ev_fd), open = "wb")
-ctrl <- file(paste0("/proc/self/fd/", ctrl_fd), open = "rb")
+events <- file(paste0("/proc/self/fd/", ev_fd), open = "wb", raw = TRUE)
+ctrl <- file(paste0("/proc/self/fd/", ctrl_fd), open = "rb", raw = TRUE)
 try(writeLines("1000", "/proc/self/oom_score_adj"), silent = TRUE) # the OOM killer should pick the kernel, not the agent
 plot_dir <- tempfile("rplots-")
 dir.create(plot_dir, mode = "0755")

@@ -3,6 +3,7 @@ import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import { z } from 'zod'
 import type { Session } from '../../schemas/sessions.js'
+import type { Language } from '../../schemas/sandboxes.js'
 import { runError } from '../../services/interpreter/runs.js'
 
 /** Files the read_file tool returns as text (larger or binary files come back as a base64 resource). */
@@ -31,17 +32,19 @@ export function mcpServer (app: FastifyInstance, session: Session): McpServer {
   })
   const { runs, sandboxes } = app
   const handle = async () => await sandboxes.handle(await runs.sessionSandbox(session))
+  const languages = sandboxes.languages()
+  const stateful = languages.filter(l => l.kernel).map(l => l.id)
 
   server.registerTool('execute_code', {
     title: 'Execute code',
-    description: 'Run code in this session\'s sandbox and return its output. State persists between calls. Plots (matplotlib) come back as images.',
+    description: `Run code in this session's sandbox and return its output. Variables persist between calls in ${stateful.join(', ')}; the other languages compile and run as a fresh process (files persist). Plots (matplotlib, R) come back as images.`,
     inputSchema: {
-      language: z.enum(['python', 'javascript', 'shell']).default('python').describe('the kernel to run in'),
+      language: z.enum(languages.map(l => l.id) as [string, ...string[]]).default('python').describe('the language to run'),
       code: z.string().describe('the code'),
       timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
     }
   }, async ({ language, code, timeout_ms: timeoutMs }) => tool(async () => {
-    const run = await runs.executeDirect(session, language, code, timeoutMs ? { timeoutMs } : {})
+    const run = await runs.executeDirect(session, language as Language, code, timeoutMs ? { timeoutMs } : {})
     const outcome = await run.done
     if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
     const ex = outcome.execution!

@@ -31,7 +31,7 @@ t.test('an MCP client lists the tools and runs code twice, keeping state; a plot
   const { tools } = await client.listTools()
   t.same(tools.map(x => x.name).sort(), ['execute_code', 'list_files', 'read_file', 'reset', 'write_file'])
   const exec = tools.find(x => x.name === 'execute_code')!
-  t.match(exec.inputSchema, { type: 'object', properties: { language: { enum: ['python', 'javascript', 'shell'] }, code: { type: 'string' } }, required: ['code'] })
+  t.match(exec.inputSchema, { type: 'object', properties: { language: { enum: ['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'] }, code: { type: 'string' } }, required: ['code'] })
 
   const first = await client.callTool({ name: 'execute_code', arguments: { code: 'x = 20\nprint("set")' } })
   t.equal(texts(first.content), 'set\n')
@@ -40,6 +40,10 @@ t.test('an MCP client lists the tools and runs code twice, keeping state; a plot
   t.equal(texts(second.content), '42', 'the variable survived: state is kept between calls')
   const js = await client.callTool({ name: 'execute_code', arguments: { language: 'javascript', code: 'console.log(6 * 7)' } })
   t.equal(texts(js.content), '42\n')
+  const rust = await client.callTool({ name: 'execute_code', arguments: { language: 'rust', code: 'fn main() { println!("{}", 6 * 7); }' } })
+  t.equal(texts(rust.content), '42\n', 'a compiled language too')
+  const r = await client.callTool({ name: 'execute_code', arguments: { language: 'r', code: 'plot(1:3)' } })
+  t.same((r.content as Content).map(c => c.type), ['image'], 'an R plot as image content, and nothing else')
 
   const plot = await client.callTool({ name: 'execute_code', arguments: { code: 'import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()' } })
   const image = (plot.content as Content).find(c => c.type === 'image')

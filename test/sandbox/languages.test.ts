@@ -46,7 +46,8 @@ t.test('a compile error is output and an exit code, not an HTTP error; a compile
 
 t.test('R is stateful: variables persist, a plot comes back as a PNG, errors and timeouts are reported and the kernel lives on', async (t) => {
   const id = await newSandbox()
-  t.equal((await run(id, 'x <- 20\ny <- c(1, 2)', { language: 'r' })).stdout, '')
+  const first = await run(id, 'x <- 20\ny <- c(1, 2)', { language: 'r' })
+  t.same([first.stdout, first.stderr], ['', ''], 'nothing of the kernel\'s start-up leaks into the first run')
   const value = await run(id, 'x * 2 + 2', { language: 'r' })
   t.equal(value.stdout, '[1] 42\n', 'the value of the last expression is printed, as at the R prompt')
   const plot = await run(id, 'plot(1:10)\ncat("after the plot\\n")', { language: 'r' })
