@@ -34,6 +34,7 @@ import adminRoutes from './routes/admin.js'
 import uiRoutes from './routes/ui.js'
 import mcpRoutes from './routes/mcp/index.js'
 import librechatRoutes from './routes/librechat/index.js'
+import jupyterRoutes from './routes/jupyter/index.js'
 
 export interface AppOptions {
   config: Config
@@ -92,6 +93,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(adminRoutes, { prefix: '/v1' })
   await app.register(mcpRoutes, { prefix: '/mcp' })
   await app.register(librechatRoutes, { prefix: '/librechat/v1' })
+  await app.register(jupyterRoutes, { prefix: '/jupyter' })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }

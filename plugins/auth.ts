@@ -13,6 +13,8 @@ declare module 'fastify' {
     public?: boolean
     /** The route also takes the key from an `X-API-Key` header (LibreChat's Code API clients send it). */
     apiKeyHeader?: boolean
+    /** The route also takes the key as Jupyter clients send it: `Authorization: token <key>` or `?token=<key>`. */
+    jupyterToken?: boolean
   }
 }
 
@@ -34,6 +36,13 @@ function apiKeyHeader (request: FastifyRequest): string | undefined {
   return request.routeOptions.config?.apiKeyHeader && typeof value === 'string' ? value : undefined
 }
 
+function jupyterToken (request: FastifyRequest): string | undefined {
+  if (!request.routeOptions.config?.jupyterToken) return undefined
+  const header = /^token\s+(\S+)$/i.exec(request.headers.authorization ?? '')?.[1]
+  const query = (request.query as Record<string, unknown> | undefined)?.token
+  return header ?? (typeof query === 'string' && query ? query : undefined)
+}
+
 /** A preHandler for routes only admin keys may use. */
 export async function requireAdmin (request: FastifyRequest): Promise<void> {
   if (request.principal?.role !== 'admin') throw new AppError(403, 'admin_required', 'This route needs an admin API key')
@@ -48,13 +57,13 @@ export default fp(async (app) => {
   app.decorate('apiKeys', keyring)
   app.decorateRequest('principal', null as unknown as Principal)
   app.addHook('onRequest', async (request) => {
-    const principal = keyring.authenticate(bearerToken(request.headers.authorization) ?? subprotocolToken(request) ?? apiKeyHeader(request))
+    const principal = keyring.authenticate(bearerToken(request.headers.authorization) ?? subprotocolToken(request) ?? apiKeyHeader(request) ?? jupyterToken(request))
     if (principal) request.principal = principal
   })
   app.addHook('preParsing', async (request, reply) => {
     if (request.principal || isPublic(request)) return
     reply.header('WWW-Authenticate', 'Bearer')
-    throw request.headers.authorization || request.headers['x-api-key']
+    throw request.headers.authorization || request.headers['x-api-key'] || (request.query as Record<string, unknown> | undefined)?.token
       ? new AppError(401, 'invalid_api_key', 'The API key is not valid')
       : new AppError(401, 'missing_api_key', 'Missing API key: send Authorization: Bearer <key>')
   })

@@ -7,10 +7,13 @@ declare module 'fastify' {
   }
 }
 
+/** A URL as logged: a key passed as `?token=` (Jupyter clients) never reaches the logs. */
+export const redactUrl = (url: string): string => url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]')
+
 /** One access line per finished request (Fastify's own two lines are off), at the route's level. */
 export default fp(async (app) => {
   app.addHook('onResponse', async (request, reply) => {
     const level = request.routeOptions.config?.accessLog ?? 'info'
-    request.log[level]({ method: request.method, url: request.url, route: request.routeOptions.url ?? 'unmatched', status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'request completed')
+    request.log[level]({ method: request.method, url: redactUrl(request.url), route: request.routeOptions.url ?? 'unmatched', status: reply.statusCode, ms: Math.round(reply.elapsedTime * 10) / 10 }, 'request completed')
   })
 }, { name: 'request-log' })

@@ -508,6 +508,21 @@ class Agent:
             cur['kill_at'] = time.monotonic() + GRACE_S
         emit({'id': rid, 'type': 'done', 'interrupted': cur is not None})
 
+    def op_restart(self, rid, req):
+        """Fresh kernels, the environment kept (a Jupyter restart): a running execution ends as interrupted."""
+        cur = self.current
+        if cur is not None:
+            cur['interrupted'] = cur['interrupted'] or 'request'
+            self.kernel_died(cur['kernel'])
+        for k in list(self.kernels.values()):
+            k.kill()
+        self.kernels = {}
+        self.lost = set()
+        self.count = 0
+        language = req.get('language') or 'python'
+        self.kernel(language if language in COMMANDS else 'python')
+        emit({'id': rid, 'type': 'done'})
+
     def tick(self):
         cur = self.current
         if cur is None:

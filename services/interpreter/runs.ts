@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import type { Message, Session } from '../../schemas/sessions.js'
 import type { Chunk, FinishReason, RunEvent, Usage } from '../../schemas/chat.js'
 import type { LoggedEvent } from '../events.js'
-import type { Execution, Language, SandboxRecord } from '../../schemas/sandboxes.js'
+import type { Execution, ExecutionEvent, Language, SandboxRecord } from '../../schemas/sandboxes.js'
 import type { SessionService } from '../sessions.js'
 import { OrderedAppender, type EventLog } from '../events.js'
 import type { ModelRegistry } from '../llm/registry.js'
@@ -100,14 +100,14 @@ export class RunManager {
   }
 
   /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
-  async executeDirect (session: Session, language: Language, code: string, opts: { timeoutMs?: number } = {}): Promise<ActiveRun> {
+  async executeDirect (session: Session, language: Language, code: string, opts: { timeoutMs?: number, onEvent?: (e: ExecutionEvent) => void } = {}): Promise<ActiveRun> {
     const run = await this.open(session, 'direct')
     run.done = (async () => {
       const messages: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id: run.id }]
       let outcome: RunOutcome = { runId: run.id, usage: noUsage(), finishReason: 'stop', messages }
       try {
         const emit = (chunk: Chunk) => run.append({ type: 'chunk', run_id: run.id, chunk })
-        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session, opts.timeoutMs) }, run.id, language, code)
+        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session, opts.timeoutMs, opts.onEvent) }, run.id, language, code)
         outcome.execution = execution
         messages.push(...results)
         await this.deps.sessions.append(session, messages)
@@ -184,8 +184,9 @@ export class RunManager {
   }
 
   /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
-  private executor (run: ActiveRun, session: Session, timeoutMs?: number): TurnDeps['execute'] {
-    return async (language, code, onEvent) => {
+  private executor (run: ActiveRun, session: Session, timeoutMs?: number, also?: (e: ExecutionEvent) => void): TurnDeps['execute'] {
+    return async (language, code, ownEvent) => {
+      const onEvent = also ? (e: ExecutionEvent) => { ownEvent?.(e); also(e) } : ownEvent
       const record = await this.sessionSandbox(session, run.abort.signal)
       run.executing = record
       try {
@@ -299,6 +300,11 @@ export class RunManager {
     if (this.active.has(sessionId)) return this.confirmHere(sessionId, codeId, approve)
     const answer = await this.relay('run.confirm', { session_id: sessionId, code_id: codeId, approve })
     if (!answer) throw NoPendingConfirmation()
+  }
+
+  /** Whether a run holds the session, in any process. */
+  async running (sessionId: string): Promise<boolean> {
+    return this.active.has(sessionId) || (await this.deps.store.lockHolder(sessionLock(sessionId))) !== null
   }
 
   /** Stops the model stream and the running code, in whichever process it runs; false when the session has no run. */

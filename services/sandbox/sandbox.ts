@@ -80,6 +80,11 @@ export class SandboxHandle {
     return answer.interrupted === true
   }
 
+  /** Fresh kernels with the same environment and files (a running execution ends as interrupted); `kernel` starts warm. */
+  async restart (kernel: KernelLanguage = 'python'): Promise<void> {
+    await this.agent.call('restart', { language: kernel })
+  }
+
   async listFiles (path: string): Promise<FileEntry[]> {
     const answer = await this.agent.call('list', { path })
     if (answer.type === 'error') throw fileError(answer)
