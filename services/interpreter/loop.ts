@@ -6,18 +6,25 @@ import type { ChatMessage, ToolDef } from '../llm/types.js'
 import { LlmError } from '../llm/types.js'
 import { toChatMessages, trimToContext } from './history.js'
 import { partialStringField } from './partial-json.js'
+import { LANGUAGES, findLanguage, type LanguageSpec } from '../sandbox/languages.js'
 
-export const EXECUTE_TOOL: ToolDef = {
-  name: 'execute',
-  description: 'Run code in a persistent sandbox (variables, imports and the working directory survive between calls). ' +
-    'Returns stdout, stderr, the value of the last expression, and any plots. No network access.',
-  parameters: {
-    type: 'object',
-    properties: {
-      language: { type: 'string', enum: ['python', 'javascript', 'shell'], description: 'python, javascript (node) or shell (bash)' },
-      code: { type: 'string', description: 'the code to run' }
-    },
-    required: ['language', 'code']
+/** The execute tool the model sees, offering the languages this server's image runs. */
+export function executeTool (languages: LanguageSpec[] = LANGUAGES): ToolDef {
+  const stateful = languages.filter(l => l.kernel).map(l => l.id)
+  const fresh = languages.filter(l => !l.kernel).map(l => l.id)
+  return {
+    name: 'execute',
+    description: `Run code in a persistent sandbox. In ${stateful.join(', ')} variables, imports and the working directory survive between calls` +
+      (fresh.length ? `; ${fresh.join(', ')} run each call as a fresh program (files persist)` : '') +
+      '. Returns stdout, stderr, the value of the last expression, and any plots. No network access.',
+    parameters: {
+      type: 'object',
+      properties: {
+        language: { type: 'string', enum: languages.map(l => l.id), description: languages.map(l => `${l.id}: ${l.name}`).join('; ') },
+        code: { type: 'string', description: 'the code to run' }
+      },
+      required: ['language', 'code']
+    }
   }
 }
 
@@ -25,7 +32,11 @@ export const DEFAULT_SYSTEM_MESSAGE = 'You are Open Interpreter, a world-class p
   'Use the execute tool to run python, javascript or shell code in a sandbox; its state persists between calls. ' +
   'Write small steps, look at their output, and continue until the task is done; then answer plainly.'
 
-const LANGUAGES: Record<string, Language> = { python: 'python', py: 'python', javascript: 'javascript', js: 'javascript', node: 'javascript', shell: 'shell', bash: 'shell', sh: 'shell' }
+/** The language a model named (an id or an alias the server runs); python when it named none it knows. */
+function languageOf (name: unknown, languages: LanguageSpec[]): Language {
+  const spec = findLanguage(String(name ?? 'python'))
+  return (spec && languages.includes(spec) ? spec.id : 'python') as Language
+}
 
 export type Decision = 'approved' | 'declined' | 'expired'
 
@@ -50,6 +61,8 @@ export interface TurnOptions {
   maxSteps: number
   outputLimit: number
   systemMessage?: string
+  /** The languages the execute tool offers (the image's); all of them by default. */
+  languages?: LanguageSpec[]
 }
 
 export interface TurnResult { usage: Usage, finishReason: FinishReason }
@@ -66,6 +79,8 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
   const system = opts.systemMessage ?? model.system_message ?? DEFAULT_SYSTEM_MESSAGE
   const conversation = [...history]
   const budget = (model.context_window ?? 128_000) - opts.maxTokens
+  const languages = opts.languages ?? LANGUAGES
+  const tool = executeTool(languages)
 
   for (let step = 0; step < opts.maxSteps; step++) {
     const chat: ChatMessage[] = trimToContext([{ role: 'system', content: system }, ...toChatMessages(conversation, opts.outputLimit)], budget)
@@ -77,7 +92,7 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
       textOpen = false
     }
     try {
-      for await (const event of deps.models.stream(model.name, { messages: chat, tools: [EXECUTE_TOOL], temperature: opts.temperature, maxTokens: opts.maxTokens, signal: deps.signal })) {
+      for await (const event of deps.models.stream(model.name, { messages: chat, tools: [tool], temperature: opts.temperature, maxTokens: opts.maxTokens, signal: deps.signal })) {
         if (event.type === 'text') {
           if (!textOpen) await deps.emit({ role: 'assistant', type: 'message', start: true })
           textOpen = true
@@ -90,7 +105,7 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
           const call = calls.get(event.index)
           if (call) {
             call.args += event.delta
-            await streamCode(call, deps)
+            await streamCode(call, deps, languages)
           }
         } else if (event.type === 'usage') {
           usage.prompt_tokens += event.input
@@ -128,11 +143,11 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
 }
 
 /** Streams a code block while its arguments arrive, once the language is known. */
-async function streamCode (call: PendingCall, deps: TurnDeps): Promise<void> {
+async function streamCode (call: PendingCall, deps: TurnDeps, languages: LanguageSpec[]): Promise<void> {
   if (!call.language) {
     const language = partialStringField(call.args, 'language')
     if (!language?.complete) return
-    call.language = LANGUAGES[language.value.toLowerCase()] ?? 'python'
+    call.language = languageOf(language.value, languages)
   }
   const code = partialStringField(call.args, 'code')
   if (!code) return
@@ -152,7 +167,7 @@ async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): P
   let invalid: string | null = null
   try {
     const args = JSON.parse(call.args || '{}') as { language?: string, code?: string }
-    language = LANGUAGES[String(args.language ?? 'python').toLowerCase()] ?? 'python'
+    language = languageOf(args.language, opts.languages ?? LANGUAGES)
     code = String(args.code ?? '')
     if (call.name !== 'execute') invalid = `unknown tool "${call.name}"; the only tool is execute`
   } catch {

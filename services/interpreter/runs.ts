@@ -226,7 +226,8 @@ export class RunManager {
         autoRun: request.autoRun ?? session.settings.auto_run ?? settings.autoRun,
         maxSteps: settings.maxSteps,
         outputLimit: settings.outputLimit,
-        systemMessage: session.settings.system_message
+        systemMessage: session.settings.system_message,
+        languages: this.deps.sandboxes.languages()
       })
       outcome = { runId: run.id, usage: result.usage, finishReason: result.finishReason, messages: stored }
     } catch (err) {

@@ -58,6 +58,22 @@ for (const [name, model] of [['openai', 'gpt'], ['anthropic', 'claude']] as cons
   })
 }
 
+t.test('the execute tool offers every language of the image, and the model can compile and run Rust', async (t) => {
+  fake.script('gpt-test',
+    { code: { language: 'rust', code: 'fn main() { println!("{}", 6 * 7); }' } },
+    { text: 'Rust says 42.' })
+  const before = fake.received.length
+  const res = await chat({ messages: [{ role: 'user', content: 'compute 6*7 in rust' }], config: { llm: { model: 'gpt' } } })
+  t.equal(res.statusCode, 200, res.body)
+  const sent = fake.received[before].body as { tools: Array<{ function: { name: string, parameters: { properties: { language: { enum: string[] } } } } }> }
+  t.same(sent.tools[0].function.parameters.properties.language.enum, ['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'], 'the tool the model sees lists the 13 languages')
+  t.match(res.json().messages, [
+    { role: 'assistant', type: 'code', format: 'rust' },
+    { role: 'computer', type: 'console', format: 'output', content: '42\n' },
+    { role: 'assistant', type: 'message', content: 'Rust says 42.' }
+  ])
+})
+
 t.test('a plot reaches the client as an image chunk, is stored, and a vision model sees it', async (t) => {
   let toolResult: any
   fake.script('claude-test',
