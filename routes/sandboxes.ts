@@ -20,7 +20,7 @@ function clientGone (reply: FastifyReply): AbortSignal {
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app
   const tags = ['sandboxes']
-  const errors = { 404: ErrorSchema, 409: ErrorSchema, 413: ErrorSchema, ...commonErrors }
+  const errors = { 404: ErrorSchema, 409: ErrorSchema, 410: ErrorSchema, 413: ErrorSchema, ...commonErrors }
   const enabled = async () => {
     if (!app.config.SANDBOX_ENABLED) throw new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
   }
@@ -82,8 +82,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       if (!sse) return execution
     } catch (err) {
       if (!sse) throw err
-      request.log.error({ err }, 'execution failed mid-stream')
-      ;(sse as SseStream).send('error', { error: { message: 'The sandbox stopped during the execution', type: 'sandbox_error', code: 'sandbox_lost' } })
+      if (!(err instanceof AppError)) request.log.error({ err }, 'execution failed mid-stream')
+      const e = err instanceof AppError ? err : new AppError(410, 'sandbox_lost', 'The sandbox stopped during the execution', 'sandbox_error')
+      ;(sse as SseStream).send('error', { error: { message: e.message, type: e.type, code: e.code, ...e.extra } })
     }
     ;(sse as SseStream).end()
     return reply

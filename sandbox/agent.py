@@ -9,6 +9,7 @@ import errno
 import fcntl
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -31,6 +32,7 @@ COMMANDS = {
     'shell': ['bash', '--noprofile', '--norc'],
     'r': ['Rscript', '--vanilla', os.path.join(AGENT_DIR, 'kernel_r.R')],
 }
+NPROC = int(os.environ.get('KERNEL_NPROC') or 0)  # under gVisor: the kernels' process limit (see container.ts)
 PLOT_LIMIT = 20 * 1024 * 1024  # largest plot file a kernel may hand over
 
 
@@ -145,7 +147,8 @@ class Kernel:
         if self.pid == 0:  # child: own session, so signals reach its whole process group
             try:
                 os.setsid()
-                os.chdir(WORKSPACE)
+                with AsUser():  # the workspace is the user's (0700): root without CAP_DAC_OVERRIDE enters it as the user (gVisor enforces this)
+                    os.chdir(WORKSPACE)
                 os.dup2(stdin, 0)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
@@ -158,6 +161,8 @@ class Kernel:
                             pass
                 for fd in (ctrl_r, ev_w):
                     os.set_inheritable(fd, True)
+                if NPROC:
+                    resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
                 os.execvpe(DROP[0], DROP + COMMANDS[language], child_env)
             finally:
                 os._exit(127)

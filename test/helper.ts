@@ -70,7 +70,13 @@ export async function sandboxConfig (overrides: Record<string, string | undefine
   await docker.getImage(image).inspect().catch(() => { throw new Error(`these tests need the sandbox image ${image}: run npm run image`) })
   // TEST_AGENT_CHANNEL=attach runs a suite over docker attach instead of the agents' sockets (the *-attach tests).
   const channel = process.env.TEST_AGENT_CHANNEL ? { SANDBOX_AGENT_CHANNEL: process.env.TEST_AGENT_CHANNEL } : {}
-  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...overrides })
+  // TEST_SANDBOX_RUNTIME=runsc runs a suite under gVisor (the *-runsc tests); the runtime must be registered with Docker.
+  const runtime = process.env.TEST_SANDBOX_RUNTIME
+  if (runtime) {
+    const { Runtimes } = await docker.info() as { Runtimes?: Record<string, unknown> }
+    if (!Runtimes?.[runtime]) throw new Error(`these tests need the ${runtime} runtime registered with Docker: run SANDBOX_RUNSC=1 bash scripts/setup.sh`)
+  }
+  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...(runtime ? { SANDBOX_RUNTIME: runtime } : {}), ...overrides })
 }
 
 /** Containers Docker still has in a namespace (running or not). */

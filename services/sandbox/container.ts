@@ -24,6 +24,7 @@ const MB = 1024 * 1024
 
 /** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
 export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string): Docker.ContainerCreateOptions {
+  const gvisor = limits.runtime === 'runsc'
   return {
     Image: limits.image,
     OpenStdin: true,
@@ -37,7 +38,8 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
     Env: [
       `KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`,
       ...(limits.preload ? [`SANDBOX_PRELOAD=${limits.preload}`] : []),
-      ...(agentDir ? [`AGENT_SOCKET_DIR=${AGENT_DIR_IN_CONTAINER}`] : [])
+      ...(agentDir ? [`AGENT_SOCKET_DIR=${AGENT_DIR_IN_CONTAINER}`] : []),
+      ...(gvisor ? [`KERNEL_NPROC=${limits.pids}`] : [])
     ],
     HostConfig: {
       NetworkMode: 'none',
@@ -50,7 +52,10 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
         '/tmp': `rw,exec,nosuid,nodev,size=${limits.tmpMb}m,mode=1777`
       },
       ShmSize: 16 * MB,
-      PidsLimit: limits.pids,
+      // gVisor's Sentry runs the sandbox's tasks on host threads of its own: the host limit must leave it room, and the
+      // pids limit proper is RLIMIT_NPROC on the kernels, which gVisor enforces inside (under runc it would count
+      // uid 1000's processes in every sandbox together, so there the cgroup limit is the one).
+      PidsLimit: gvisor ? limits.pids * 16 : limits.pids,
       Memory: limits.memoryMb * MB,
       MemorySwap: limits.memoryMb * MB,
       NanoCpus: Math.round(limits.cpus * 1e9),

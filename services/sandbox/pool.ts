@@ -370,6 +370,16 @@ export class SandboxPool {
   }
 
   /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
+  /** Why a container stopped: Docker's OOM flag and exit code; null when it is running or gone. */
+  async endState (containerId: string): Promise<{ oomKilled: boolean, exitCode: number } | null> {
+    try {
+      const { State } = await this.docker.getContainer(containerId).inspect()
+      return State.Running ? null : { oomKilled: State.OOMKilled, exitCode: State.ExitCode }
+    } catch {
+      return null
+    }
+  }
+
   async remove (containerId: string, dir?: string): Promise<void> {
     const container = this.docker.getContainer(containerId)
     dir ??= this.dirs.get(containerId)

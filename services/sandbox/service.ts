@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { AgentGone } from './agent-client.js'
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
@@ -355,10 +356,27 @@ export class SandboxService {
         maxOutputBytes: this.opts.outputLimit
       }, onEvent)
       return { sandbox_id: record.id, ...result }
+    } catch (err) {
+      if (err instanceof AgentGone) throw await this.lost(record)
+      throw err
     } finally {
       clearInterval(renewal)
       await this.touch(record).catch(() => {})
     }
+  }
+
+  /**
+   * The sandbox's container stopped under a running execution (out of memory under gVisor, where the whole sandbox is
+   * one process to the host; killed by hand; Docker restarted): its record goes, and the caller learns why.
+   */
+  private async lost (record: SandboxRecord): Promise<AppError> {
+    const end = await this.pool.endState(record.container_id)
+    await this.destroy(record).catch((err: Error) => this.log.warn({ sandbox: record.id, err: err.message }, 'could not remove a stopped sandbox'))
+    const oom = end?.oomKilled === true
+    this.log.warn({ sandbox: record.id, oom, exit_code: end?.exitCode }, 'a sandbox stopped during an execution')
+    return new AppError(410, 'sandbox_lost', oom
+      ? `The sandbox ran out of memory (its limit is ${record.memory_mb} MB) and was stopped; its variables and files are gone`
+      : 'The sandbox stopped during the execution; its variables and files are gone', 'sandbox_error', { reason: oom ? 'out_of_memory' : 'stopped' })
   }
 
   view (record: SandboxRecord): Sandbox {

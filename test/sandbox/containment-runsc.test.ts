@@ -1,0 +1,3 @@
+// The containment suite under gVisor (runsc): the second wall.
+process.env.TEST_SANDBOX_RUNTIME = 'runsc'
+await import('./containment.test.js')
