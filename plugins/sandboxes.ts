@@ -6,6 +6,7 @@ import { availableParallelism, totalmem } from 'node:os'
 import { SandboxPool } from '../services/sandbox/pool.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
+import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
 
 declare module 'fastify' {
   interface FastifyInstance { sandboxes: SandboxService }
@@ -47,7 +48,11 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
       ...(c.SANDBOX_PRELOAD ? { preload: c.SANDBOX_PRELOAD } : {})
     }
   }, log)
+  const egress = new EgressProxy({ maxBytes: c.SANDBOX_EGRESS_MAX_BYTES, maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS, log: log.child({ egress: true }) })
   const service = new SandboxService(pool, app.store, {
+    egress,
+    egressAllowed: parseAllowedList(c.SANDBOX_EGRESS_ALLOWED),
+    networkDefault: parseAllowedList(c.SANDBOX_NETWORK_DEFAULT, 'SANDBOX_NETWORK_DEFAULT'),
     maxPerKey: c.MAX_SANDBOXES_PER_KEY,
     defaultTimeoutS: c.SANDBOX_TIMEOUT_S,
     maxTimeoutS: c.SANDBOX_MAX_TIMEOUT_S,

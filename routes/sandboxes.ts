@@ -32,7 +32,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Create a sandbox (from the warm pool)',
       description: 'Answers 503 capacity_exhausted with Retry-After when the host is full or its container starts cannot serve the request within SANDBOX_QUEUE_TIMEOUT_MS.',
       body: CreateSandboxSchema,
-      response: { 201: SandboxSchema, ...errors }
+      response: { 201: SandboxSchema, 403: ErrorSchema, ...errors }
     }
   }, async (request, reply) => {
     const record = await sandboxes.create(request.principal, request.body, null, clientGone(reply))

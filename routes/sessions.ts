@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
+import type { Principal } from '../services/auth.js'
 import { ErrorSchema, IdParamsSchema, PageQuerySchema, commonErrors } from '../schemas/common.js'
 import { CreateSessionSchema, MessageListSchema, SessionListSchema, SessionSchema, UpdateSessionSchema } from '../schemas/sessions.js'
 
@@ -8,10 +9,17 @@ const page = (offset: number, limit: number, hasMore: boolean) => ({ has_more: h
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sessions } = app
   const tags = ['sessions']
+  /** A session's network policy is checked against the key that sets it; its sandboxes then get it as set. */
+  const checkNetwork = (principal: Principal, network: unknown) => {
+    if (network !== undefined) app.sandboxes.networkRules(principal, network)
+  }
 
   app.post('', {
-    schema: { tags, summary: 'Create a session', body: CreateSessionSchema, response: { 201: SessionSchema, ...commonErrors } }
-  }, async (request, reply) => reply.status(201).send(await sessions.create(request.principal, request.body)))
+    schema: { tags, summary: 'Create a session', body: CreateSessionSchema, response: { 201: SessionSchema, 403: ErrorSchema, ...commonErrors } }
+  }, async (request, reply) => {
+    checkNetwork(request.principal, request.body.settings?.network)
+    return reply.status(201).send(await sessions.create(request.principal, request.body))
+  })
 
   app.get('', {
     schema: { tags, summary: "List this key's sessions (every key's with all=true, admin keys only), newest first", querystring: Type.Intersect([PageQuerySchema, Type.Object({ all: Type.Boolean({ default: false }) })]), response: { 200: SessionListSchema, 403: ErrorSchema, ...commonErrors } }
@@ -27,8 +35,11 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.patch('/:id', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: "Update a session's title, settings or metadata", params: IdParamsSchema, body: UpdateSessionSchema, response: { 200: SessionSchema, 404: ErrorSchema, ...commonErrors } }
-  }, async (request) => sessions.update(request.params.id, request.principal, request.body))
+    schema: { tags, summary: "Update a session's title, settings or metadata (a new network policy applies to its next sandbox)", params: IdParamsSchema, body: UpdateSessionSchema, response: { 200: SessionSchema, 403: ErrorSchema, 404: ErrorSchema, ...commonErrors } }
+  }, async (request) => {
+    checkNetwork(request.principal, request.body.settings?.network)
+    return await sessions.update(request.params.id, request.principal, request.body)
+  })
 
   app.delete('/:id', {
     preHandler: app.limitPerTarget,

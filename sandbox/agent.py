@@ -14,6 +14,7 @@ import select
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -512,6 +513,23 @@ class Agent:
             cur['kernel'].signal(signal.SIGINT)
             cur['kill_at'] = time.monotonic() + GRACE_S
         emit({'id': rid, 'type': 'done', 'interrupted': cur is not None})
+
+    def op_egress(self, rid, req):
+        """Starts (once) the relay that offers the server's egress proxy on 127.0.0.1:3128 (see egress_relay.py)."""
+        relay = getattr(self, 'relay', None)
+        if not SOCKET_DIR:
+            return emit({'id': rid, 'type': 'error', 'code': 'bad_request', 'name': 'BadRequest',
+                         'value': 'egress needs the agent directory'})
+        if relay is None or relay.poll() is not None:
+            relay = subprocess.Popen([sys.executable, '-u', os.path.join(AGENT_DIR, 'egress_relay.py'),
+                                      os.path.join(SOCKET_DIR, 'egress.sock')],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, close_fds=True)
+            if relay.stdout.readline().strip() != b'ready':
+                return emit({'id': rid, 'type': 'error', 'code': 'egress_failed', 'name': 'EgressFailed',
+                             'value': 'the egress relay did not start'})
+            relay.stdout.close()
+            self.relay = relay
+        emit({'id': rid, 'type': 'done'})
 
     def op_restart(self, rid, req):
         """Fresh kernels, the environment kept (a Jupyter restart): a running execution ends as interrupted."""

@@ -21,12 +21,21 @@ export const ResourcesSchema = Type.Object({
   memory_mb: Type.Optional(Type.Integer({ minimum: 64, maximum: 65536 }))
 }, { additionalProperties: false })
 
+export const NetworkPolicySchema = Type.Union([
+  Type.Literal('none'),
+  Type.Object({
+    allow: Type.Array(Type.String({ maxLength: 260 }), { maxItems: 100, description: 'host, host:port, *.domain or an address ([v6]:port); without a port, 80 and 443' })
+  }, { additionalProperties: false })
+], { description: 'none (the default): no network at all; allow: only these destinations, through the egress proxy' })
+export type NetworkPolicy = Static<typeof NetworkPolicySchema>
+
 export const CreateSandboxSchema = Type.Object({
   language: Type.Optional(Language),
   resources: Type.Optional(ResourcesSchema),
   timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'idle time before removal; capped by SANDBOX_MAX_TIMEOUT_S' })),
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128 }), Type.String({ maxLength: 4096 }))),
-  metadata: Type.Optional(Metadata)
+  metadata: Type.Optional(Metadata),
+  network: Type.Optional(NetworkPolicySchema)
 }, { additionalProperties: false })
 export type CreateSandbox = Static<typeof CreateSandboxSchema>
 
@@ -42,7 +51,9 @@ export const SandboxRecordSchema = Type.Object({
   cpus: Type.Number(),
   memory_mb: Type.Integer(),
   metadata: Metadata,
-  session_id: Type.Union([Type.String(), Type.Null()])
+  session_id: Type.Union([Type.String(), Type.Null()]),
+  /** The egress allow list, when the sandbox has one. */
+  network: Type.Optional(Type.Array(Type.String()))
 })
 export type SandboxRecord = Static<typeof SandboxRecordSchema>
 
@@ -57,7 +68,8 @@ export const SandboxSchema = Type.Object({
   timeout_s: Type.Integer(),
   resources: Type.Object({ cpus: Type.Number(), memory_mb: Type.Integer() }),
   metadata: Metadata,
-  session_id: Type.Union([Type.String(), Type.Null()])
+  session_id: Type.Union([Type.String(), Type.Null()]),
+  network: NetworkPolicySchema
 })
 export type Sandbox = Static<typeof SandboxSchema>
 

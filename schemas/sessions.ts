@@ -1,5 +1,6 @@
 import { Type, type Static } from 'typebox'
 import { Metadata } from './common.js'
+import { NetworkPolicySchema } from './sandboxes.js'
 
 /** LMC, Open Interpreter's message format. */
 export const MessageSchema = Type.Object({
@@ -18,7 +19,8 @@ export const SessionSettingsSchema = Type.Object({
   auto_run: Type.Optional(Type.Boolean()),
   system_message: Type.Optional(Type.String({ maxLength: 32768 })),
   temperature: Type.Optional(Type.Number({ minimum: 0, maximum: 2 })),
-  max_tokens: Type.Optional(Type.Integer({ minimum: 1 }))
+  max_tokens: Type.Optional(Type.Integer({ minimum: 1 })),
+  network: Type.Optional(NetworkPolicySchema)
 })
 
 export const UsageSchema = Type.Object({

@@ -1,3 +1,4 @@
+import { parseAllowedList } from './sandbox/egress.js'
 import { readFileSync } from 'node:fs'
 import Value from 'typebox/value'
 import { EnvSchema, type Env, type ApiKeyConfig } from '../schemas/config.js'
@@ -40,6 +41,13 @@ export function loadConfig (source: Record<string, string | undefined> = process
   for (const error of Value.Errors(EnvSchema, env)) {
     const name = error.instancePath.replace(/^\//, '') || Object.keys(error.params ?? {}).join(', ')
     throw new ConfigError(`${name}: ${error.message} (got ${JSON.stringify(raw[name])})`)
+  }
+  for (const name of ['SANDBOX_EGRESS_ALLOWED', 'SANDBOX_NETWORK_DEFAULT'] as const) {
+    try {
+      parseAllowedList(env[name], name)
+    } catch (err) {
+      throw new ConfigError((err as Error).message)
+    }
   }
   if (env.MAX_EXECUTION_TIMEOUT_MS < env.EXECUTION_TIMEOUT_MS) {
     throw new ConfigError('MAX_EXECUTION_TIMEOUT_MS: must not be below EXECUTION_TIMEOUT_MS')

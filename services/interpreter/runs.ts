@@ -269,7 +269,9 @@ export class RunManager {
       const record = await store.getSandbox(session.sandbox_id)
       if (record) return record
     }
-    const record = await sandboxes.create({ name: session.owner, role: 'user' }, {}, session.id, signal)
+    // The session's network policy was checked against the key that set it (sessions routes).
+    const network = session.settings.network
+    const record = await sandboxes.create({ name: session.owner, role: 'user' }, network ? { network } : {}, session.id, signal, true)
     const fresh = await store.getSession(session.id) ?? session
     fresh.sandbox_id = record.id
     session.sandbox_id = record.id

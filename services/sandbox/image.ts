@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url'
 
 export const SUITE = 'bookworm'
 export const BASE_PACKAGES = [
-  'python3', 'python3-numpy', 'python3-pandas', 'python3-matplotlib', 'nodejs', 'bash', 'util-linux', 'procps', 'ca-certificates'
+  'python3', 'python3-pip', 'python3-numpy', 'python3-pandas', 'python3-matplotlib', 'nodejs', 'bash', 'util-linux', 'procps', 'ca-certificates'
 ]
 /** The full profile adds compilers and runtimes for the languages LibreChat's tool offers, all from Debian. */
 export const FULL_PACKAGES = [

@@ -370,6 +370,16 @@ export class SandboxPool {
   }
 
   /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
+  /** The agent directory of a container this process made or adopted, if it has one. */
+  agentDirOf (containerId: string): string | undefined {
+    return this.dirs.get(containerId)
+  }
+
+  /** Whether sandboxes get an agent directory (the socket channel): the egress proxy lives there. */
+  get hasAgentDirs (): boolean {
+    return Boolean(this.opts.agentSocketDir)
+  }
+
   /** Why a container stopped: Docker's OOM flag and exit code; null when it is running or gone. */
   async endState (containerId: string): Promise<{ oomKilled: boolean, exitCode: number } | null> {
     try {

@@ -149,6 +149,12 @@ export class SandboxHandle {
     if (answer.type === 'error') throw fileError(answer)
   }
 
+  /** Starts the relay that offers the server's egress proxy inside the sandbox (127.0.0.1:3128). */
+  async enableEgress (): Promise<void> {
+    const answer = await this.agent.call('egress')
+    if (answer.type === 'error') throw new AppError(500, 'egress_failed', String(answer.value ?? 'the egress relay did not start'), 'sandbox_error')
+  }
+
   async setEnv (env: Record<string, string>): Promise<void> {
     await this.agent.call('env', { env })
   }

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { AgentGone } from './agent-client.js'
+import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, type AllowRule, type EgressProxy } from './egress.js'
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
@@ -10,7 +11,26 @@ import type { ImageProfile } from './image.js'
 import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
 import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
 
+/** What kernels of a sandbox with a network policy see: the relay to the egress proxy, and pip set to use it. */
+const PROXY_ENV: Record<string, string> = {
+  HTTP_PROXY: PROXY_URL_IN_SANDBOX,
+  HTTPS_PROXY: PROXY_URL_IN_SANDBOX,
+  http_proxy: PROXY_URL_IN_SANDBOX,
+  https_proxy: PROXY_URL_IN_SANDBOX,
+  NO_PROXY: 'localhost',
+  no_proxy: 'localhost',
+  PIP_BREAK_SYSTEM_PACKAGES: '1',
+  PIP_USER: '1',
+  PIP_DISABLE_PIP_VERSION_CHECK: '1'
+}
+
 export interface SandboxServiceOptions {
+  /** The egress proxies of sandboxes with a network policy (needs the agent directories); without it, no network. */
+  egress?: EgressProxy
+  /** What user keys may allow (SANDBOX_EGRESS_ALLOWED). */
+  egressAllowed?: AllowRule[]
+  /** The allow list of sandboxes that ask for none (SANDBOX_NETWORK_DEFAULT). */
+  networkDefault?: AllowRule[]
   maxPerKey: number
   defaultTimeoutS: number
   maxTimeoutS: number
@@ -139,9 +159,17 @@ export class SandboxService {
     this.live.set(id, handle)
     this.records.set(id, record)
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
+    // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
+    const { egress } = this.opts
+    const dir = this.pool.agentDirOf(handle.containerId)
+    if (record.network?.length && egress && dir && !egress.has(id)) {
+      egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)))
+        .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
+    }
   }
 
   private forget (id: string): void {
+    void this.opts.egress?.close(id)
     this.live.delete(id)
     this.records.delete(id)
     clearTimeout(this.touches.get(id)?.timer)
@@ -152,11 +180,12 @@ export class SandboxService {
    * A new sandbox for `principal`, within the per-key limit (429), the host's sandbox count and memory budget (503),
    * and the start queue (503 when it cannot serve in time). An aborted `signal` (the client left) gives up.
    */
-  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal): Promise<SandboxRecord> {
+  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal, trustedNetwork = false): Promise<SandboxRecord> {
     const timeoutS = spec.timeout_s ?? this.opts.defaultTimeoutS
     if (timeoutS > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
+    const rules = spec.network === undefined ? this.opts.networkDefault ?? [] : this.networkRules(principal, spec.network, trustedNetwork)
     if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
@@ -173,10 +202,17 @@ export class SandboxService {
         const bytes = memoryMb * 1024 * 1024
         await handle.container.update({ Memory: bytes, MemorySwap: bytes, NanoCpus: Math.round(cpus * 1e9) })
       }
-      if (spec.env && Object.keys(spec.env).length) await handle.setEnv(spec.env)
+      const id = `sbx_${randomBytes(12).toString('base64url')}`
+      let env = spec.env ?? {}
+      if (rules.length) {
+        await this.opts.egress!.open(id, this.pool.agentDirOf(handle.containerId)!, rules)
+        await handle.enableEgress()
+        env = { ...PROXY_ENV, ...env }
+      }
+      if (Object.keys(env).length) await handle.setEnv(env)
       const now = new Date().toISOString()
       const record: SandboxRecord = {
-        id: `sbx_${randomBytes(12).toString('base64url')}`,
+        id,
         owner: principal.name,
         container_id: handle.containerId,
         language: spec.language ?? 'python',
@@ -186,7 +222,8 @@ export class SandboxService {
         cpus,
         memory_mb: memoryMb,
         metadata: spec.metadata ?? {},
-        session_id: sessionId
+        session_id: sessionId,
+        ...(rules.length ? { network: rules.map(r => r.text) } : {})
       }
       signal?.throwIfAborted()
       await this.store.saveSandbox(record)
@@ -200,6 +237,19 @@ export class SandboxService {
     } finally {
       release()
     }
+  }
+
+  /**
+   * The allow list a request asks for, within what the operator lets user keys allow (403 naming the host beyond it);
+   * a 400 when this server cannot give sandboxes a network (runsc, or agents over docker attach).
+   */
+  networkRules (principal: Principal, policy: unknown, trusted = false): AllowRule[] {
+    const rules = parsePolicy(policy)
+    checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
+    if (rules.length && !(this.opts.egress && this.pool.hasAgentDirs)) {
+      throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket and runc')
+    }
+    return rules
   }
 
   /**
@@ -392,7 +442,8 @@ export class SandboxService {
       timeout_s: record.timeout_s,
       resources: { cpus: record.cpus, memory_mb: record.memory_mb },
       metadata: record.metadata,
-      session_id: record.session_id
+      session_id: record.session_id,
+      network: record.network?.length ? { allow: record.network } : 'none'
     }
   }
 
@@ -418,6 +469,7 @@ export class SandboxService {
   /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
   async close (): Promise<void> {
     if (this.reaper) clearInterval(this.reaper)
+    await this.opts.egress?.closeAll()
     await this.recovering
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of this.live) {

@@ -1,0 +1,306 @@
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { BlockList, connect, isIP, type Socket } from 'node:net'
+import { lookup } from 'node:dns/promises'
+import { unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { AppError } from '../errors.js'
+
+/**
+ * Egress for sandboxes that a network policy lets out. The container keeps `--network none`: it has no interface but
+ * its own loopback, so it can reach no other sandbox, no port of this host, no Redis and no metadata service. Its one
+ * way out is an HTTP proxy this server runs per sandbox on a unix socket in the sandbox's agent directory (root's
+ * alone; a relay started by the agent offers it on the sandbox's 127.0.0.1:3128, set as HTTP(S)_PROXY for the
+ * kernels). Which socket a connection arrives on says which sandbox asks, so nothing in the sandbox can claim to be
+ * another. Each destination is checked against that sandbox's allow list, resolved here, and refused when it lands on
+ * a private, loopback, link-local or metadata address that the list does not name as an address.
+ */
+
+export const EGRESS_SOCKET = 'egress.sock'
+export const PROXY_URL_IN_SANDBOX = 'http://127.0.0.1:3128'
+
+/** One allow-list entry: a host name, `*.domain` (its subdomains), or an address; with a port, or 80 and 443. */
+export interface AllowRule { host: string, wildcard: boolean, ip: boolean, port: number | null, text: string }
+
+export type NetworkPolicy = 'none' | { allow: string[] }
+
+const LABEL = /^(?!-)[a-z0-9_-]{1,63}(?<!-)$/
+
+function invalid (field: string, message: string): AppError {
+  return new AppError(400, 'validation_error', `${field}: ${message}`)
+}
+
+/** Parses `host`, `host:port`, `*.domain[:port]`, `1.2.3.4[:port]` or `[v6][:port]`; a 400 naming the field otherwise. */
+export function parseRule (raw: unknown, field: string, allowStar = false): AllowRule {
+  if (typeof raw !== 'string' || !raw.trim()) throw invalid(field, 'must be a host name, a host:port, *.domain or an address')
+  const text = raw.trim().toLowerCase()
+  if (allowStar && (text === '*' || /^\*:\d+$/.test(text))) {
+    return { host: '*', wildcard: true, ip: false, port: text === '*' ? null : port(text.slice(2), field, raw), text }
+  }
+  let host = text
+  let portText: string | undefined
+  const v6 = /^\[([0-9a-f:.]+)\](?::([^:]*))?$/.exec(text)
+  if (v6) {
+    host = v6[1]
+    portText = v6[2]
+  } else if (text.split(':').length === 2) {
+    [host, portText] = text.split(':')
+  } else if (text.includes(':') && isIP(text) !== 6) {
+    throw invalid(field, `"${raw}" is not a host (write IPv6 addresses as [address]:port)`)
+  }
+  host = host.replace(/\.$/, '')
+  const wildcard = host.startsWith('*.')
+  const name = wildcard ? host.slice(2) : host
+  const ip = !wildcard && isIP(name) !== 0
+  if (!ip && (name.length > 253 || !name.split('.').every(l => LABEL.test(l)) || (wildcard && !name.includes('.')))) {
+    throw invalid(field, `"${raw}" is not a host name`)
+  }
+  return { host: name, wildcard, ip, port: portText === undefined ? null : port(portText, field, raw), text }
+}
+
+function port (text: string, field: string, raw: string): number {
+  const n = /^\d{1,5}$/.test(text) ? Number(text) : NaN
+  if (!(n >= 1 && n <= 65535)) throw invalid(field, `the port of "${raw}" is out of range (1-65535)`)
+  return n
+}
+
+/** Reads a policy from a request: `"none"` or `{allow: [...]}` (an empty list is none). */
+export function parsePolicy (raw: unknown, field = 'network'): AllowRule[] {
+  if (raw === undefined || raw === null || raw === 'none') return []
+  if (typeof raw !== 'object' || Array.isArray(raw) || !Array.isArray((raw as { allow?: unknown }).allow)) {
+    throw invalid(field, 'must be "none" or {"allow": ["host", "host:port", "*.domain", ...]}')
+  }
+  const allow = (raw as { allow: unknown[] }).allow
+  if (allow.length > 100) throw invalid(`${field}.allow`, 'must have at most 100 entries')
+  return allow.map((entry, i) => parseRule(entry, `${field}.allow[${i}]`))
+}
+
+/** Reads SANDBOX_EGRESS_ALLOWED (comma-separated; `*` for any host). */
+export function parseAllowedList (text: string | undefined, field = 'SANDBOX_EGRESS_ALLOWED'): AllowRule[] {
+  return (text ?? '').split(',').map(s => s.trim()).filter(Boolean).map((s, i) => parseRule(s, `${field}[${i}]`, true))
+}
+
+/** Whether an operator's pattern covers a user's entry (the entry may be narrower, never wider). */
+function covers (pattern: AllowRule, rule: AllowRule): boolean {
+  if (pattern.port !== null && pattern.port !== rule.port) return false
+  if (pattern.host === '*') return true
+  if (pattern.wildcard) return rule.host.endsWith(`.${pattern.host}`)
+  return !rule.wildcard && rule.host === pattern.host
+}
+
+/** The first of `rules` the operator's list does not cover, as a 403 naming it; admins are not held to the list. */
+export function checkAllowed (rules: AllowRule[], allowed: AllowRule[], admin: boolean): void {
+  if (admin) return
+  const outside = rules.find(r => !allowed.some(p => covers(p, r)))
+  if (outside) {
+    throw new AppError(403, 'egress_not_allowed', `This server does not let sandboxes reach ${outside.text} (SANDBOX_EGRESS_ALLOWED)`, 'permission_error')
+  }
+}
+
+function matches (rule: AllowRule, host: string, port: number): boolean {
+  if (rule.port === null ? port !== 80 && port !== 443 : rule.port !== port) return false
+  return rule.wildcard ? host.endsWith(`.${rule.host}`) : host === rule.host
+}
+
+const RANGES: Array<[string, string, number, 'ipv4' | 'ipv6']> = [
+  ['unspecified', '0.0.0.0', 8, 'ipv4'], ['private', '10.0.0.0', 8, 'ipv4'], ['shared', '100.64.0.0', 10, 'ipv4'],
+  ['loopback', '127.0.0.0', 8, 'ipv4'], ['link-local', '169.254.0.0', 16, 'ipv4'], ['private', '172.16.0.0', 12, 'ipv4'],
+  ['reserved', '192.0.0.0', 24, 'ipv4'], ['private', '192.168.0.0', 16, 'ipv4'], ['benchmarking', '198.18.0.0', 15, 'ipv4'],
+  ['multicast', '224.0.0.0', 4, 'ipv4'], ['reserved', '240.0.0.0', 4, 'ipv4'],
+  ['unspecified', '::', 128, 'ipv6'], ['loopback', '::1', 128, 'ipv6'], ['private', 'fc00::', 7, 'ipv6'],
+  ['link-local', 'fe80::', 10, 'ipv6'], ['multicast', 'ff00::', 8, 'ipv6']
+]
+const LISTS = new Map<string, BlockList>()
+for (const [kind, net, prefix, family] of RANGES) {
+  if (!LISTS.has(kind)) LISTS.set(kind, new BlockList())
+  LISTS.get(kind)!.addSubnet(net, prefix, family)
+}
+
+/** Why an address may not be reached unless listed as an address (metadata, loopback, private, ...); null when public. */
+export function forbiddenAddress (address: string): string | null {
+  const family = isIP(address)
+  if (family === 0) return 'not an address'
+  const mapped = family === 6 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1] : undefined
+  if (mapped) return forbiddenAddress(mapped)
+  if (address === '169.254.169.254' || address.toLowerCase() === 'fd00:ec2::254') return 'metadata'
+  for (const [kind, list] of LISTS) if (list.check(address, family === 4 ? 'ipv4' : 'ipv6')) return kind
+  return null
+}
+
+export interface EgressDecision { ok: boolean, reason?: string, address?: string }
+
+/** Checks a destination against a sandbox's rules and resolves it to the address to connect to. */
+export async function decide (rules: AllowRule[], rawHost: string, port: number, resolve: (host: string) => Promise<string[]> = defaultResolve): Promise<EgressDecision> {
+  const host = rawHost.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '')
+  if (!(port >= 1 && port <= 65535)) return { ok: false, reason: 'bad port' }
+  const rule = rules.find(r => matches(r, host, port))
+  if (!rule) return { ok: false, reason: 'not in the allow list' }
+  let addresses: string[]
+  try {
+    addresses = isIP(host) ? [host] : await resolve(host)
+  } catch {
+    return { ok: false, reason: 'the name does not resolve' }
+  }
+  let reason = 'the name does not resolve'
+  for (const address of addresses) {
+    const forbidden = forbiddenAddress(address)
+    if (!forbidden || (rule.ip && rule.host === address)) return { ok: true, address }
+    reason = `${address} is a ${forbidden} address`
+  }
+  return { ok: false, reason }
+}
+
+async function defaultResolve (host: string): Promise<string[]> {
+  return (await lookup(host, { all: true })).map(a => a.address)
+}
+
+interface Log { info: (o: object, m: string) => void, warn: (o: object, m: string) => void }
+
+export interface EgressOptions {
+  /** Bytes one sandbox may move through the proxy, both ways, over its life. */
+  maxBytes: number
+  /** Connections one sandbox may have open at once. */
+  maxConnections: number
+  connectTimeoutMs?: number
+  log: Log
+  resolve?: (host: string) => Promise<string[]>
+}
+
+interface Gate { server: Server, rules: AllowRule[], bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string }
+
+/** The per-sandbox proxies of this process. */
+export class EgressProxy {
+  private readonly gates = new Map<string, Gate>()
+
+  constructor (private readonly opts: EgressOptions) {}
+
+  /** Serves a sandbox's proxy socket in its agent directory (replacing a stale one). */
+  async open (sandboxId: string, dir: string, rules: AllowRule[]): Promise<void> {
+    await this.close(sandboxId)
+    const path = join(dir, EGRESS_SOCKET)
+    await unlink(path).catch(() => {})
+    const server = createServer()
+    const gate: Gate = { server, rules, bytes: 0, open: new Set(), sockets: new Set(), path }
+    server.on('connection', (socket: Socket) => {
+      gate.sockets.add(socket)
+      socket.on('close', () => gate.sockets.delete(socket))
+    })
+    server.on('connect', (req: IncomingMessage, client: Socket, head: Buffer) => { void this.tunnel(sandboxId, gate, req, client, head) })
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => { void this.forward(sandboxId, gate, req, res) })
+    server.on('clientError', (_err, socket: Socket) => { socket.destroy() })
+    await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path, () => { server.off('error', reject); resolve() }) })
+    this.gates.set(sandboxId, gate)
+  }
+
+  has (sandboxId: string): boolean { return this.gates.has(sandboxId) }
+
+  /** Bytes a sandbox has moved, and its open connections. */
+  usage (sandboxId: string): { bytes: number, connections: number } | null {
+    const gate = this.gates.get(sandboxId)
+    return gate ? { bytes: gate.bytes, connections: gate.open.size } : null
+  }
+
+  async close (sandboxId: string): Promise<void> {
+    const gate = this.gates.get(sandboxId)
+    if (!gate) return
+    this.gates.delete(sandboxId)
+    for (const s of gate.open) s.destroy()
+    for (const s of gate.sockets) s.destroy() // tunnels too: the HTTP server no longer tracks a socket after CONNECT
+    gate.server.close()
+    await unlink(gate.path).catch(() => {})
+  }
+
+  async closeAll (): Promise<void> {
+    await Promise.all([...this.gates.keys()].map(id => this.close(id)))
+  }
+
+  /** A refusal, or the address to connect to; every decision is logged with the sandbox id. */
+  private async admit (sandboxId: string, gate: Gate, host: string, port: number): Promise<EgressDecision> {
+    let decision: EgressDecision
+    if (gate.bytes >= this.opts.maxBytes) decision = { ok: false, reason: `the sandbox used its ${this.opts.maxBytes} bytes of egress` }
+    else if (gate.open.size >= this.opts.maxConnections * 2) decision = { ok: false, reason: `the sandbox has ${this.opts.maxConnections} connections open` }
+    else decision = await decide(gate.rules, host, port, this.opts.resolve)
+    if (decision.ok) this.opts.log.info({ sandbox: sandboxId, host, port, address: decision.address }, 'egress allowed')
+    else this.opts.log.warn({ sandbox: sandboxId, host, port, reason: decision.reason }, 'egress refused')
+    return decision
+  }
+
+  /** Counts a socket's bytes against the sandbox's budget, and ends it when the budget is spent. */
+  private meter (gate: Gate, socket: Socket, peer: () => Socket | undefined): void {
+    gate.open.add(socket)
+    socket.on('data', (chunk: Buffer) => {
+      gate.bytes += chunk.length
+      if (gate.bytes > this.opts.maxBytes) { socket.destroy(); peer()?.destroy() }
+    })
+    socket.on('close', () => gate.open.delete(socket))
+    socket.on('error', () => { peer()?.destroy() })
+  }
+
+  private upstream (address: string, port: number): Promise<Socket> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ host: address, port })
+      socket.setTimeout(this.opts.connectTimeoutMs ?? 10_000, () => socket.destroy(new Error('connect timeout')))
+      socket.once('connect', () => { socket.setTimeout(0); socket.off('error', reject); resolve(socket) })
+      socket.once('error', reject)
+    })
+  }
+
+  /** CONNECT host:port: a tunnel (HTTPS, or anything over TCP) to an allowed destination. */
+  private async tunnel (sandboxId: string, gate: Gate, req: IncomingMessage, client: Socket, head: Buffer): Promise<void> {
+    client.on('error', () => {})
+    const target = /^\[?([^\]]+?)\]?:(\d+)$/.exec(req.url ?? '')
+    const decision = target ? await this.admit(sandboxId, gate, target[1], Number(target[2])) : { ok: false, reason: 'not host:port' }
+    if (!decision.ok) {
+      client.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\negress refused: ${decision.reason}\n`)
+      return
+    }
+    let server: Socket | undefined
+    this.meter(gate, client, () => server)
+    try {
+      server = await this.upstream(decision.address!, Number(target![2]))
+    } catch (err) {
+      client.end(`HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\n${(err as Error).message}\n`)
+      return
+    }
+    this.meter(gate, server, () => client)
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+    if (head.length) server.write(head)
+    server.pipe(client)
+    client.pipe(server)
+  }
+
+  /** A plain HTTP request in absolute form (http://host/path): forwarded to an allowed destination. */
+  private async forward (sandboxId: string, gate: Gate, req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let url: URL
+    try {
+      url = new URL(req.url ?? '')
+      if (url.protocol !== 'http:') throw new Error('not http')
+    } catch {
+      res.writeHead(400, { 'content-type': 'text/plain', connection: 'close' }).end('egress refused: send an absolute http:// URL, or CONNECT for https\n')
+      return
+    }
+    const port = Number(url.port || 80)
+    const decision = await this.admit(sandboxId, gate, url.hostname, port)
+    if (!decision.ok) {
+      res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${decision.reason}\n`)
+      return
+    }
+    this.meter(gate, req.socket, () => upstream.socket ?? undefined)
+    const headers: Record<string, string | string[] | undefined> = { ...req.headers, host: url.host, connection: 'close' }
+    delete headers['proxy-connection']
+    delete headers['proxy-authorization']
+    const upstream = httpRequest({ host: decision.address, port, method: req.method, path: `${url.pathname}${url.search}`, headers, setHost: false, timeout: this.opts.connectTimeoutMs ?? 10_000 }, (answer) => {
+      answer.on('data', (chunk: Buffer) => {
+        gate.bytes += chunk.length
+        if (gate.bytes > this.opts.maxBytes) { answer.destroy(); res.destroy() }
+      })
+      res.writeHead(answer.statusCode ?? 502, { ...answer.headers, connection: 'close' })
+      answer.pipe(res)
+    })
+    upstream.on('timeout', () => upstream.destroy(new Error('timeout')))
+    upstream.on('error', (err) => {
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain', connection: 'close' }).end(`${err.message}\n`)
+      else res.destroy()
+    })
+    req.pipe(upstream)
+  }
+}
