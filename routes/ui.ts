@@ -1,12 +1,13 @@
+import { join } from 'node:path'
+import { PACKAGE_ROOT } from '../services/paths.js'
 import type { FastifyPluginAsync } from 'fastify'
 import { readFileSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
 
 const FILES: Record<string, string> = { 'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' }
 
 /** The web monitor: static files from ui/, read once at start-up; nothing is fetched from elsewhere. */
 const routes: FastifyPluginAsync = async (app) => {
-  const files = Object.fromEntries(Object.keys(FILES).map(name => [name, readFileSync(fileURLToPath(new URL(`../ui/${name}`, import.meta.url)))]))
+  const files = Object.fromEntries(Object.keys(FILES).map(name => [name, readFileSync(join(PACKAGE_ROOT, 'ui', name))]))
   const options = { config: { public: true, rateLimit: false }, schema: { hide: true } } as const
   app.get('/ui', options, async (_request, reply) => reply.redirect('/ui/'))
   app.get('/ui/', options, async (_request, reply) => reply.type(FILES['index.html']).send(files['index.html']))

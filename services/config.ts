@@ -1,3 +1,5 @@
+import { join } from 'node:path'
+import { PACKAGE_ROOT } from './paths.js'
 import { parseAllowedList } from './sandbox/egress.js'
 import { readFileSync } from 'node:fs'
 import Value from 'typebox/value'
@@ -28,7 +30,7 @@ export function parseApiKeys (env: Pick<Env, 'API_KEYS' | 'API_KEY'>): ApiKeyCon
   return keys
 }
 
-const version = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version
+const version = (JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version
 
 /** Reads and validates the environment; a bad value throws a ConfigError naming the variable. */
 export function loadConfig (source: Record<string, string | undefined> = process.env): Config {

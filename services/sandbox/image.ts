@@ -1,10 +1,10 @@
 // Builds the sandbox image without a container registry: debootstrap -> docker import -> Dockerfile with our agent.
+import { PACKAGE_ROOT } from '../paths.js'
 import { createHash } from 'node:crypto'
 import { readFileSync, readdirSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { join, dirname } from 'node:path'
+import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 
 export const SUITE = 'bookworm'
 export const BASE_PACKAGES = [
@@ -17,7 +17,7 @@ export const FULL_PACKAGES = [
 export type ImageProfile = 'slim' | 'full'
 export const imageProfile = (): ImageProfile => process.env.SANDBOX_IMAGE_PROFILE === 'slim' ? 'slim' : 'full'
 const packagesOf = (profile: ImageProfile) => profile === 'slim' ? BASE_PACKAGES : [...BASE_PACKAGES, ...FULL_PACKAGES]
-export const AGENT_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sandbox')
+export const AGENT_DIR = join(PACKAGE_ROOT, 'sandbox')
 
 const shortHash = (text: string) => createHash('sha256').update(text).digest('hex').slice(0, 12)
 
