@@ -8,6 +8,7 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ default: '127.0.0.1' }),
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8000 }),
   LOG_LEVEL: Type.Enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], { default: 'info' }),
+  SLOW_REQUEST_MS: Int(0, 10000, 'requests slower than this are logged at warn with route and duration (0: never; streams are left out)'),
   API_KEYS: Type.Optional(Type.String({ description: 'comma-separated name:role:secret' })),
   API_KEY: Type.Optional(Type.String({ minLength: 8, description: 'a single admin key' })),
   REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://' })),

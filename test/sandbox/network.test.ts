@@ -55,7 +55,8 @@ t.before(async () => {
     SANDBOX_EGRESS_MAX_BYTES: String(2 * 1024 * 1024),
     MAX_SANDBOXES_PER_KEY: '20',
     EXECUTION_TIMEOUT_MS: '60000',
-    LOG_LEVEL: 'info'
+    LOG_LEVEL: 'info',
+    SLOW_REQUEST_MS: '400'
   })
   t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
   const stream = new Writable({ write (chunk, _enc, done) { logged += String(chunk); done() } })
@@ -186,6 +187,14 @@ t.test("a session's policy reaches the sandbox it gets", async (t) => {
   const ran = await app.runs.executeDirect(session, 'python', fetchIn(`http://127.0.0.1:${allowedPort}/hello`))
   const outcome = await ran.done
   t.equal(outcome.execution?.stdout, 'hello from the allowed server\n')
+})
+
+t.test('a request slower than SLOW_REQUEST_MS is logged at warn with its route and duration', async (t) => {
+  const id = await newSandbox()
+  await run(id, 'import time\ntime.sleep(0.5)')
+  const slow = logged.split('\n').filter(l => l.includes('"msg":"slow request"')).map(l => JSON.parse(l)).find(l => l.url === `/v1/sandboxes/${id}/execute`)
+  t.match(slow, { level: 40, route: '/v1/sandboxes/:id/execute', status: 200, ms: Number })
+  t.ok(slow.ms >= 400, `${slow.ms} ms`)
 })
 
 t.test('the policy check itself: private, loopback, link-local and metadata addresses are refused unless listed as addresses', async (t) => {
