@@ -1,4 +1,6 @@
 import { buildApp } from './app.js'
+import { LogHub } from './services/log-hub.js'
+import { logFiles } from './services/log-files.js'
 import { isLoopback, type Config } from './services/config.js'
 
 export interface ServeOptions { host?: string, port?: number }
@@ -10,7 +12,10 @@ export async function serve (config: Config, opts: ServeOptions = {}): Promise<v
   if (config.apiKeys.length === 0 && !isLoopback(host)) {
     throw new Error(`refusing to listen on ${host} with no API key configured: set API_KEYS (name:role:secret,...) or API_KEY, or listen on 127.0.0.1`)
   }
-  const app = await buildApp({ config })
+  const logs = config.LOG_FILE
+    ? new LogHub(await logFiles({ file: config.LOG_FILE, errorFile: config.LOG_ERROR_FILE, size: config.LOG_FILE_SIZE, frequency: config.LOG_FILE_FREQUENCY, keep: config.LOG_FILE_KEEP }))
+    : undefined
+  const app = await buildApp({ config, ...(logs ? { logs } : {}) })
   app.server.keepAliveTimeout = 65_000
   app.server.requestTimeout = 0 // long SSE streams and executions are bounded by their own timeouts
   if (config.apiKeys.length === 0) app.log.warn('no API key configured: every request is rejected with 401 until API_KEYS or API_KEY is set')
