@@ -126,7 +126,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     await release()
     if (outcome.error) throw outcome.error
     return {
-      id, object: 'chat.completion' as const, created, model: body.model,
+      id,
+      object: 'chat.completion' as const,
+      created,
+      model: body.model,
       choices: [{ index: 0, message: { role: 'assistant' as const, content: content.trim() }, finish_reason: finish(outcome.finishReason) }],
       usage: outcome.usage
     }

@@ -10,13 +10,12 @@ import { runError } from '../services/interpreter/runs.js'
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
 
 function invalid (raw: unknown): AppError | null {
-  for (const error of Value.Errors(ClientMessageSchema, raw)) {
-    const type = (raw as { type?: unknown })?.type
-    const known = ['hello', 'chat', 'execute', 'confirm', 'interrupt', 'resume', 'ping']
-    if (typeof type !== 'string' || !known.includes(type)) return new AppError(400, 'invalid_message', `message type must be one of ${known.join(', ')}`)
-    return new AppError(400, 'invalid_message', `${type}${error.instancePath.replace(/\//g, '.')} ${error.message}`.replace(/^(\w+) /, '$1: '))
-  }
-  return null
+  const [error] = Value.Errors(ClientMessageSchema, raw) // the first one
+  if (!error) return null
+  const type = (raw as { type?: unknown })?.type
+  const known = ['hello', 'chat', 'execute', 'confirm', 'interrupt', 'resume', 'ping']
+  if (typeof type !== 'string' || !known.includes(type)) return new AppError(400, 'invalid_message', `message type must be one of ${known.join(', ')}`)
+  return new AppError(400, 'invalid_message', `${type}${error.instancePath.replace(/\//g, '.')} ${error.message}`.replace(/^(\w+) /, '$1: '))
 }
 
 /**

@@ -3,6 +3,7 @@ import { Metadata } from './common.js'
 
 /** python, javascript, shell and r have stateful kernels; the others run as a fresh process per execution (GET /v1/languages). */
 export const Language = Type.Enum(['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'])
+// eslint-disable-next-line @typescript-eslint/no-redeclare -- a schema and its type share the name
 export type Language = Static<typeof Language>
 /** The languages with a stateful kernel in the sandbox. */
 export type KernelLanguage = 'python' | 'javascript' | 'shell' | 'r'

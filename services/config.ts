@@ -40,7 +40,8 @@ export function loadConfig (source: Record<string, string | undefined> = process
     if (value !== undefined && value !== '') raw[name] = value
   }
   const env = Value.Default(EnvSchema, Value.Convert(EnvSchema, raw)) as Env
-  for (const error of Value.Errors(EnvSchema, env)) {
+  const [error] = Value.Errors(EnvSchema, env)
+  if (error) {
     const name = error.instancePath.replace(/^\//, '') || Object.keys(error.params ?? {}).join(', ')
     throw new ConfigError(`${name}: ${error.message} (got ${JSON.stringify(raw[name])})`)
   }

@@ -34,8 +34,8 @@ export class RedisEventLog implements EventLog {
     tx.expire(key, this.ttlS)
     try {
       const results = (await tx.exec()) as Array<[Error | null, string]>
-      const failed = results.find(([err]) => err)
-      if (failed) throw failed[0]!
+      const failure = results.find(([err]) => err)?.[0]
+      if (failure) throw failure
       return results.slice(0, events.length).map(([, id]) => id)
     } catch (err) {
       throw new DependencyError('redis', `event log append failed: ${(err as Error).message}`, { cause: err })

@@ -32,7 +32,8 @@ export class LiveSettings extends EventEmitter {
   /** Validates the whole patch first (a 400 naming the field), then applies it and emits `change`. */
   update (patch: Partial<Settings>): Settings {
     const next = { ...this.current, ...patch }
-    for (const error of Value.Errors(SettingsSchema, next)) {
+    const [error] = Value.Errors(SettingsSchema, next)
+    if (error) {
       throw new AppError(400, 'validation_error', `body/${error.instancePath.slice(1)} ${error.message}`)
     }
     if (next.execution_timeout_ms > this.maxExecutionTimeoutMs) {

@@ -75,7 +75,11 @@ export class FakeLlm {
     if (!body.stream) {
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({
-        id, object: 'chat.completion', created: 1, model: body.model, usage,
+        id,
+        object: 'chat.completion',
+        created: 1,
+        model: body.model,
+        usage,
         choices: [{ index: 0, finish_reason: reply.code ? 'tool_calls' : 'stop', message: { role: 'assistant', content: reply.text ?? null, ...(reply.code ? { tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'execute', arguments: args } }] } : {}) } }]
       }))
       return
@@ -102,7 +106,12 @@ export class FakeLlm {
     if (!body.stream) {
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({
-        id: 'msg_fake', type: 'message', role: 'assistant', model: body.model, stop_reason: reply.code ? 'tool_use' : 'end_turn', stop_sequence: null,
+        id: 'msg_fake',
+        type: 'message',
+        role: 'assistant',
+        model: body.model,
+        stop_reason: reply.code ? 'tool_use' : 'end_turn',
+        stop_sequence: null,
         usage: { input_tokens: 13, output_tokens: 5 },
         content: [...(reply.text ? [{ type: 'text', text: reply.text }] : []), ...(reply.code ? [{ type: 'tool_use', id: 'toolu_1', name: 'execute', input: reply.code }] : [])]
       }))

@@ -1,4 +1,5 @@
 // The web monitor: plain browser JavaScript, served by the server itself.
+/* global confirm, location */
 const $ = (selector) => document.querySelector(selector)
 const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null }
 
@@ -103,8 +104,10 @@ class Transcript {
     if (c.type === 'image') return this.message(c)
     if (c.type === 'confirmation') return this.confirmation(c, onConfirm)
     if (c.start) {
-      const node = c.type === 'code' ? el('pre', { class: 'code', 'data-lang': c.format ?? '' })
-        : c.type === 'console' ? el('pre', { class: 'output' })
+      const node = c.type === 'code'
+        ? el('pre', { class: 'code', 'data-lang': c.format ?? '' })
+        : c.type === 'console'
+          ? el('pre', { class: 'output' })
           : el('div', { class: `msg ${c.role}` })
       node.dataset.raw = ''
       this.open = { key, node: this.add(node) }
@@ -157,7 +160,8 @@ async function refreshStatus () {
   const now = Date.now()
   const rate = (field) => previous ? ((stats[field] - previous.stats[field]) / ((now - previous.at) / 1000)).toFixed(2) : '…'
   const latency = (count, seconds) => previous && stats[count] > previous.stats[count]
-    ? `${(((stats[seconds] - previous.stats[seconds]) / (stats[count] - previous.stats[count])) * 1000).toFixed(1)} ms` : '—'
+    ? `${(((stats[seconds] - previous.stats[seconds]) / (stats[count] - previous.stats[count])) * 1000).toFixed(1)} ms`
+    : '—'
   const cards = [
     ...Object.entries(ready.checks).map(([name, value]) => [name, value, value === 'ok']),
     ['pool', `${stats.pool.warm} warm / ${stats.pool.busy} busy`],
@@ -241,8 +245,7 @@ function connectSocket () {
     const frame = JSON.parse(message.data)
     if (frame.type === 'hello') $('#pg-session').textContent = `session ${frame.session_id}`
     else if (frame.type === 'ack' && frame.of === 'chat') setRunning(frame.run_id)
-    else if (frame.type === 'error') { showError(new Error(frame.error.message)); if (frame.of === 'chat') setRunning(null) }
-    else if (frame.type === 'event') onEvent(frame)
+    else if (frame.type === 'error') { showError(new Error(frame.error.message)); if (frame.of === 'chat') setRunning(null) } else if (frame.type === 'event') onEvent(frame)
   }
 }
 

@@ -130,8 +130,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       case 'simple': return stats.map(({ path }) => `${record.id}/${fileId(path)}`)
       case 'summary': return stats.map(({ path, entry }) => ({ name: `${record.id}/${fileId(path)}`, size: entry.size, lastModified: new Date(entry.modified * 1000).toISOString(), etag: `${entry.size}-${entry.modified}` }))
       default: return stats.map(({ path, entry }) => ({
-        id: fileId(path), name: path, storage_session_id: record.id, session_id: record.id, size: entry.size,
-        lastModified: new Date(entry.modified * 1000).toISOString(), etag: `${entry.size}-${entry.modified}`, contentType: mimeOf(path),
+        id: fileId(path),
+        name: path,
+        storage_session_id: record.id,
+        session_id: record.id,
+        size: entry.size,
+        lastModified: new Date(entry.modified * 1000).toISOString(),
+        etag: `${entry.size}-${entry.modified}`,
+        contentType: mimeOf(path),
         metadata: { 'content-type': mimeOf(path), 'original-filename': path.split('/').pop() }
       }))
     }

@@ -230,4 +230,3 @@ async function emitConsole (deps: TurnDeps, id: string, content: string): Promis
   await deps.emit({ role: 'computer', type: 'console', format: 'output', id, content })
   await deps.emit({ role: 'computer', type: 'console', format: 'output', id, end: true })
 }
-

@@ -63,8 +63,13 @@ export function runError (err: unknown): AppError {
   if (err instanceof DependencyError) return err.toAppError()
   if (err instanceof LlmError) {
     const codes: Record<LlmError['kind'], [number, string]> = {
-      auth: [502, 'upstream_auth_error'], rate_limit: [502, 'upstream_rate_limited'], server: [502, 'upstream_error'],
-      timeout: [504, 'upstream_timeout'], connection: [502, 'upstream_unreachable'], bad_request: [502, 'upstream_bad_request'], aborted: [499, 'interrupted']
+      auth: [502, 'upstream_auth_error'],
+      rate_limit: [502, 'upstream_rate_limited'],
+      server: [502, 'upstream_error'],
+      timeout: [504, 'upstream_timeout'],
+      connection: [502, 'upstream_unreachable'],
+      bad_request: [502, 'upstream_bad_request'],
+      aborted: [499, 'interrupted']
     }
     const [status, code] = codes[err.kind]
     return new AppError(status, code, err.message, 'upstream_error')
@@ -80,7 +85,13 @@ export class RunManager {
   private readonly active = new Map<string, ActiveRun>()
 
   constructor (private readonly deps: {
-    sessions: SessionService, store: Store, events: EventLog, models: ModelRegistry, sandboxes: SandboxService, settings: RunSettings, log: Logger
+    sessions: SessionService,
+    store: Store,
+    events: EventLog,
+    models: ModelRegistry,
+    sandboxes: SandboxService,
+    settings: RunSettings,
+    log: Logger
     /** Reaches the other server processes (null with one process). */
     bus: Bus | null
     lockTtlMs: number
@@ -170,7 +181,11 @@ export class RunManager {
         await store.saveSession(fresh)
       }
       await run.append({
-        type: 'run_end', run_id: run.id, session_id: session.id, usage: outcome.usage, finish_reason: outcome.finishReason,
+        type: 'run_end',
+        run_id: run.id,
+        session_id: session.id,
+        usage: outcome.usage,
+        finish_reason: outcome.finishReason,
         ...(outcome.error ? { error: errorBody(outcome.error) } : {})
       })
     } catch (err) {

@@ -36,7 +36,8 @@ export function parseModelsFile (text: string, file: string, env: Record<string,
   const entries = Array.isArray(raw.models) ? raw.models : []
   const named = (i: number) => `${file}: models[${i}]${(entries[i] as { name?: string })?.name ? ` (${(entries[i] as { name: string }).name})` : ''}`
   const resolved = { ...raw, models: entries.map((e, i) => substitute(e, env, named(i))) }
-  for (const error of Value.Errors(ModelsFileSchema, resolved)) {
+  const [error] = Value.Errors(ModelsFileSchema, resolved)
+  if (error) {
     const m = /^\/models\/(\d+)(?:\/(.*))?$/.exec(error.instancePath)
     const where = m ? `${named(Number(m[1]))}${m[2] ? ` ${m[2]}` : ''}` : `${file}${error.instancePath ? ` ${error.instancePath.slice(1)}` : ''}`
     const detail = error.keyword === 'enum' ? 'must be one of openai, anthropic' : error.message

@@ -360,7 +360,7 @@ export class SandboxPool {
     }
     const agent = await this.connect(container, dir)
     try {
-      await Promise.race([agent.call('ping'), new Promise((_, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
+      await Promise.race([agent.call('ping'), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
     } catch {
       agent.close()
       await this.remove(containerId, dir).catch(() => {})

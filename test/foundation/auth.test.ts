@@ -31,7 +31,7 @@ t.test('a rotated key: old and new secrets of one name both work and own the sam
   t.equal(read.json().title, 'before rotation')
 })
 
-t.test("another key never sees, changes or deletes a session: 404 on every route", async (t) => {
+t.test('another key never sees, changes or deletes a session: 404 on every route', async (t) => {
   const app = await build(t)
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { title: 'private', metadata: { project: 'x' } } })).json()
   const asBob = [

@@ -95,7 +95,7 @@ t.test('files: write, list, read (text and binary); reset gives a fresh sandbox'
   t.equal(texts(fresh.content), 'False False\n', 'no variables and no files after reset')
 })
 
-t.test("keys: none is 401; another key cannot reach an MCP session; ending it removes our session", async (t) => {
+t.test('keys: none is 401; another key cannot reach an MCP session; ending it removes our session', async (t) => {
   const noKey = await fetch(`${base}/mcp`, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) })
   t.equal(noKey.status, 401)
   t.equal((await noKey.json()).error.code, 'missing_api_key')

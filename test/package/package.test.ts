@@ -18,7 +18,7 @@ t.test('the packed package installs, its client imports with types, and its comm
   for (const file of ['package/dist/cli.js', 'package/dist/client/index.js', 'package/dist/client/index.d.ts', 'package/sandbox/agent.py', 'package/sandbox/Dockerfile', 'package/ui/index.html', 'package/bin/interpreter-server.js']) {
     t.ok(listing.includes(file), `the tarball has ${file}`)
   }
-  t.notOk(listing.some(f => f.startsWith('package/test/') || f.endsWith('.ts') && !f.endsWith('.d.ts')), 'no tests and no TypeScript sources')
+  t.notOk(listing.some(f => f.startsWith('package/test/') || (f.endsWith('.ts') && !f.endsWith('.d.ts'))), 'no tests and no TypeScript sources')
 
   const app = join(work, 'app')
   execFileSync('mkdir', ['-p', app])

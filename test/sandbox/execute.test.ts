@@ -64,7 +64,9 @@ t.test('a matplotlib plot comes back as a PNG, shown or left open; a DataFrame a
 t.test('plots and printed lines arrive in the order the code made them, none lost', async (t) => {
   const id = await newSandbox()
   const res = await app.inject({
-    method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice,
+    method: 'POST',
+    url: `/v1/sandboxes/${id}/execute`,
+    headers: alice,
     payload: { stream: true, code: 'import matplotlib.pyplot as plt\nfor i in range(4):\n    plt.plot([i, i + 1])\n    plt.show()\n    print(f"after {i}")' }
   })
   const order = res.body.trim().split('\n\n').map(block => {

@@ -84,7 +84,7 @@ const tunnelIn = (host: string, port: number) => [
   'head = s.recv(4096).decode()',
   'print(head.split("\\r\\n")[0])',
   'if " 200 " in head:',
-  `    s.sendall(b"GET /hello HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")`,
+  '    s.sendall(b"GET /hello HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")',
   '    data = b""',
   '    while True:',
   '        chunk = s.recv(4096)',
