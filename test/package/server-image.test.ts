@@ -27,7 +27,9 @@ t.teardown(async () => {
 })
 
 t.test('the server image builds, runs as its own user, becomes ready and runs code', async (t) => {
-  const built = execFileSync('npx', ['tsx', 'scripts/build-server-image.ts', tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+  // With this test's own loaders (as cliArgs does), so the script's coverage is mapped like the rest.
+  const loaders = process.execArgv.filter(a => a.startsWith('--import='))
+  const built = execFileSync(process.execPath, [...(loaders.length ? loaders : ['--import', 'tsx']), 'scripts/build-server-image.ts', tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
   t.equal(built.trim(), `${tag}\ninterpreter-server-redis:latest`)
   const port = await freePort()
   const key = 'image-test-key-0123456789'
