@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import Docker from 'dockerode'
 import { FakeLlm, type Reply } from '../test/fake-llm.js'
-import { Server, headers, ms, pct, eachLimited } from './server.js'
+import { Server, headers, ms, pct, eachLimited, printTimes, stdoutDelays } from './server.js'
 
 const { values } = parseArgs({
   options: {
@@ -120,23 +120,7 @@ async function load (server: Server, ids: string[], c: number, n: number, profil
 
 /** The delay between a line printed in the sandbox and its arrival at an SSE client. */
 async function sseDelays (server: Server, id: string, lines = 60): Promise<number[]> {
-  const res = await server.post(`/v1/sandboxes/${id}/execute`, { stream: true, code: `import time\nfor i in range(${lines}):\n    print(repr(time.time()))\n    time.sleep(0.02)` })
-  const delays: number[] = []
-  const decoder = new TextDecoder()
-  let buffer = ''
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    const now = performance.timeOrigin + performance.now()
-    buffer += decoder.decode(chunk, { stream: true })
-    let cut: number
-    while ((cut = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, cut)
-      buffer = buffer.slice(cut + 2)
-      if (!block.includes('event: stdout')) continue
-      const data = JSON.parse(block.slice(block.indexOf('data: ') + 6)) as { text: string }
-      for (const line of data.text.trim().split('\n')) delays.push(now - Number(line) * 1000)
-    }
-  }
-  return delays
+  return await stdoutDelays(await server.post(`/v1/sandboxes/${id}/execute`, { stream: true, code: printTimes(lines) }))
 }
 
 /** Chat turns (one code call, then an answer) against an instant fake LLM: `sessions` in parallel, `turns` in all. */

@@ -8,6 +8,7 @@ import Docker from 'dockerode'
 import { buildApp } from '../app.js'
 import { loadConfig } from '../services/config.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
+import { printTimes, stdoutDelays } from './server.js'
 
 const run = promisify(execFile)
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '200' } } })
@@ -63,22 +64,8 @@ async function main (): Promise<void> {
 
   // 4. streaming delay: print time.time() in the sandbox, compare with arrival at an SSE client
   const lines = 60
-  const res = await fetch(`${base}/v1/sandboxes/${sandbox.id}/execute`, { method: 'POST', headers, body: JSON.stringify({ stream: true, code: `import time\nfor i in range(${lines}):\n    print(repr(time.time()))\n    time.sleep(0.02)` }) })
-  const delays: number[] = []
-  const decoder = new TextDecoder()
-  let buffer = ''
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    const now = (performance.timeOrigin + performance.now())
-    buffer += decoder.decode(chunk, { stream: true })
-    let cut: number
-    while ((cut = buffer.indexOf('\n\n')) >= 0) {
-      const block = buffer.slice(0, cut)
-      buffer = buffer.slice(cut + 2)
-      if (!block.includes('event: stdout')) continue
-      const data = JSON.parse(block.slice(block.indexOf('data: ') + 6)) as { text: string }
-      for (const line of data.text.trim().split('\n')) delays.push(now - Number(line) * 1000)
-    }
-  }
+  const res = await fetch(`${base}/v1/sandboxes/${sandbox.id}/execute`, { method: 'POST', headers, body: JSON.stringify({ stream: true, code: printTimes(lines) }) })
+  const delays = await stdoutDelays(res)
 
   // 5. memory of idle warm sandboxes (agent + python kernel), as the cgroup counts it minus reclaimable file cache
   await pool.fill()

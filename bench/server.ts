@@ -31,6 +31,29 @@ export async function eachLimited<T> (items: T[], limit: number, fn: (x: T) => P
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => { while (next < items.length) await fn(items[next++]) }))
 }
 
+/** Python that prints time.time() `lines` times, 20 ms apart. */
+export const printTimes = (lines: number) => `import time\nfor i in range(${lines}):\n    print(repr(time.time()))\n    time.sleep(0.02)`
+
+/** Reads an execution's SSE stream: for each printed timestamp, the milliseconds until it arrived here. */
+export async function stdoutDelays (res: Response): Promise<number[]> {
+  const delays: number[] = []
+  const decoder = new TextDecoder()
+  let buffer = ''
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    const now = performance.timeOrigin + performance.now()
+    buffer += decoder.decode(chunk, { stream: true })
+    let cut: number
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, cut)
+      buffer = buffer.slice(cut + 2)
+      if (!block.includes('event: stdout')) continue
+      const data = JSON.parse(block.slice(block.indexOf('data: ') + 6)) as { text: string }
+      for (const line of data.text.trim().split('\n')) delays.push(now - Number(line) * 1000)
+    }
+  }
+  return delays
+}
+
 export interface Execution { stdout: string, results: Array<{ data: Record<string, string> }>, error: unknown }
 
 /** One server process with the given settings; `cwd` is the checkout it runs from. */

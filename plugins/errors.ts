@@ -4,7 +4,8 @@ import { AppError, DependencyError } from '../services/errors.js'
 
 const REDIS_DOWN = /enableOfflineQueue|Connection is closed|ECONNREFUSED|ECONNRESET|Command timed out|MaxRetriesPerRequest|Reached the max retries/i
 
-function toAppError (err: FastifyError | Error): AppError {
+/** Any error as the AppError the client sees (foreign-protocol routes shape its body their own way). */
+export function toAppError (err: FastifyError | Error): AppError {
   if (err instanceof AppError) return err
   if (err instanceof DependencyError) return err.toAppError()
   // Errors that third-party plugins (the rate limiter) let through from ioredis unwrapped.

@@ -4,7 +4,8 @@ import { randomUUID } from 'node:crypto'
 import type { Principal } from '../../services/auth.js'
 import type { Session } from '../../schemas/sessions.js'
 import type { Language } from '../../schemas/sandboxes.js'
-import { AppError, DependencyError } from '../../services/errors.js'
+import { AppError } from '../../services/errors.js'
+import { toAppError } from '../../plugins/errors.js'
 import { runError } from '../../services/interpreter/runs.js'
 import {
   JUPYTER_V1_PROTOCOL, MessageFactory, decodeFrame, encodeFrame, errorContent, fallbackReply, iopubFor, kernelInfo,
@@ -62,15 +63,8 @@ const routes: FastifyPluginAsync = async (app) => {
 
   // Jupyter clients show `message` (ResponseError); our own clients read `error`.
   app.setErrorHandler((err: FastifyError, request, reply) => {
-    let e: AppError
-    if (err instanceof AppError) e = err
-    else if (err instanceof DependencyError) e = err.toAppError()
-    else if (err.validation) e = new AppError(400, 'validation_error', err.message)
-    else if (err.statusCode && err.statusCode < 500) e = new AppError(err.statusCode, (err.code ?? 'bad_request').replace(/^FST_/, '').toLowerCase(), err.message)
-    else {
-      request.log.error({ err }, 'jupyter request failed')
-      e = new AppError(500, 'internal_error', 'Internal server error')
-    }
+    const e = toAppError(err)
+    if (e.statusCode >= 500 && e.code !== 'capacity_exhausted') request.log.error({ err }, 'jupyter request failed')
     const retry = e.extra.retry_after
     if (typeof retry === 'number') reply.header('retry-after', retry)
     return reply.status(e.statusCode).send({ message: e.message, reason: e.code, error: { message: e.message, type: e.type, code: e.code, ...e.extra } })

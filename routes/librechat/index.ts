@@ -3,7 +3,8 @@ import type { FastifyError } from 'fastify'
 import multipart from '@fastify/multipart'
 import { Type } from 'typebox'
 import { LibreChatService, fileId, pathOfId, safeName } from '../../services/librechat.js'
-import { AppError, DependencyError } from '../../services/errors.js'
+import { AppError } from '../../services/errors.js'
+import { toAppError } from '../../plugins/errors.js'
 
 const ErrorBody = Type.Object({ error: Type.String(), code: Type.String(), retry_after_seconds: Type.Optional(Type.Number()) }, { description: "LibreChat's error shape: `error` is shown to the model" })
 const FileRefSchema = Type.Object({ id: Type.String(), name: Type.String(), path: Type.String(), session_id: Type.String(), storage_session_id: Type.String() })
@@ -42,16 +43,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   // LibreChat shows `error` to the model and reads 429s as {error: 'rate_limited', retry_after_seconds}.
   app.setErrorHandler((err: FastifyError, request, reply) => {
-    let e: AppError
-    if (err instanceof AppError) e = err
-    else if (err instanceof DependencyError) e = err.toAppError()
-    else if (err.validation) e = new AppError(400, 'validation_error', err.message)
-    else if (err.code === 'FST_REQ_FILE_TOO_LARGE' || err.statusCode === 413) e = new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
-    else if (err.statusCode && err.statusCode < 500) e = new AppError(err.statusCode, (err.code ?? 'bad_request').replace(/^FST_/, '').toLowerCase(), err.message)
-    else {
-      request.log.error({ err }, 'librechat request failed')
-      e = new AppError(500, 'internal_error', 'Internal server error')
-    }
+    const e = err.code === 'FST_REQ_FILE_TOO_LARGE' || err.statusCode === 413
+      ? new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
+      : toAppError(err)
+    if (e.statusCode >= 500 && e.code !== 'capacity_exhausted') request.log.error({ err }, 'librechat request failed')
     const retry = e.extra.retry_after
     if (typeof retry === 'number') reply.header('retry-after', retry)
     return reply.status(e.statusCode).send(e.statusCode === 429
