@@ -1,5 +1,4 @@
 import fp from 'fastify-plugin'
-import Docker from 'dockerode'
 import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
 import { availableParallelism, totalmem } from 'node:os'
@@ -7,6 +6,7 @@ import { SandboxPool } from '../services/sandbox/pool.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
 import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
+import { parseDockerHosts } from '../services/sandbox/hosts.js'
 
 declare module 'fastify' {
   interface FastifyInstance { sandboxes: SandboxService }
@@ -19,23 +19,26 @@ export interface SandboxPluginOptions {
 
 export default fp<SandboxPluginOptions>(async (app, opts) => {
   const c = app.config
-  const docker = new Docker({ socketPath: c.DOCKER_SOCKET })
+  const hosts = parseDockerHosts(c.SANDBOX_DOCKER_HOSTS, c.DOCKER_SOCKET)
+  const instance = app.bus?.id ?? randomUUID()
   const log = app.log.child({ component: 'sandbox' })
-  const pool = new SandboxPool(docker, {
+  const pools = hosts.map(({ name, docker, local }) => new SandboxPool(docker, {
+    host: name,
     size: c.POOL_SIZE,
     max: c.POOL_MAX ?? c.POOL_SIZE * 4,
     idleShrinkMs: c.POOL_IDLE_SHRINK_MS,
     startConcurrency: c.SANDBOX_START_CONCURRENCY ?? Math.max(2, availableParallelism()),
     queueTimeoutMs: c.SANDBOX_QUEUE_TIMEOUT_MS,
     // gVisor keeps a socket made inside the sandbox inside its own kernel, so runsc sandboxes are attached to.
-    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && c.SANDBOX_RUNTIME !== 'runsc' ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
+    // The socket channel needs the daemon on this machine (the agent directory is bind-mounted from here).
+    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && c.SANDBOX_RUNTIME !== 'runsc' && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
     observe: {
       started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
       failed: () => app.metrics.sandboxStartFailures.inc(),
       rejected: (reason) => app.metrics.capacityRejections.inc({ reason })
     },
     namespace: c.SANDBOX_NAMESPACE,
-    instance: app.bus?.id ?? randomUUID(),
+    instance,
     limits: {
       image: c.SANDBOX_IMAGE ?? sandboxImageTag(c.SANDBOX_IMAGE_PROFILE),
       runtime: c.SANDBOX_RUNTIME,
@@ -47,9 +50,10 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
       killGraceMs: c.KERNEL_KILL_GRACE_MS,
       ...(c.SANDBOX_PRELOAD ? { preload: c.SANDBOX_PRELOAD } : {})
     }
-  }, log)
+  }, hosts.length > 1 ? log.child({ host: name }) : log))
+  const pool = pools[0]
   const egress = new EgressProxy({ maxBytes: c.SANDBOX_EGRESS_MAX_BYTES, maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS, log: log.child({ egress: true }) })
-  const service = new SandboxService(pool, app.store, {
+  const service = new SandboxService(pools, app.store, {
     egress,
     egressAllowed: parseAllowedList(c.SANDBOX_EGRESS_ALLOWED),
     networkDefault: parseAllowedList(c.SANDBOX_NETWORK_DEFAULT, 'SANDBOX_NETWORK_DEFAULT'),
@@ -73,16 +77,31 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   app.decorate('sandboxes', service)
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [app.metrics.registry], collect () { this.set(read()) } })
-  gauge('sandbox_start_queue_length', 'Requests waiting for a container start', () => pool.stats.queued)
-  gauge('sandbox_starts_in_flight', 'Containers starting now', () => pool.stats.creating)
-  gauge('sandbox_pool_warm', 'Warm containers ready to hand out', () => pool.stats.warm)
-  gauge('sandbox_pool_target', 'Warm containers the elastic pool aims for', () => pool.stats.target)
+  const sum = (read: (p: SandboxPool) => number) => () => pools.reduce((n, p) => n + read(p), 0)
+  gauge('sandbox_start_queue_length', 'Requests waiting for a container start', sum(p => p.stats.queued))
+  gauge('sandbox_starts_in_flight', 'Containers starting now', sum(p => p.stats.creating))
+  gauge('sandbox_pool_warm', 'Warm containers ready to hand out', sum(p => p.stats.warm))
+  gauge('sandbox_pool_target', 'Warm containers the elastic pool aims for', sum(p => p.stats.target))
+  void new Gauge({
+    name: 'sandbox_docker_host_up',
+    help: 'Whether each Docker host answers (1) or not (0)',
+    labelNames: ['host'],
+    registers: [app.metrics.registry],
+    collect () { for (const h of service.hosts) this.set({ host: h.name }, h.status === 'up' ? 1 : 0) }
+  })
+  void new Gauge({
+    name: 'sandbox_docker_host_sandboxes',
+    help: 'Sandboxes on each Docker host (as of the last creation or reaper round)',
+    labelNames: ['host'],
+    registers: [app.metrics.registry],
+    collect () { for (const h of service.hosts) this.set({ host: h.name }, h.live) }
+  })
   gauge('sandboxes_live', 'Sandboxes on this Docker host (all keys, as of the last creation or reaper round)', () => service.capacity.live)
   gauge('sandbox_memory_budget_used_bytes', "The sum of live sandboxes' memory limits", () => service.capacity.memory_used_mb * 1024 * 1024)
   gauge('sandbox_memory_budget_bytes', "The budget for the sum of sandboxes' memory limits", () => service.capacity.memory_budget_mb * 1024 * 1024)
   app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {
     service.setExecutionTimeout(s.execution_timeout_ms)
-    if (s.pool_size !== pool.stats.size && c.SANDBOX_ENABLED) void pool.resize(s.pool_size)
+    if (s.pool_size !== pool.stats.size && c.SANDBOX_ENABLED) for (const p of pools) void p.resize(s.pool_size)
   })
   if (c.SANDBOX_ENABLED) await service.start(opts.waitWarm ?? false)
   app.addHook('onClose', () => service.close())

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ErrorSchema, commonErrors } from '../schemas/common.js'
-import { CapacityStatusSchema, PoolStatusSchema } from '../schemas/sandboxes.js'
+import { CapacityStatusSchema, HostStatusSchema, PoolStatusSchema } from '../schemas/sandboxes.js'
 import { requireAdmin } from '../plugins/auth.js'
 import { openSse } from './sse.js'
 import type { LogLine } from '../services/log-hub.js'
@@ -14,7 +14,8 @@ const StatsSchema = Type.Object({
   sessions: Type.Integer({ description: "this key's sessions (every key's for admin keys), up to 1000" }),
   sandboxes: Type.Integer({ description: "this key's sandboxes (every key's for admin keys)" }),
   pool: PoolStatusSchema,
-  capacity: CapacityStatusSchema
+  capacity: CapacityStatusSchema,
+  hosts: Type.Array(HostStatusSchema)
 })
 
 type MetricJson = { name: string, values: Array<{ value: number, metricName?: string }> }
@@ -37,7 +38,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       sessions: sessions.items.length,
       sandboxes: sandboxes.length,
       pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts },
-      capacity: app.sandboxes.capacity
+      capacity: app.sandboxes.capacity,
+      hosts: app.sandboxes.hosts
     }
   })
 

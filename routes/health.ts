@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { CapacityStatusSchema, PoolStatusSchema, RecoveryStatusSchema } from '../schemas/sandboxes.js'
+import { CapacityStatusSchema, HostStatusSchema, PoolStatusSchema, RecoveryStatusSchema } from '../schemas/sandboxes.js'
 
 const HealthSchema = Type.Object({ status: Type.Literal('ok'), version: Type.String(), model: Type.Union([Type.String(), Type.Null()]) })
 const ReadySchema = Type.Object({
@@ -8,7 +8,8 @@ const ReadySchema = Type.Object({
   checks: Type.Record(Type.String(), Type.String()),
   pool: Type.Optional(PoolStatusSchema),
   capacity: Type.Optional(CapacityStatusSchema),
-  recovery: Type.Optional(RecoveryStatusSchema)
+  recovery: Type.Optional(RecoveryStatusSchema),
+  hosts: Type.Optional(Type.Array(HostStatusSchema))
 })
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
@@ -27,8 +28,11 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     checks.store = await app.store.ping().then(() => 'ok', (err: Error) => `down: ${app.store.kind === 'redis' ? 'redis unreachable' : err.message}`)
     let sandboxes
     if (app.config.SANDBOX_ENABLED) {
-      Object.assign(checks, await app.sandboxes.pool.health())
-      sandboxes = { pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }, capacity: app.sandboxes.capacity, recovery: app.sandboxes.recovery }
+      // Ready while any Docker host answers (with its image): new sandboxes go there.
+      const healths = await Promise.all(app.sandboxes.pools.map(p => p.health()))
+      Object.assign(checks, healths.find(h => h.docker === 'ok' && h.image === 'ok') ?? healths[0])
+      const hosts = app.sandboxes.hosts
+      sandboxes = { pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }, capacity: app.sandboxes.capacity, recovery: app.sandboxes.recovery, hosts }
     }
     // Recovery does not hold readiness back: a sandbox not yet re-adopted is attached on its first request.
     const ready = Object.values(checks).every(v => v === 'ok')

@@ -72,7 +72,8 @@ export const EnvSchema = Type.Object({
   MAX_UPLOAD_BYTES: Int(1, 100 * 1024 * 1024),
   SANDBOX_NAMESPACE: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$', default: 'default', description: 'label value that marks this server\'s containers' }),
   SANDBOX_REAP_INTERVAL_MS: Int(50, 5000),
-  DOCKER_SOCKET: Type.String({ default: '/var/run/docker.sock' })
+  DOCKER_SOCKET: Type.String({ default: '/var/run/docker.sock' }),
+  SANDBOX_DOCKER_HOSTS: Type.Optional(Type.String({ minLength: 1, description: 'several Docker hosts, comma-separated, each name=endpoint: unix:///path, tcp://host:port (?ca=&cert=&key= paths for TLS) or ssh://user@host; default: one host, DOCKER_SOCKET' }))
 })
 export type Env = Static<typeof EnvSchema>
 

@@ -54,7 +54,9 @@ export const SandboxRecordSchema = Type.Object({
   metadata: Metadata,
   session_id: Type.Union([Type.String(), Type.Null()]),
   /** The egress allow list, when the sandbox has one. */
-  network: Type.Optional(Type.Array(Type.String()))
+  network: Type.Optional(Type.Array(Type.String())),
+  /** The Docker host it lives on (SANDBOX_DOCKER_HOSTS); absent: the first. */
+  host: Type.Optional(Type.String())
 })
 export type SandboxRecord = Static<typeof SandboxRecordSchema>
 
@@ -129,6 +131,16 @@ export const FilePathSchema = Type.Object({ id: Type.String({ maxLength: 64 }), 
 export const FileListSchema = Type.Object({ object: Type.Literal('list'), path: Type.String(), data: Type.Array(FileEntrySchema) })
 
 /** The sandbox host's load, as /v1/ready and /v1/stats show it. */
+export const HostStatusSchema = Type.Object({
+  name: Type.String(),
+  status: Type.Union([Type.Literal('up'), Type.Literal('down')]),
+  live: Type.Integer({ description: 'sandboxes on this host' }),
+  memory_used_mb: Type.Integer(),
+  warm: Type.Integer(),
+  creating: Type.Integer(),
+  queued: Type.Integer()
+}, { description: 'one Docker host (SANDBOX_DOCKER_HOSTS)' })
+
 export const PoolStatusSchema = Type.Object({
   warm: Type.Integer({ description: 'warm containers ready to hand out' }),
   creating: Type.Integer({ description: 'containers starting now' }),

@@ -170,7 +170,9 @@ async function refreshStatus () {
     ['requests / s', rate('requests_total')],
     ['request latency', latency('requests_total', 'request_seconds_total')],
     ['executions / s', rate('executions_total')],
-    ['execution time', latency('executions_total', 'execution_seconds_total')]
+    ['execution time', latency('executions_total', 'execution_seconds_total')],
+    // One card per Docker host when there are several (SANDBOX_DOCKER_HOSTS).
+    ...(stats.hosts?.length > 1 ? stats.hosts.map(h => [`host ${h.name}`, `${h.status} · ${h.live} sandboxes · ${h.warm} warm`, h.status === 'up']) : [])
   ]
   previous = { at: now, stats }
   $('#cards').replaceChildren(...cards.map(([label, value, ok]) =>

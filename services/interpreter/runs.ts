@@ -202,10 +202,15 @@ export class RunManager {
   private executor (run: ActiveRun, session: Session, timeoutMs?: number, also?: (e: ExecutionEvent) => void): TurnDeps['execute'] {
     return async (language, code, ownEvent) => {
       const onEvent = also ? (e: ExecutionEvent) => { ownEvent?.(e); also(e) } : ownEvent
+      const before = session.sandbox_id
       const record = await this.sessionSandbox(session, run.abort.signal)
       run.executing = record
       try {
-        return await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent)
+        // The session had a sandbox that is gone (lost with its host, or reaped): this run has a fresh one, and says so.
+        const note = before && before !== record.id ? '[this session\'s sandbox was lost (reaped, or its host came back without it); this run has a fresh one and earlier variables and files are gone]\n' : ''
+        if (note) onEvent?.({ type: 'stderr', text: note })
+        const execution = await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent)
+        return note ? { ...execution, stderr: note + execution.stderr, state_lost: true } : execution
       } finally {
         run.executing = null
       }

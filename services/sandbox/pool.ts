@@ -21,6 +21,8 @@ export interface PoolOptions {
   namespace: string
   /** This server process, written on every container it makes. */
   instance: string
+  /** The name of the Docker host this pool starts containers on (SANDBOX_DOCKER_HOSTS). */
+  host?: string
   readyTimeoutMs?: number
   /** Containers starting at once; the other starts wait their turn. */
   startConcurrency?: number
@@ -96,6 +98,7 @@ export class SandboxPool {
 
   get limits (): SandboxLimits { return this.opts.limits }
   get instance (): string { return this.opts.instance }
+  get host (): string { return this.opts.host ?? 'local' }
   private get max (): number { return Math.max(this.opts.size, this.opts.max ?? this.opts.size) }
   private get concurrency (): number { return this.opts.startConcurrency ?? 2 }
   private get queueTimeoutMs (): number { return this.opts.queueTimeoutMs ?? 30_000 }

@@ -4,7 +4,7 @@ import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, type AllowR
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
-import { AppError, CapacityExhausted, SandboxNotFound } from '../errors.js'
+import { AppError, CapacityExhausted, DependencyError, SandboxNotFound } from '../errors.js'
 import type { SandboxPool, Logger } from './pool.js'
 import type { SandboxHandle } from './sandbox.js'
 import type { ImageProfile } from './image.js'
@@ -25,6 +25,8 @@ const PROXY_ENV: Record<string, string> = {
 }
 
 export interface SandboxServiceOptions {
+  /** How often each Docker host is pinged (a host that does not answer is marked down). */
+  hostCheckMs?: number
   /** The egress proxies of sandboxes with a network policy (needs the agent directories); without it, no network. */
   egress?: EgressProxy
   /** What user keys may allow (SANDBOX_EGRESS_ALLOWED). */
@@ -64,7 +66,14 @@ export interface SandboxServiceOptions {
 export interface RecoveryState { state: 'pending' | 'running' | 'done' | 'failed', total: number, adopted: number, removed: number, orphans_removed: number }
 
 /** Creations under way in this process, counted against the limits before their records exist. */
-interface Reserved { count: number, memoryMb: number, byOwner: Map<string, number> }
+interface Reserved { count: number, memoryMb: number, byOwner: Map<string, number>, byHost: Map<string, { count: number, memoryMb: number }> }
+
+/** Each Docker host's state, for /v1/ready, /v1/stats and the metrics. */
+export interface HostStatus { name: string, status: 'up' | 'down', live: number, memory_used_mb: number, warm: number, creating: number, queued: number }
+
+function hostUnavailable (host: string): AppError {
+  return new AppError(503, 'sandbox_host_unavailable', `The Docker host of this sandbox (${host}) cannot be reached; its sandboxes come back when it does`, 'unavailable_error', { retry_after: 5 })
+}
 
 export class SandboxService {
   private readonly live = new Map<string, SandboxHandle>()
@@ -73,12 +82,69 @@ export class SandboxService {
   /** When each sandbox's use was last written to the store, and a pending write of a later one. */
   private readonly touches = new Map<string, { at: number, timer?: NodeJS.Timeout }>()
   private reaper: NodeJS.Timeout | null = null
-  private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map() }
+  private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map(), byHost: new Map() }
   private usage = { live: 0, memoryMb: 0 }
+  /** Sandboxes and memory per host, as of the last listing. */
+  private usageByHost = new Map<string, { live: number, memoryMb: number }>()
+  /** Hosts whose Docker daemon does not answer: their sandboxes are 503 sandbox_host_unavailable, new ones go elsewhere. */
+  private readonly down = new Set<string>()
+  private hostCheck: NodeJS.Timeout | null = null
+  readonly pools: SandboxPool[]
+  /** The first host's pool (the only one with one host). */
+  readonly pool: SandboxPool
+  private readonly byHost: Map<string, SandboxPool>
   readonly recovery: RecoveryState = { state: 'pending', total: 0, adopted: 0, removed: 0, orphans_removed: 0 }
   private recovering: Promise<void> = Promise.resolve()
 
-  constructor (readonly pool: SandboxPool, private readonly store: Store, private readonly opts: SandboxServiceOptions, private readonly log: Logger) {}
+  constructor (pools: SandboxPool | SandboxPool[], private readonly store: Store, private readonly opts: SandboxServiceOptions, private readonly log: Logger) {
+    this.pools = Array.isArray(pools) ? pools : [pools]
+    this.pool = this.pools[0]
+    this.byHost = new Map(this.pools.map(p => [p.host, p]))
+  }
+
+  /** The pool of the host a sandbox lives on (records from before several hosts live on the first). */
+  private poolOf (record: SandboxRecord): SandboxPool {
+    const name = record.host ?? this.pool.host
+    const pool = this.byHost.get(name)
+    if (!pool) throw hostUnavailable(`${name}, not in SANDBOX_DOCKER_HOSTS`)
+    return pool
+  }
+
+  /** Pings every host; a host that stops answering is marked down (and up again when it answers). */
+  private async checkHosts (): Promise<void> {
+    await Promise.all(this.pools.map(async (pool) => {
+      const up = await Promise.race([
+        pool.docker.ping().then(() => true, () => false),
+        new Promise<boolean>(resolve => setTimeout(() => resolve(false), 2000).unref())
+      ])
+      if (up && this.down.delete(pool.host)) this.log.info({ host: pool.host }, 'docker host is back')
+      if (!up && !this.down.has(pool.host)) {
+        this.down.add(pool.host)
+        this.log.warn({ host: pool.host }, 'docker host unreachable')
+      }
+    }))
+  }
+
+  /** Each host's state. */
+  get hosts (): HostStatus[] {
+    return this.pools.map(pool => {
+      const used = this.usageByHost.get(pool.host) ?? { live: 0, memoryMb: 0 }
+      const stats = pool.stats
+      return { name: pool.host, status: this.down.has(pool.host) ? 'down' : 'up', live: used.live, memory_used_mb: used.memoryMb, warm: stats.warm, creating: stats.creating, queued: stats.queued }
+    })
+  }
+
+  private countByHost (records: SandboxRecord[]): void {
+    const by = new Map<string, { live: number, memoryMb: number }>()
+    for (const r of records) {
+      const name = r.host ?? this.pool.host
+      const u = by.get(name) ?? { live: 0, memoryMb: 0 }
+      u.live++
+      u.memoryMb += r.memory_mb
+      by.set(name, u)
+    }
+    this.usageByHost = by
+  }
 
   /**
    * Starts the pool and the reaper; re-adopting the containers that stored sandboxes reference and removing orphans
@@ -86,15 +152,17 @@ export class SandboxService {
    * both the recovery and the pool's first fill.
    */
   async start (wait = false): Promise<void> {
-    const health = await this.pool.health()
-    if (health.docker === 'ok') {
+    await this.checkHosts()
+    if (this.down.size < this.pools.length) {
       this.recovering = this.recover().catch((err: Error) => {
         this.recovery.state = 'failed'
         this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up')
       })
     }
     if (wait) await this.recovering
-    await this.pool.start(wait)
+    await Promise.all(this.pools.filter(p => !this.down.has(p.host)).map(p => p.start(wait)))
+    this.hostCheck = setInterval(() => { void this.checkHosts() }, this.opts.hostCheckMs ?? 2000)
+    this.hostCheck.unref()
     this.reaper = setInterval(() => {
       this.sweep().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
     }, this.opts.reapIntervalMs ?? 5000)
@@ -110,7 +178,14 @@ export class SandboxService {
     Object.assign(this.recovery, { state: 'running', total: records.length })
     await eachLimited(records, this.opts.recoveryConcurrency ?? 8, async (record) => {
       if (this.live.has(record.id)) return // a request already attached to it
-      const handle = await this.pool.adopt(record.container_id).catch(() => null)
+      const pool = this.byHost.get(record.host ?? this.pool.host)
+      if (!pool || this.down.has(pool.host)) return // kept: it is re-adopted when its host answers
+      let handle: SandboxHandle | null
+      try {
+        handle = await pool.adopt(record.container_id)
+      } catch {
+        return // the host failed meanwhile: kept as well
+      }
       if (handle) {
         this.track(record.id, handle, record)
         this.recovery.adopted++
@@ -129,6 +204,7 @@ export class SandboxService {
   private async sweep (): Promise<void> {
     const records = await this.store.listSandboxes()
     this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
+    this.countByHost(records)
     await this.reap(records)
     if (this.opts.isLive) await this.removeOrphans(records)
   }
@@ -145,12 +221,15 @@ export class SandboxService {
       return live.get(instance)!
     }
     let removed = 0
-    await eachLimited(await this.pool.containers(), this.opts.recoveryConcurrency ?? 8, async ({ id, instance, dir }) => {
-      if (referenced.has(id) || instance === this.pool.instance) return
-      if (instance && await isLive(instance)) return
-      await this.pool.remove(id, dir).catch(() => {})
-      removed++
-    })
+    for (const pool of this.pools.filter(p => !this.down.has(p.host))) {
+      const containers = await pool.containers().catch(() => [])
+      await eachLimited(containers, this.opts.recoveryConcurrency ?? 8, async ({ id, instance, dir }) => {
+        if (referenced.has(id) || instance === pool.instance) return
+        if (instance && await isLive(instance)) return
+        await pool.remove(id, dir).catch(() => {})
+        removed++
+      })
+    }
     if (removed) this.log.info({ removed }, 'orphan containers removed')
     return removed
   }
@@ -161,7 +240,7 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
     // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
     const { egress } = this.opts
-    const dir = this.pool.agentDirOf(handle.containerId)
+    const dir = this.byHost.get(record.host ?? this.pool.host)?.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
       egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)))
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
@@ -189,10 +268,10 @@ export class SandboxService {
     if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
-    const release = this.admit(principal.name, memoryMb, await this.store.listSandboxes())
+    const { release, pool } = this.admit(principal.name, memoryMb, await this.store.listSandboxes())
     let handle: SandboxHandle
     try {
-      handle = await this.pool.acquire(signal)
+      handle = await pool.acquire(signal)
     } catch (err) {
       release()
       throw err
@@ -205,7 +284,9 @@ export class SandboxService {
       const id = `sbx_${randomBytes(12).toString('base64url')}`
       let env = spec.env ?? {}
       if (rules.length) {
-        await this.opts.egress!.open(id, this.pool.agentDirOf(handle.containerId)!, rules)
+        const dir = pool.agentDirOf(handle.containerId)
+        if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
+        await this.opts.egress!.open(id, dir, rules)
         await handle.enableEgress()
         env = { ...PROXY_ENV, ...env }
       }
@@ -223,7 +304,8 @@ export class SandboxService {
         memory_mb: memoryMb,
         metadata: spec.metadata ?? {},
         session_id: sessionId,
-        ...(rules.length ? { network: rules.map(r => r.text) } : {})
+        ...(rules.length ? { network: rules.map(r => r.text) } : {}),
+        ...(this.pools.length > 1 ? { host: pool.host } : {})
       }
       signal?.throwIfAborted()
       await this.store.saveSandbox(record)
@@ -232,7 +314,7 @@ export class SandboxService {
       return record
     } catch (err) {
       handle.agent.close()
-      await this.pool.remove(handle.containerId).catch(() => {})
+      await pool.remove(handle.containerId).catch(() => {})
       throw err
     } finally {
       release()
@@ -246,7 +328,7 @@ export class SandboxService {
   networkRules (principal: Principal, policy: unknown, trusted = false): AllowRule[] {
     const rules = parsePolicy(policy)
     checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
-    if (rules.length && !(this.opts.egress && this.pool.hasAgentDirs)) {
+    if (rules.length && !(this.opts.egress && this.pools.some(p => p.hasAgentDirs))) {
       throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket and runc')
     }
     return rules
@@ -256,36 +338,58 @@ export class SandboxService {
    * Counts a creation against the per-key limit, the host's count and its memory budget (stored sandboxes plus the
    * creations under way here), or refuses it; the returned function gives the reservation back.
    */
-  private admit (owner: string, memoryMb: number, records: SandboxRecord[]): () => void {
+  private admit (owner: string, memoryMb: number, records: SandboxRecord[]): { release: () => void, pool: SandboxPool } {
     const r = this.reserved
     const own = records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
     if (own >= this.opts.maxPerKey) {
       throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
     }
-    const count = records.length + r.count
-    const usedMb = records.reduce((sum, x) => sum + x.memory_mb, 0) + r.memoryMb
-    this.usage = { live: records.length, memoryMb: usedMb - r.memoryMb }
-    if (count >= this.opts.maxSandboxes) {
-      this.opts.onRejected?.('max_sandboxes')
-      throw CapacityExhausted(`This server holds its most sandboxes (${this.opts.maxSandboxes}); try again later`, nextExpiry(records))
+    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
+    this.countByHost(records)
+    // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
+    // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
+    const up = this.pools.filter(p => !this.down.has(p.host))
+    if (!up.length) throw hostUnavailable(this.pools.map(p => p.host).join(', '))
+    let best: { pool: SandboxPool, slots: number, memory: number } | null = null
+    let full: 'max_sandboxes' | 'memory_budget' = 'max_sandboxes'
+    for (const pool of up) {
+      const used = this.usageByHost.get(pool.host) ?? { live: 0, memoryMb: 0 }
+      const reserved = r.byHost.get(pool.host) ?? { count: 0, memoryMb: 0 }
+      const slots = this.opts.maxSandboxes - used.live - reserved.count
+      const memory = this.opts.memoryBudgetMb - used.memoryMb - reserved.memoryMb
+      if (slots <= 0) continue
+      if (memory < memoryMb) {
+        full = 'memory_budget'
+        continue
+      }
+      if (!best || slots > best.slots || (slots === best.slots && memory > best.memory)) best = { pool, slots, memory }
     }
-    if (usedMb + memoryMb > this.opts.memoryBudgetMb) {
-      this.opts.onRejected?.('memory_budget')
-      throw CapacityExhausted(`The sandboxes' memory budget is used (${usedMb} of ${this.opts.memoryBudgetMb} MB; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
+    if (!best) {
+      this.opts.onRejected?.(full)
+      throw CapacityExhausted(full === 'max_sandboxes'
+        ? `This server holds its most sandboxes (${this.opts.maxSandboxes} per Docker host); try again later`
+        : `The sandboxes' memory budget is used (${this.opts.memoryBudgetMb} MB per Docker host; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
     }
+    const host = best.pool.host
+    const onHost = r.byHost.get(host) ?? { count: 0, memoryMb: 0 }
+    r.byHost.set(host, { count: onHost.count + 1, memoryMb: onHost.memoryMb + memoryMb })
     r.count++
     r.memoryMb += memoryMb
     r.byOwner.set(owner, (r.byOwner.get(owner) ?? 0) + 1)
     let released = false
-    return () => {
+    const release = () => {
       if (released) return
       released = true
       r.count--
       r.memoryMb -= memoryMb
+      const h = r.byHost.get(host)!
+      if (h.count <= 1) r.byHost.delete(host)
+      else r.byHost.set(host, { count: h.count - 1, memoryMb: h.memoryMb - memoryMb })
       const left = (r.byOwner.get(owner) ?? 1) - 1
       if (left > 0) r.byOwner.set(owner, left)
       else r.byOwner.delete(owner)
     }
+    return { release, pool: best.pool }
   }
 
   /** Sandboxes and the memory their limits take (read from the store at each creation and reaper round, kept since), plus creations under way. */
@@ -317,13 +421,24 @@ export class SandboxService {
 
   /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
   async handle (record: SandboxRecord): Promise<SandboxHandle> {
+    const pool = this.poolOf(record)
+    // A host that does not answer: even a connection that still works is not used (the host cannot be managed).
+    if (this.down.has(pool.host)) throw hostUnavailable(pool.host)
     const known = this.live.get(record.id)
     if (known?.agent.alive) return known
-    const handle = await this.pool.adopt(record.container_id)
+    let handle: SandboxHandle | null
+    try {
+      handle = await pool.adopt(record.container_id)
+    } catch (err) {
+      if (!(err instanceof DependencyError)) throw err
+      this.down.add(pool.host)
+      this.log.warn({ host: pool.host, err: err.message }, 'docker host unreachable')
+      throw hostUnavailable(pool.host)
+    }
     if (!handle) {
       await this.store.deleteSandbox(record.id)
-      this.log.warn({ sandbox: record.id }, 'sandbox container was gone')
-      throw new AppError(404, 'sandbox_not_found', 'Sandbox not found (its container has stopped)', 'sandbox_error')
+      this.log.warn({ sandbox: record.id, host: pool.host }, 'sandbox container was gone')
+      throw new AppError(410, 'sandbox_lost', 'The sandbox is gone (its container stopped, or its host came back without it); its variables and files are lost', 'sandbox_error')
     }
     this.track(record.id, handle, record)
     return handle
@@ -334,7 +449,7 @@ export class SandboxService {
     this.forget(record.id)
     handle?.agent.close()
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
-    await this.pool.remove(record.container_id)
+    await this.poolOf(record).remove(record.container_id)
     await this.store.deleteSandbox(record.id)
     this.usage = { live: Math.max(0, this.usage.live - 1), memoryMb: Math.max(0, this.usage.memoryMb - record.memory_mb) }
   }
@@ -420,7 +535,7 @@ export class SandboxService {
    * one process to the host; killed by hand; Docker restarted): its record goes, and the caller learns why.
    */
   private async lost (record: SandboxRecord): Promise<AppError> {
-    const end = await this.pool.endState(record.container_id)
+    const end = await this.poolOf(record).endState(record.container_id)
     await this.destroy(record).catch((err: Error) => this.log.warn({ sandbox: record.id, err: err.message }, 'could not remove a stopped sandbox'))
     const oom = end?.oomKilled === true
     this.log.warn({ sandbox: record.id, oom, exit_code: end?.exitCode }, 'a sandbox stopped during an execution')
@@ -469,18 +584,20 @@ export class SandboxService {
   /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
   async close (): Promise<void> {
     if (this.reaper) clearInterval(this.reaper)
+    if (this.hostCheck) clearInterval(this.hostCheck)
     await this.opts.egress?.closeAll()
     await this.recovering
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of this.live) {
       handle.agent.close()
-      if (!keep) {
-        await this.pool.remove(handle.containerId).catch(() => {})
+      const record = this.records.get(id)
+      if (!keep && record) {
+        await this.poolOf(record).remove(handle.containerId).catch(() => {})
         await this.store.deleteSandbox(id).catch(() => {})
       }
     }
     for (const id of [...this.live.keys()]) this.forget(id)
-    await this.pool.close()
+    await Promise.all(this.pools.map(p => p.close()))
   }
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A second Docker daemon on this machine, for the several-hosts tests: its own socket, data root, exec root and pid
+# file, no iptables or bridge changes (sandboxes have no network), live-restore so that stopping it leaves its
+# containers running (a host that goes away and comes back). `start` also loads the sandbox image into it.
+# Usage: bash scripts/second-dockerd.sh start|stop
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=/run/is-docker2
+SOCK=$DIR/docker.sock
+say () { printf '[second-dockerd] %s\n' "$*"; }
+d2 () { docker -H "unix://$SOCK" "$@"; }
+case "${1:-}" in
+  start)
+    if ! d2 info >/dev/null 2>&1; then
+      mkdir -p "$DIR" /var/lib/is-docker2
+      nohup dockerd --host "unix://$SOCK" --data-root /var/lib/is-docker2 --exec-root "$DIR/exec" --pidfile "$DIR/dockerd.pid" \
+        --iptables=false --ip6tables=false --bridge=none --ip-masq=false --live-restore >/var/log/is-docker2.log 2>&1 &
+      for _ in $(seq 1 60); do d2 info >/dev/null 2>&1 && break; sleep 0.5; done
+      d2 info >/dev/null 2>&1 || { say "did not come up; see /var/log/is-docker2.log"; exit 1; }
+    fi
+    tag=$(npx --no-install tsx -e "import('./services/sandbox/image.ts').then(m => console.log(m.sandboxImageTag()))")
+    if ! d2 image inspect "$tag" >/dev/null 2>&1; then
+      say "loading $tag"
+      docker save "$tag" | d2 load -q
+    fi
+    say "ready at unix://$SOCK with $tag"
+    ;;
+  stop)
+    if [ -f "$DIR/dockerd.pid" ]; then kill "$(cat "$DIR/dockerd.pid")" 2>/dev/null || true; fi
+    for _ in $(seq 1 40); do d2 info >/dev/null 2>&1 || break; sleep 0.25; done
+    say "stopped"
+    ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,125 @@
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import Docker from 'dockerode'
+import type { FastifyInstance } from 'fastify'
+import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import type { Config } from '../../services/config.js'
+
+// Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, started by .ci/run),
+// two server replicas sharing one Redis, sandboxes spread over both hosts.
+const SECOND = '/run/is-docker2/docker.sock'
+const hostsSpec = `one=unix:///var/run/docker.sock,two=unix://${SECOND}`
+const dockers = { one: new Docker(), two: new Docker({ socketPath: SECOND }) }
+const alice = auth(KEYS.alice)
+let config: Config
+const apps: FastifyInstance[] = []
+const daemon = (action: 'start' | 'stop') => execFileSync('bash', ['scripts/second-dockerd.sh', action], { stdio: 'ignore' })
+
+t.before(async () => {
+  await dockers.two.ping().catch(() => { throw new Error(`these tests need a second Docker daemon at ${SECOND}: bash scripts/second-dockerd.sh start`) })
+  config = await sandboxConfig({ SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '40', SANDBOX_KEEP_ON_CLOSE: 'true' })
+  apps.push(await build(t, config), await build(t, config))
+})
+t.teardown(async () => {
+  daemon('start')
+  for (const docker of Object.values(dockers)) {
+    for (const c of await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${config.SANDBOX_NAMESPACE}`] } })) {
+      await docker.getContainer(c.Id).remove({ force: true }).catch(() => {})
+    }
+  }
+  await flushPrefix(REDIS_URL, config.REDIS_PREFIX)
+})
+
+const calls = (i: number) => sandboxCalls(() => apps[i])
+const hostOf = async (id: string) => (await apps[0].store.getSandbox(id))!.host
+const status = async (app: FastifyInstance, id: string, code: string) => {
+  const res = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code } })
+  return { status: res.statusCode, body: res.json() }
+}
+async function until (what: string, check: () => Promise<boolean>, ms = 20000): Promise<void> {
+  const end = Date.now() + ms
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`)
+    await sleep(200)
+  }
+}
+const ids: string[] = []
+
+t.test('20 sandboxes created through two replicas land on both hosts by capacity, each keeps its state', async (t) => {
+  for (let i = 0; i < 20; i++) {
+    const id = await calls(i % 2).newSandbox()
+    ids.push(id)
+    await calls(i % 2).run(id, `x = ${i}`)
+  }
+  const placement: Record<string, number> = {}
+  for (const id of ids) placement[(await hostOf(id))!] = (placement[(await hostOf(id))!] ?? 0) + 1
+  t.same(placement, { one: 10, two: 10 }, 'spread evenly: each new sandbox goes to the host with the most free slots')
+  process.stdout.write(`# placement: ${JSON.stringify(placement)}\n`)
+  for (const [i, id] of ids.entries()) {
+    t.equal((await calls((i + 1) % 2).run(id, 'print(x)')).stdout, `${i}\n`, `the other replica serves ${id} on ${await hostOf(id)}, state kept`)
+  }
+  const ready = (await apps[0].inject({ method: 'GET', url: '/v1/ready' })).json()
+  t.match(ready.hosts, [{ name: 'one', status: 'up', live: 10 }, { name: 'two', status: 'up', live: 10 }], '/v1/ready shows each host')
+  const metrics = (await apps[0].inject({ method: 'GET', url: '/metrics', headers: auth(KEYS.admin) })).body
+  t.match(metrics, /sandbox_docker_host_up\{host="two"\} 1/)
+})
+
+t.test('a host that goes down: its sandboxes are 503s, the other host serves and takes new ones; back with state when it returns', async (t) => {
+  const onTwo: string[] = []
+  const onOne: string[] = []
+  for (const id of ids) ((await hostOf(id)) === 'two' ? onTwo : onOne).push(id)
+  daemon('stop')
+  await until('host two is marked down', async () => (await status(apps[0], onTwo[0], 'print(x)')).status === 503)
+  const down = await status(apps[1], onTwo[1], 'print(x)')
+  t.match(down, { status: 503, body: { error: { code: 'sandbox_host_unavailable' } } }, 'another replica says the same')
+  t.equal((await calls(0).run(onOne[0], 'print(x)')).stdout.length > 0, true, 'host one keeps working')
+  const fresh = await calls(1).newSandbox()
+  t.equal(await hostOf(fresh), 'one', 'new sandboxes go to the host that answers')
+  const ready = (await apps[0].inject({ method: 'GET', url: '/v1/ready' })).json()
+  t.equal(ready.status, 'ready', 'still ready: one host answers')
+  t.match(ready.hosts, [{ name: 'one', status: 'up' }, { name: 'two', status: 'down' }])
+  await apps[1].inject({ method: 'DELETE', url: `/v1/sandboxes/${fresh}`, headers: alice })
+
+  daemon('start') // live-restore: its containers kept running while the daemon was away
+  await until('host two is back', async () => (await status(apps[0], onTwo[0], 'print(x)')).status === 200)
+  for (const id of onTwo) {
+    t.equal((await calls(1).run(id, 'print(x)')).stdout, `${ids.indexOf(id)}\n`, `${id} is back with its state`)
+  }
+})
+
+t.test('a host that comes back without a sandbox: 410 sandbox_lost; a session then gets a fresh sandbox and is told', async (t) => {
+  let victim = ''
+  for (const id of ids) if (!victim && (await hostOf(id)) === 'two') victim = id
+  const record = (await apps[0].store.getSandbox(victim))!
+  await dockers.two.getContainer(record.container_id).remove({ force: true })
+  await until('the loss is seen', async () => (await status(apps[0], victim, 'print(x)')).status === 410)
+  t.equal((await apps[1].inject({ method: 'GET', url: `/v1/sandboxes/${victim}`, headers: alice })).statusCode, 404, 'its record is gone')
+
+  const session = (await apps[0].inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
+  const first = await (await apps[0].runs.executeDirect(session, 'python', 'y = 5\nprint(y)')).done
+  t.equal(first.execution?.stdout, '5\n')
+  const stored = (await apps[0].store.getSession(session.id))!
+  const sandbox = (await apps[0].store.getSandbox(stored.sandbox_id!))!
+  await dockers[(sandbox.host ?? 'one') as 'one' | 'two'].getContainer(sandbox.container_id).remove({ force: true })
+  await until('the loss is seen', async () => {
+    const run = await (await apps[1].runs.executeDirect(stored, 'python', 'print(1)')).done
+    return run.error?.code === 'sandbox_lost'
+  })
+  const again = await (await apps[1].runs.executeDirect((await apps[1].store.getSession(session.id))!, 'python', 'print("y" in globals())')).done
+  t.equal(again.execution?.stdout, 'False\n', 'a fresh sandbox')
+  t.equal(again.execution?.state_lost, true, 'and the run says its state was lost')
+  t.match(again.execution?.stderr, /sandbox was lost/)
+})
+
+t.test('a restarted replica re-adopts sandboxes on both hosts, state intact', async (t) => {
+  await apps[0].close()
+  apps[0] = await build(t, config)
+  const alive = []
+  for (const id of ids) if (await apps[0].store.getSandbox(id)) alive.push(id)
+  const hosts = new Set<string>()
+  for (const id of alive) {
+    t.equal((await calls(0).run(id, 'print(x)')).stdout, `${ids.indexOf(id)}\n`)
+    hosts.add((await hostOf(id))!)
+  }
+  t.same([...hosts].sort(), ['one', 'two'])
+})
