@@ -30,6 +30,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const admin = request.principal.role === 'admin'
     const sessions = await app.sessions.list(request.principal, { limit: 1000, offset: 0 }, admin)
     const sandboxes = admin ? await app.store.listSandboxes() : await app.store.listSandboxes(request.principal.name)
+    await app.sandboxes.refreshCounts()
     return {
       requests_total: sum('http_requests_total'),
       request_seconds_total: sum('http_request_duration_seconds', 'http_request_duration_seconds_sum'),

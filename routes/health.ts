@@ -31,6 +31,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       // Ready while any Docker host answers (with its image): new sandboxes go there.
       const healths = await Promise.all(app.sandboxes.pools.map(p => p.health()))
       Object.assign(checks, healths.find(h => h.docker === 'ok' && h.image === 'ok') ?? healths[0])
+      await app.sandboxes.refreshCounts().catch(() => {}) // the store's check above says when it is down
       const hosts = app.sandboxes.hosts
       sandboxes = { pool: { ...app.sandboxes.pool.stats, ...app.sandboxes.counts }, capacity: app.sandboxes.capacity, recovery: app.sandboxes.recovery, hosts }
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A second Docker daemon on this machine, for the several-hosts tests: its own socket, data root, exec root and pid
-# file, no iptables or bridge changes (sandboxes have no network), live-restore so that stopping it leaves its
+# file and bridge, no iptables changes (sandboxes have no network), live-restore so that stopping it leaves its
 # containers running (a host that goes away and comes back). `start` also loads the sandbox image into it.
 # Usage: bash scripts/second-dockerd.sh start|stop
 set -euo pipefail
@@ -13,8 +13,15 @@ case "${1:-}" in
   start)
     if ! d2 info >/dev/null 2>&1; then
       mkdir -p "$DIR" /var/lib/is-docker2
+      if [ -f "$DIR/dockerd.pid" ] && ! kill -0 "$(cat "$DIR/dockerd.pid")" 2>/dev/null; then rm -f "$DIR/dockerd.pid"; fi
+      # A bridge of its own: with --bridge=none dockerd deletes docker0, which the first daemon still uses.
+      if ! ip link show isdocker2 >/dev/null 2>&1; then
+        ip link add name isdocker2 type bridge
+        ip addr add 172.31.250.1/24 dev isdocker2
+        ip link set isdocker2 up
+      fi
       nohup dockerd --host "unix://$SOCK" --data-root /var/lib/is-docker2 --exec-root "$DIR/exec" --pidfile "$DIR/dockerd.pid" \
-        --iptables=false --ip6tables=false --bridge=none --ip-masq=false --live-restore >/var/log/is-docker2.log 2>&1 &
+        --iptables=false --ip6tables=false --bridge=isdocker2 --ip-masq=false --live-restore >/var/log/is-docker2.log 2>&1 &
       for _ in $(seq 1 60); do d2 info >/dev/null 2>&1 && break; sleep 0.5; done
       d2 info >/dev/null 2>&1 || { say "did not come up; see /var/log/is-docker2.log"; exit 1; }
     fi
@@ -26,8 +33,12 @@ case "${1:-}" in
     say "ready at unix://$SOCK with $tag"
     ;;
   stop)
-    if [ -f "$DIR/dockerd.pid" ]; then kill "$(cat "$DIR/dockerd.pid")" 2>/dev/null || true; fi
-    for _ in $(seq 1 40); do d2 info >/dev/null 2>&1 || break; sleep 0.25; done
+    if [ -f "$DIR/dockerd.pid" ]; then
+      pid=$(cat "$DIR/dockerd.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done # until it has exited
+      rm -f "$DIR/dockerd.pid"
+    fi
     say "stopped"
     ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;

@@ -311,6 +311,7 @@ export class SandboxService {
       await this.store.saveSandbox(record)
       this.track(record.id, handle, record)
       this.usage = { live: this.usage.live + 1, memoryMb: this.usage.memoryMb + memoryMb }
+      this.countOn(pool.host, 1, memoryMb)
       return record
     } catch (err) {
       handle.agent.close()
@@ -452,6 +453,20 @@ export class SandboxService {
     await this.poolOf(record).remove(record.container_id)
     await this.store.deleteSandbox(record.id)
     this.usage = { live: Math.max(0, this.usage.live - 1), memoryMb: Math.max(0, this.usage.memoryMb - record.memory_mb) }
+    this.countOn(record.host ?? this.pool.host, -1, record.memory_mb)
+  }
+
+  /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
+  async refreshCounts (): Promise<void> {
+    const records = await this.store.listSandboxes()
+    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
+    this.countByHost(records)
+  }
+
+  /** Keeps a host's counts current between listings (creations and removals of this process). */
+  private countOn (host: string, sandboxes: number, memoryMb: number): void {
+    const u = this.usageByHost.get(host) ?? { live: 0, memoryMb: 0 }
+    this.usageByHost.set(host, { live: Math.max(0, u.live + sandboxes), memoryMb: Math.max(0, u.memoryMb + sandboxes * memoryMb) })
   }
 
   /**
