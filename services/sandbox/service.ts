@@ -89,6 +89,7 @@ export class SandboxService {
   /** Hosts whose Docker daemon does not answer: their sandboxes are 503 sandbox_host_unavailable, new ones go elsewhere. */
   private readonly down = new Set<string>()
   private hostCheck: NodeJS.Timeout | null = null
+  private readonly misses = new Map<string, number>()
   readonly pools: SandboxPool[]
   /** The first host's pool (the only one with one host). */
   readonly pool: SandboxPool
@@ -110,15 +111,20 @@ export class SandboxService {
     return pool
   }
 
-  /** Pings every host; a host that stops answering is marked down (and up again when it answers). */
-  private async checkHosts (): Promise<void> {
+  /**
+   * Pings every host; a host that fails two pings in a row (3 s each) is marked down, and up again when it answers.
+   * (At start-up one failed ping is enough.)
+   */
+  private async checkHosts (first = false): Promise<void> {
     await Promise.all(this.pools.map(async (pool) => {
       const up = await Promise.race([
         pool.docker.ping().then(() => true, () => false),
-        new Promise<boolean>(resolve => setTimeout(() => resolve(false), 2000).unref())
+        new Promise<boolean>(resolve => setTimeout(() => resolve(false), 3000).unref())
       ])
+      const misses = up ? 0 : (this.misses.get(pool.host) ?? 0) + 1
+      this.misses.set(pool.host, misses)
       if (up && this.down.delete(pool.host)) this.log.info({ host: pool.host }, 'docker host is back')
-      if (!up && !this.down.has(pool.host)) {
+      if (!up && (misses >= 2 || first) && !this.down.has(pool.host)) {
         this.down.add(pool.host)
         this.log.warn({ host: pool.host }, 'docker host unreachable')
       }
@@ -152,7 +158,7 @@ export class SandboxService {
    * both the recovery and the pool's first fill.
    */
   async start (wait = false): Promise<void> {
-    await this.checkHosts()
+    await this.checkHosts(true)
     if (this.down.size < this.pools.length) {
       this.recovering = this.recover().catch((err: Error) => {
         this.recovery.state = 'failed'
@@ -350,7 +356,7 @@ export class SandboxService {
     // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
     // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
     const up = this.pools.filter(p => !this.down.has(p.host))
-    if (!up.length) throw hostUnavailable(this.pools.map(p => p.host).join(', '))
+    if (!up.length) throw new DependencyError('docker', `no Docker host answers (${this.pools.map(p => p.host).join(', ')})`)
     let best: { pool: SandboxPool, slots: number, memory: number } | null = null
     let full: 'max_sandboxes' | 'memory_budget' = 'max_sandboxes'
     for (const pool of up) {
@@ -366,10 +372,12 @@ export class SandboxService {
       if (!best || slots > best.slots || (slots === best.slots && memory > best.memory)) best = { pool, slots, memory }
     }
     if (!best) {
+      const used = [...this.usageByHost.values()].reduce((n, u) => Math.max(n, u.memoryMb), 0)
+      const memoryText = this.pools.length > 1 ? `${this.opts.memoryBudgetMb} MB on each Docker host` : `${used + r.memoryMb} of ${this.opts.memoryBudgetMb} MB`
       this.opts.onRejected?.(full)
       throw CapacityExhausted(full === 'max_sandboxes'
-        ? `This server holds its most sandboxes (${this.opts.maxSandboxes} per Docker host); try again later`
-        : `The sandboxes' memory budget is used (${this.opts.memoryBudgetMb} MB per Docker host; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
+        ? `This server holds its most sandboxes (${this.opts.maxSandboxes}${this.pools.length > 1 ? ' on each Docker host' : ''}); try again later`
+        : `The sandboxes' memory budget is used (${memoryText}; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
     }
     const host = best.pool.host
     const onHost = r.byHost.get(host) ?? { count: 0, memoryMb: 0 }
@@ -423,8 +431,9 @@ export class SandboxService {
   /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
   async handle (record: SandboxRecord): Promise<SandboxHandle> {
     const pool = this.poolOf(record)
-    // A host that does not answer: even a connection that still works is not used (the host cannot be managed).
-    if (this.down.has(pool.host)) throw hostUnavailable(pool.host)
+    // With several hosts, one that does not answer is not used even over a connection that still works (it cannot be
+    // managed, and its sandboxes should fail alike from every replica); with one host, what still works is used.
+    if (this.pools.length > 1 && this.down.has(pool.host)) throw hostUnavailable(pool.host)
     const known = this.live.get(record.id)
     if (known?.agent.alive) return known
     let handle: SandboxHandle | null
@@ -603,11 +612,11 @@ export class SandboxService {
     await this.opts.egress?.closeAll()
     await this.recovering
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
-    for (const [id, handle] of this.live) {
+    for (const [id, handle] of [...this.live]) {
+      const pool = this.byHost.get(this.records.get(id)?.host ?? this.pool.host) ?? this.pool // read before close() forgets it
       handle.agent.close()
-      const record = this.records.get(id)
-      if (!keep && record) {
-        await this.poolOf(record).remove(handle.containerId).catch(() => {})
+      if (!keep) {
+        await pool.remove(handle.containerId).catch(() => {})
         await this.store.deleteSandbox(id).catch(() => {})
       }
     }
