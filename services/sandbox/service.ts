@@ -559,7 +559,13 @@ export class SandboxService {
    * one process to the host; killed by hand; Docker restarted): its record goes, and the caller learns why.
    */
   private async lost (record: SandboxRecord): Promise<AppError> {
-    const end = await this.poolOf(record).endState(record.container_id)
+    // The agent's stream can end a moment before Docker records the container's end: wait for it (3 s at most).
+    const pool = this.poolOf(record)
+    let end = await pool.endState(record.container_id)
+    for (let i = 0; i < 20 && !end; i++) {
+      await new Promise(resolve => setTimeout(resolve, 150))
+      end = await pool.endState(record.container_id)
+    }
     await this.destroy(record).catch((err: Error) => this.log.warn({ sandbox: record.id, err: err.message }, 'could not remove a stopped sandbox'))
     const oom = end?.oomKilled === true
     this.log.warn({ sandbox: record.id, oom, exit_code: end?.exitCode }, 'a sandbox stopped during an execution')
