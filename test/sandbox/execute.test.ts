@@ -95,6 +95,7 @@ t.test('code that ignores the interrupt is killed after the grace period; state 
   const after = await run(id, 'print("alive"); "kept" in dir()')
   t.equal(after.stdout, 'alive\n')
   t.same(after.results[0].data, { 'text/plain': 'False' }, 'the restarted kernel starts empty')
+  await run(id, '1', { language: 'javascript' }) // the kernel up first: an interrupt before node has started is a kill
   const js = await run(id, 'while (true) {}', { language: 'javascript', timeout_ms: 300 })
   t.match(js.error, { code: 'execution_timeout', state_lost: false }, 'a busy javascript loop is interrupted too')
 })
