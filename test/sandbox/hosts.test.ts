@@ -69,7 +69,9 @@ t.test('a host that goes down: its sandboxes are 503s, the other host serves and
   const onOne: string[] = []
   for (const id of ids) ((await hostOf(id)) === 'two' ? onTwo : onOne).push(id)
   daemon('stop')
+  // Each replica pings on its own schedule: both mark the host down within two pings.
   await until('host two is marked down', async () => (await status(apps[0], onTwo[0], 'print(x)')).status === 503)
+  await until('the other replica too', async () => (await status(apps[1], onTwo[1], 'print(x)')).status === 503)
   const down = await status(apps[1], onTwo[1], 'print(x)')
   t.match(down, { status: 503, body: { error: { code: 'sandbox_host_unavailable' } } }, 'another replica says the same')
   t.equal((await calls(0).run(onOne[0], 'print(x)')).stdout.length > 0, true, 'host one keeps working')
