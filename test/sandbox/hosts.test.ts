@@ -84,6 +84,7 @@ t.test('a host that goes down: its sandboxes are 503s, the other host serves and
 
   daemon('start') // live-restore: its containers kept running while the daemon was away
   await until('host two is back', async () => (await status(apps[0], onTwo[0], 'print(x)')).status === 200)
+  await until('for the other replica too', async () => (await status(apps[1], onTwo[0], 'print(x)')).status === 200)
   for (const id of onTwo) {
     t.equal((await calls(1).run(id, 'print(x)')).stdout, `${ids.indexOf(id)}\n`, `${id} is back with its state`)
   }
