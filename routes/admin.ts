@@ -29,8 +29,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const sum = (name: string, metricName = name) => metrics.find(m => m.name === name)?.values.filter(v => (v.metricName ?? name) === metricName).reduce((s, v) => s + v.value, 0) ?? 0
     const admin = request.principal.role === 'admin'
     const sessions = await app.sessions.list(request.principal, { limit: 1000, offset: 0 }, admin)
-    const sandboxes = admin ? await app.store.listSandboxes() : await app.store.listSandboxes(request.principal.name)
-    await app.sandboxes.refreshCounts()
+    const all = await app.store.listSandboxes()
+    await app.sandboxes.refreshCounts(all) // one listing serves the host counts and the count shown
+    const sandboxes = admin ? all : all.filter(r => r.owner === request.principal.name)
     return {
       requests_total: sum('http_requests_total'),
       request_seconds_total: sum('http_request_duration_seconds', 'http_request_duration_seconds_sum'),

@@ -83,7 +83,6 @@ export class SandboxService {
   private readonly touches = new Map<string, { at: number, timer?: NodeJS.Timeout }>()
   private reaper: NodeJS.Timeout | null = null
   private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map(), byHost: new Map() }
-  private usage = { live: 0, memoryMb: 0 }
   /** Sandboxes and memory per host, as of the last listing. */
   private usageByHost = new Map<string, { live: number, memoryMb: number }>()
   /** Hosts whose Docker daemon does not answer: their sandboxes are 503 sandbox_host_unavailable, new ones go elsewhere. */
@@ -209,7 +208,6 @@ export class SandboxService {
   /** One reaper round: idle sandboxes, then (with a shared store) the containers of processes that died. */
   private async sweep (): Promise<void> {
     const records = await this.store.listSandboxes()
-    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
     this.countByHost(records)
     await this.reap(records)
     if (this.opts.isLive) await this.removeOrphans(records)
@@ -316,7 +314,6 @@ export class SandboxService {
       signal?.throwIfAborted()
       await this.store.saveSandbox(record)
       this.track(record.id, handle, record)
-      this.usage = { live: this.usage.live + 1, memoryMb: this.usage.memoryMb + memoryMb }
       this.countOn(pool.host, 1, memoryMb)
       return record
     } catch (err) {
@@ -351,7 +348,6 @@ export class SandboxService {
     if (own >= this.opts.maxPerKey) {
       throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
     }
-    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
     this.countByHost(records)
     // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
     // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
@@ -461,15 +457,20 @@ export class SandboxService {
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.poolOf(record).remove(record.container_id)
     await this.store.deleteSandbox(record.id)
-    this.usage = { live: Math.max(0, this.usage.live - 1), memoryMb: Math.max(0, this.usage.memoryMb - record.memory_mb) }
     this.countOn(record.host ?? this.pool.host, -1, record.memory_mb)
   }
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
-  async refreshCounts (): Promise<void> {
-    const records = await this.store.listSandboxes()
-    this.usage = { live: records.length, memoryMb: records.reduce((sum, x) => sum + x.memory_mb, 0) }
-    this.countByHost(records)
+  async refreshCounts (records?: SandboxRecord[]): Promise<void> {
+    this.countByHost(records ?? await this.store.listSandboxes())
+  }
+
+  /** Sandboxes and their memory limits on every host: the sum of the per-host counts. */
+  private get usage (): { live: number, memoryMb: number } {
+    let live = 0
+    let memoryMb = 0
+    for (const u of this.usageByHost.values()) { live += u.live; memoryMb += u.memoryMb }
+    return { live, memoryMb }
   }
 
   /** Keeps a host's counts current between listings (creations and removals of this process). */
