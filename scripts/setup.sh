@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say () { printf '[setup] %s\n' "$*"; }
-PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus)  # prometheus: promtool checks deploy/prometheus
+PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus iproute2)  # prometheus: promtool; iproute2: the second dockerd's bridge
 # SANDBOX_RUNSC=1 also installs gVisor's runsc and registers it with Docker as the `runsc` runtime (CI does).
 [ "${SANDBOX_RUNSC:-0}" = "1" ] && PACKAGES+=(runsc)
 
