@@ -20,7 +20,11 @@ const { values } = parseArgs({
     servers: { type: 'string', default: 'baseline,attach,socket' },
     concurrency: { type: 'string', default: '1,10,50' },
     n: { type: 'string', default: '3000' },
-    turns: { type: 'string', default: '60' }
+    turns: { type: 'string', default: '60' },
+    // A V8 CPU profile of each server under test (node --cpu-prof), written to this directory: where the server's time goes.
+    'cpu-prof': { type: 'string' },
+    // Every server runs at this log level: info is the shipped default (what a user runs), warn leaves logging out.
+    'log-level': { type: 'string', default: 'info' }
   }
 })
 const N = Number(values.n)
@@ -154,11 +158,12 @@ async function main (): Promise<void> {
   writeFileSync(join(modelsDir, 'models.yaml'), `default: gpt\nmodels:\n  - { name: gpt, provider: openai, model: gpt-test, base_url: "${fake.url}/v1", api_key: k }\n`)
   const conc = values.concurrency.split(',').map(Number)
   const wanted = values.servers.split(',')
-  const common = { MODELS_FILE: join(modelsDir, 'models.yaml'), POOL_SIZE: '2', SANDBOX_MEMORY_BUDGET_MB: '1000000' }
+  const common = { MODELS_FILE: join(modelsDir, 'models.yaml'), POOL_SIZE: '2', SANDBOX_MEMORY_BUDGET_MB: '1000000', LOG_LEVEL: values['log-level'] }
+  const nodeArgs = values['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${resolve(values['cpu-prof'])}`] : []
   const servers: Server[] = []
-  if (wanted.includes('baseline')) servers.push(new Server('baseline', common, baselineTree(values['baseline-rev'])))
-  if (wanted.includes('attach')) servers.push(new Server('attach', { ...common, SANDBOX_AGENT_CHANNEL: 'attach' }))
-  if (wanted.includes('socket')) servers.push(new Server('socket', { ...common, SANDBOX_AGENT_CHANNEL: 'socket' }))
+  if (wanted.includes('baseline')) servers.push(new Server('baseline', common, baselineTree(values['baseline-rev']), nodeArgs))
+  if (wanted.includes('attach')) servers.push(new Server('attach', { ...common, SANDBOX_AGENT_CHANNEL: 'attach' }, undefined, nodeArgs))
+  if (wanted.includes('socket')) servers.push(new Server('socket', { ...common, SANDBOX_AGENT_CHANNEL: 'socket' }, undefined, nodeArgs))
 
   const results: Array<{ name: string, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], rss: number }> = []
   for (const server of servers) {

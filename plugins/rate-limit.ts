@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import rateLimit from '@fastify/rate-limit'
 import type { FastifyRequest, FastifyReply } from 'fastify'
 import { AppError } from '../services/errors.js'
+import { leasedStore } from '../services/rate-limit-store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -25,8 +26,8 @@ export default fp(async (app) => {
     global: true,
     max: async () => settings.get().rate_limit_per_minute,
     timeWindow: 60_000,
-    nameSpace: 'ratelimit:',
-    ...(app.redis ? { redis: app.redis } : {}),
+    // Counters shared through Redis, reserved a batch at a time (services/rate-limit-store.ts); in memory without Redis.
+    ...(app.redis ? { store: leasedStore(app.redis, 'ratelimit:') } : {}),
     keyGenerator: (request: FastifyRequest) => request.principal ? `key:${request.principal.name}` : `ip:${request.ip}`,
     errorResponseBuilder: (request, context) => tooMany(context.max, context.ttl, request.principal ? 'for this API key' : 'for this address')
   })

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
+import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, RedisProcess, freePort } from '../helper.js'
 
 const alice = auth(KEYS.alice)
 
@@ -58,4 +58,38 @@ t.test('two app instances on one Redis share the counters', async (t) => {
   const third = await one.inject({ method: 'GET', url: '/v1/sessions', headers: alice })
   t.equal(third.headers['x-ratelimit-remaining'], '0')
   t.equal((await two.inject({ method: 'GET', url: '/v1/sessions', headers: alice })).statusCode, 429)
+})
+
+t.test('a burst split between two replicas: together they never admit more than the limit', async (t) => {
+  const config = testConfig({ RATE_LIMIT_PER_MINUTE: '40' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const one = await build(t, config)
+  const two = await build(t, config)
+  const burst = await Promise.all(Array.from({ length: 120 }, (_, i) => (i % 2 ? one : two).inject({ method: 'GET', url: '/v1/sessions', headers: alice })))
+  const admitted = burst.filter(r => r.statusCode === 200).length
+  t.ok(admitted <= 40, `${admitted} admitted, the limit is 40`)
+  // A replica reserves at most an eighth of what is left ahead of its requests: the other may be refused a few early.
+  t.ok(admitted >= 34, `${admitted} admitted: reservations held by one replica cost the other only a few requests`)
+  t.same(new Set(burst.map(r => r.statusCode)), new Set([200, 429]), 'every request is answered, none fails')
+  for (const app of [one, two]) t.equal((await app.inject({ method: 'GET', url: '/v1/sessions', headers: alice })).statusCode, 429)
+})
+
+t.test('at a high rate a replica asks Redis once per batch, and still counts every request', async (t) => {
+  const redis = new RedisProcess(await freePort()) // its own server: its command counts are this test's alone
+  await redis.start()
+  t.teardown(() => redis.kill())
+  const app = await build(t, testConfig({ REDIS_URL: redis.url, RATE_LIMIT_PER_MINUTE: '100000' }))
+  const scripts = async () => [...(await app.redis!.info('commandstats')).matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0)
+  const before = await scripts()
+  const remaining: number[] = []
+  for (let i = 0; i < 300; i++) {
+    const res = await app.inject({ method: 'GET', url: '/v1/sessions', headers: alice })
+    t.equal(res.statusCode, 200)
+    remaining.push(Number(res.headers['x-ratelimit-remaining']))
+  }
+  t.same(remaining, Array.from({ length: 300 }, (_, i) => 100000 - 1 - i), 'the remaining count goes down by one per request')
+  const calls = await scripts() - before
+  t.ok(calls < 100, `${calls} reservations for 300 requests`)
+  const counted = Number(await app.redis!.get('ratelimit:key:alice'))
+  t.ok(counted >= 300, `Redis holds ${counted}: every admitted request was reserved there first`)
 })
