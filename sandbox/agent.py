@@ -25,6 +25,8 @@ GRACE_S = float(os.environ.get('KERNEL_KILL_GRACE_MS', '2000')) / 1000
 DEFAULT_OUTPUT_CAP = 1024 * 1024
 PRELOAD = os.environ.get('SANDBOX_PRELOAD', '')  # python modules imported before the kernel says it is ready
 CHUNK = 256 * 1024
+START_HOLD_S = 0.002  # how long a run's start event may wait to leave with what follows it
+READ = 65536  # bytes per read: smaller than glibc's mmap threshold, so a read costs no mmap/munmap
 DROP = ['setpriv', '--reuid', str(USER_UID), '--regid', str(USER_UID), '--clear-groups',
         '--inh-caps=-all', '--bounding-set=-all', '--']
 COMMANDS = {
@@ -102,6 +104,20 @@ def emit(event):
 def flush_all():
     for ch in list(CHANNELS):
         ch.flush()
+
+
+def read_available(fd):
+    """What a non-blocking fd holds now: None if nothing, b'' at its end. Reads stay under malloc's mmap threshold."""
+    parts = []
+    while True:
+        try:
+            chunk = os.read(fd, READ)
+        except BlockingIOError:
+            break
+        parts.append(chunk)
+        if len(chunk) < READ:
+            break
+    return b''.join(parts) if parts else None
 
 
 def set_nonblocking(fd):
@@ -253,6 +269,7 @@ class Agent:
         self.count = 0
         self.writes = {}
         self.stop = False
+        self.hold = None  # until when queued events wait for more (a run's start, for its first output or end)
 
     # --- kernels -----------------------------------------------------------------------------
     def kernel(self, language):
@@ -271,17 +288,18 @@ class Agent:
         return owners
 
     def drain_output(self, k):
-        for fd, name in list(k.streams.items()):
+        for fd, name in k.streams.items():
             while True:
                 try:
-                    chunk = os.read(fd, 65536)
+                    chunk = os.read(fd, READ)
                 except BlockingIOError:
                     break
                 except OSError:
                     chunk = b''
-                if not chunk:
+                if chunk:
+                    self.output(k, name, k.decoders[fd].decode(chunk))
+                if len(chunk) < READ:  # a pipe read comes back short once the pipe is empty
                     break
-                self.output(k, name, k.decoders[fd].decode(chunk))
 
     def output(self, k, name, text):
         cur = self.current
@@ -297,23 +315,25 @@ class Agent:
         emit({'id': cur['id'], 'type': name, 'text': text})
 
     def kernel_events(self, k):
-        self.drain_output(k)
-        try:
-            data = os.read(k.ev_r, 1 << 20)
-        except BlockingIOError:
+        data = read_available(k.ev_r)
+        if data is None:
             return
         if not data:
+            self.drain_output(k)
             self.kernel_died(k)
             return
-        k.ev_buf += data
-        while b'\n' in k.ev_buf:
-            line, k.ev_buf = k.ev_buf.split(b'\n', 1)
+        lines = (k.ev_buf + data).split(b'\n')
+        k.ev_buf = lines.pop()
+        for i, line in enumerate(lines):
+            # The kernel flushes its output before each event: what these events follow is in the pipes now. Output
+            # written between two events read in one go belongs before the second, so the pipes are read again.
+            self.drain_output(k)
+            if not k.alive:
+                return
             try:
                 ev = json.loads(line)
             except ValueError:
                 continue
-            # Output written between two events read in one go belongs before the second: read it first.
-            self.drain_output(k)
             self.kernel_event(k, ev)
 
     def kernel_event(self, k, ev):
@@ -447,6 +467,7 @@ class Agent:
         rid = req.get('id')
         op = req.get('op')
         ROUTES[rid] = channel
+        self.hold = None  # only a run's start waits (op_execute sets it again)
         try:
             self.dispatch(rid, op, req)
         finally:
@@ -496,6 +517,8 @@ class Agent:
                         'errored': False, 'bytes': 0, 'cap': int(req.get('max_output_bytes') or DEFAULT_OUTPUT_CAP),
                         'truncated': False}
         emit({'id': rid, 'type': 'start', 'execution_count': self.count})
+        # Most runs end within a millisecond: the start then leaves in one write with the output and the end.
+        self.hold = time.monotonic() + START_HOLD_S
         if language in self.lost:
             self.lost.discard(language)
             self.current['lost_before'] = True
@@ -675,11 +698,11 @@ class Agent:
     # --- main loop ---------------------------------------------------------------------------
     def read_requests(self, ch):
         try:
-            data = os.read(ch.rfd, 1 << 20)
-        except BlockingIOError:
-            return
+            data = read_available(ch.rfd)
         except OSError:
             data = b''
+        if data is None:
+            return
         if not data:
             if ch is STDIO:
                 self.stop = True
@@ -715,11 +738,19 @@ class Agent:
         listener = listen(SOCKET_DIR) if SOCKET_DIR else None
         self.kernel('python')
         while not self.stop:
-            flush_all()
+            timeout = self.next_wakeup()
+            if self.hold is not None:
+                left = self.hold - time.monotonic()
+                if left > 0:
+                    timeout = left if timeout is None else min(timeout, left)
+                else:
+                    self.hold = None
+            if self.hold is None:
+                flush_all()
             owners = self.fd_owner()
             channels = {ch.rfd: ch for ch in CHANNELS}
             wanted = list(channels) + list(owners) + ([listener.fileno()] if listener else [])
-            readable, _, _ = select.select(wanted, [], [], self.next_wakeup())
+            readable, _, _ = select.select(wanted, [], [], timeout)
             for fd in readable:
                 if fd in channels:
                     if not channels[fd].closed:
@@ -731,6 +762,7 @@ class Agent:
                 k = owners[fd]
                 if not k.alive:
                     continue
+                self.hold = None  # the run has output (or has ended): everything queued leaves now
                 if fd == k.ev_r:
                     self.kernel_events(k)
                 else:

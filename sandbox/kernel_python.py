@@ -65,7 +65,7 @@ def run(code):
         last = ast.Expression(tree.body.pop().value)
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
     for node, mode in ((tree, 'exec'), (last, 'eval')):
-        if node is None:
+        if node is None or (mode == 'exec' and not tree.body):
             continue
         value = eval(compile(node, '<cell>', mode, flags=flags), NAMESPACE)
         if inspect.iscoroutine(value):
