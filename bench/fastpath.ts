@@ -106,16 +106,23 @@ async function load (server: Server, ids: string[], c: number, n: number, profil
   const classes = profile ? classify(server) : new Map<number, string>()
   const before = snapshot(classes)
   const t0 = performance.now()
-  await Promise.all(ids.slice(0, c).map(async (id) => {
+  const connections = await Promise.all(ids.slice(0, c).map(() => server.connection()))
+  await Promise.all(ids.slice(0, c).map(async (id, k) => {
+    let connection = connections[k]
     while (next < n) {
       const i = next++
       const s = performance.now()
       try {
-        if ((await server.execute(id, `print(${i})`)).stdout !== `${i}\n`) errors++
-      } catch { errors++ }
+        if ((await connection.execute(id, `print(${i})`)).stdout !== `${i}\n`) errors++
+      } catch {
+        errors++
+        connection.close()
+        connection = connections[k] = await server.connection()
+      }
       latencies.push(performance.now() - s)
     }
   }))
+  for (const connection of connections) connection.close()
   const elapsed = (performance.now() - t0) / 1000
   const after = snapshot(classes)
   const cpu = new Map([...after].map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / n / 1e6]))

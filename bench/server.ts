@@ -2,7 +2,7 @@
 // another one (the baseline), plus the small helpers the benchmarks share.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, openSync } from 'node:fs'
-import { createServer } from 'node:net'
+import { createServer, connect, type Socket } from 'node:net'
 import { Agent, request } from 'node:http'
 import { performance } from 'node:perf_hooks'
 
@@ -140,6 +140,15 @@ export class Server {
     })
   }
 
+  /** A keep-alive connection of its own (the lightest client: see Connection), for a load generator's client. */
+  async connection (): Promise<Connection> {
+    const url = new URL(this.base)
+    const socket = connect(Number(url.port), url.hostname)
+    socket.setNoDelay(true)
+    await new Promise((resolve, reject) => socket.once('connect', resolve).once('error', reject))
+    return new Connection(socket, url.host)
+  }
+
   /** Creates `n` sandboxes, retrying on 503 after its Retry-After. */
   async sandboxes (n: number): Promise<string[]> {
     const ids: string[] = []
@@ -161,5 +170,56 @@ export class Server {
       const res = await fetch(`${this.base}/v1/sandboxes/${id}`, { method: 'DELETE', headers: auth })
       if (res.status !== 204 && res.status !== 404) throw new Error(`delete: ${res.status} ${await res.text()}`)
     })
+  }
+}
+
+/**
+ * One keep-alive HTTP/1.1 connection that sends an execute and reads its JSON answer, one at a time, with nothing
+ * between the socket and the bytes: the load generator shares the machine's cores with the server, and node:http's
+ * client costs about as much CPU per request as the server's own handling does. Like wrk, it knows only what it needs:
+ * a status line, a Content-Length and a body.
+ */
+export class Connection {
+  private buffer: Buffer = Buffer.alloc(0)
+  private waiting: { resolve: (e: Execution) => void, reject: (err: Error) => void } | null = null
+
+  constructor (private readonly socket: Socket, private readonly host: string) {
+    socket.on('data', (chunk: Buffer) => {
+      this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk
+      this.parse()
+    })
+    socket.on('error', (err) => this.waiting?.reject(err))
+    socket.on('close', () => this.waiting?.reject(new Error('connection closed')))
+  }
+
+  execute (id: string, code: string): Promise<Execution> {
+    const body = JSON.stringify({ code })
+    return new Promise((resolve, reject) => {
+      this.waiting = { resolve, reject }
+      this.socket.write(`POST /v1/sandboxes/${id}/execute HTTP/1.1\r\nhost: ${this.host}\r\nauthorization: ${headers.authorization}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+    })
+  }
+
+  close (): void { this.socket.destroy() }
+
+  private parse (): void {
+    const end = this.buffer.indexOf('\r\n\r\n')
+    if (end < 0) return
+    const head = this.buffer.toString('latin1', 0, end)
+    const length = Number(/\r\ncontent-length: *(\d+)/i.exec(head)?.[1] ?? NaN)
+    const waiting = this.waiting
+    if (!waiting) return
+    if (!Number.isFinite(length)) {
+      this.waiting = null
+      waiting.reject(new Error(`no content-length: ${head}`))
+      return
+    }
+    if (this.buffer.length < end + 4 + length) return
+    const text = this.buffer.toString('utf8', end + 4, end + 4 + length)
+    this.buffer = this.buffer.subarray(end + 4 + length)
+    this.waiting = null
+    const status = Number(head.slice(9, 12))
+    if (status === 200) waiting.resolve(JSON.parse(text) as Execution)
+    else waiting.reject(new Error(`execute: ${status} ${text}`))
   }
 }

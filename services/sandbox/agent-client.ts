@@ -8,6 +8,10 @@ export type AgentEvent = { id?: string, type: string } & Record<string, unknown>
 type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: (e: Error) => void, started: boolean }
 
 const TERMINAL = new Set(['end', 'done', 'pong', 'files'])
+// Request ids: unique among every replica talking to one agent (a random prefix per process), and cheap (a counter).
+const ID_PREFIX = randomBytes(6).toString('base64url')
+let idCount = 0
+const nextId = () => `${ID_PREFIX}${(idCount++).toString(36)}`
 
 export class AgentGone extends Error {
   override name = 'AgentGone'
@@ -96,7 +100,7 @@ export class AgentClient extends EventEmitter {
   /** Sends one request; `onEvent` sees every event answering it; resolves after the last one. */
   request (op: string, body: Record<string, unknown>, onEvent: (e: AgentEvent) => void = () => {}): Promise<void> {
     if (this.closed) return Promise.reject(new AgentGone('the sandbox agent is gone'))
-    const id = randomBytes(8).toString('hex')
+    const id = nextId()
     return new Promise((resolve, reject) => {
       this.pending.set(id, { onEvent, resolve, reject, started: false })
       this.stream.write(JSON.stringify({ ...body, id, op }) + '\n')
