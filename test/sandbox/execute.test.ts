@@ -137,6 +137,26 @@ t.test('SSE streams events in order while the code is still running', async (t) 
   t.same(events[3].data.data, { 'text/plain': '42' })
 })
 
+t.test('a silent run announces its start while it runs: a client can interrupt it on that event', async (t) => {
+  const id = await newSandbox()
+  const address = app.server.listening ? `http://127.0.0.1:${(app.server.address() as { port: number }).port}` : await app.listen({ port: 0, host: '127.0.0.1' })
+  const response = await fetch(`${address}/v1/sandboxes/${id}/execute`, {
+    method: 'POST',
+    headers: { ...alice, 'content-type': 'application/json' },
+    body: JSON.stringify({ stream: true, timeout_ms: 60_000, code: 'import time\ntime.sleep(50)' })
+  })
+  let text = ''
+  let interrupted: Promise<Response> | undefined
+  const decoder = new TextDecoder()
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    text += decoder.decode(chunk, { stream: true })
+    if (!interrupted && text.includes('event: start')) interrupted = fetch(`${address}/v1/sandboxes/${id}/interrupt`, { method: 'POST', headers: alice })
+  }
+  t.ok(interrupted, 'the start event came before the run ended')
+  t.same(await (await interrupted!).json(), { interrupted: true }, 'the run was still going when the client heard of it')
+  t.match(text, /"name":"KeyboardInterrupt"/, 'and the interrupt stopped it')
+})
+
 t.test('a process forked by user code never acts as the kernel', async (t) => {
   const id = await newSandbox()
   const res = await run(id, 'import os\nif os.fork() == 0:\n    1 / 0\nos.wait()\nprint("parent")')
