@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import Docker from 'dockerode'
+import { Redis } from 'ioredis'
 import { FakeLlm, type Reply } from '../test/fake-llm.js'
 import { Server, headers, ms, pct, eachLimited, printTimes, stdoutDelays } from './server.js'
 
@@ -96,7 +97,15 @@ function snapshot (classes: Map<number, string>): Map<string, number> {
 }
 
 // --- measures ---------------------------------------------------------------------------------------------------
-interface Load { c: number, n: number, perS: number, p50: number, p99: number, errors: number, cpu?: Map<string, number> }
+interface Load { c: number, n: number, perS: number, p50: number, p99: number, errors: number, cpu?: Map<string, number>, redisCalls?: number }
+
+/** Commands Redis has run so far (all clients: nothing else uses this Redis during the benchmark). */
+async function redisCalls (): Promise<number> {
+  const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379')
+  try {
+    return [...(await redis.info('commandstats')).matchAll(/calls=(\d+)/g)].reduce((n, m) => n + Number(m[1]), 0)
+  } finally { redis.disconnect() }
+}
 
 /** `n` executions of print(i) spread over `c` clients, each on its own sandbox. */
 async function load (server: Server, ids: string[], c: number, n: number, profile = false): Promise<Load> {
@@ -105,6 +114,7 @@ async function load (server: Server, ids: string[], c: number, n: number, profil
   let next = 0
   const classes = profile ? classify(server) : new Map<number, string>()
   const before = snapshot(classes)
+  const callsBefore = profile ? await redisCalls() : 0
   const t0 = performance.now()
   const connections = await Promise.all(ids.slice(0, c).map(() => server.connection()))
   await Promise.all(ids.slice(0, c).map(async (id, k) => {
@@ -125,8 +135,9 @@ async function load (server: Server, ids: string[], c: number, n: number, profil
   for (const connection of connections) connection.close()
   const elapsed = (performance.now() - t0) / 1000
   const after = snapshot(classes)
+  const calls = profile ? await redisCalls() - callsBefore : 0
   const cpu = new Map([...after].map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / n / 1e6]))
-  return { c, n, perS: n / elapsed, p50: pct(latencies, 50), p99: pct(latencies, 99), errors, ...(profile ? { cpu } : {}) }
+  return { c, n, perS: n / elapsed, p50: pct(latencies, 50), p99: pct(latencies, 99), errors, ...(profile ? { cpu, redisCalls: calls / n } : {}) }
 }
 
 /** The delay between a line printed in the sandbox and its arrival at an SSE client. */
@@ -209,6 +220,7 @@ async function main (): Promise<void> {
       return (name === 'total' ? service : cpu.get(name) ?? 0).toFixed(3)
     }).join(' | ')} |`)
   }
+  out.push(`| Redis commands per execution | ${results.map(r => r.loads.find(l => l.cpu)!.redisCalls!.toFixed(2)).join(' | ')} |`)
   out.push('', '## Streaming and chat', '')
   out.push('| server | print -> SSE p50 ms | p99 ms | chat turn p50 ms (1 session) | p99 | chat turn p50 ms (10 sessions) | p99 | server RSS MiB |', '|---|---|---|---|---|---|---|---|')
   for (const r of results) out.push(`| ${r.name} | ${ms(pct(r.sse, 50))} | ${ms(pct(r.sse, 99))} | ${ms(pct(r.chatSeq, 50))} | ${ms(pct(r.chatSeq, 99))} | ${ms(pct(r.chatPar, 50))} | ${ms(pct(r.chatPar, 99))} | ${r.rss.toFixed(0)} |`)
