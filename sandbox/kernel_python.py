@@ -15,6 +15,7 @@ CTRL = os.fdopen(int(os.environ.pop('KERNEL_CTRL_FD')), 'r')
 sys.stdout.reconfigure(line_buffering=True, write_through=False)
 sys.stderr.reconfigure(line_buffering=True, write_through=False)
 KERNEL_PID = os.getpid()
+ENCODE = json.JSONEncoder(separators=(',', ':')).encode  # made once: json.dumps with options makes one per call
 NAMESPACE = {'__name__': '__main__', '__builtins__': builtins}
 
 try:  # under memory pressure the kernel, not the agent, is what the OOM killer should pick
@@ -27,7 +28,7 @@ except OSError:
 def emit(event, wait=False):
     sys.stdout.flush()
     sys.stderr.flush()
-    EVENTS.write(json.dumps(event, separators=(',', ':')) + '\n')
+    EVENTS.write(ENCODE(event) + '\n')
     if wait:
         # Output and events travel in two pipes; waiting for the agent's ack keeps what is printed next after this event.
         CTRL.readline()
