@@ -183,7 +183,7 @@ async function main (): Promise<void> {
   if (wanted.includes('attach')) servers.push(new Server('attach', { ...common, SANDBOX_AGENT_CHANNEL: 'attach' }, undefined, nodeArgs))
   if (wanted.includes('socket')) servers.push(new Server('socket', { ...common, SANDBOX_AGENT_CHANNEL: 'socket' }, undefined, nodeArgs))
 
-  const results: Array<{ name: string, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], rss: number }> = []
+  const results: Array<{ name: string, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], chatCalls: number, rss: number }> = []
   for (const server of servers) {
     process.stderr.write(`[bench:fastpath] ${server.name}\n`)
     await server.start()
@@ -199,8 +199,10 @@ async function main (): Promise<void> {
     const sse = await sseDelays(server, ids[0])
     const turns = Number(values.turns)
     const chatSeq = await chatTurns(server, 1, turns)
+    const callsBefore = await redisCalls()
     const chatPar = await chatTurns(server, 10, turns * 3)
-    results.push({ name: server.name, loads, sse, chatSeq, chatPar, rss: server.rssMb() })
+    const chatCalls = (await redisCalls() - callsBefore) / (turns * 3)
+    results.push({ name: server.name, loads, sse, chatSeq, chatPar, chatCalls, rss: server.rssMb() })
     await server.clear()
     await server.stop()
   }
@@ -222,8 +224,8 @@ async function main (): Promise<void> {
   }
   out.push(`| Redis commands per execution | ${results.map(r => r.loads.find(l => l.cpu)!.redisCalls!.toFixed(2)).join(' | ')} |`)
   out.push('', '## Streaming and chat', '')
-  out.push('| server | print -> SSE p50 ms | p99 ms | chat turn p50 ms (1 session) | p99 | chat turn p50 ms (10 sessions) | p99 | server RSS MiB |', '|---|---|---|---|---|---|---|---|')
-  for (const r of results) out.push(`| ${r.name} | ${ms(pct(r.sse, 50))} | ${ms(pct(r.sse, 99))} | ${ms(pct(r.chatSeq, 50))} | ${ms(pct(r.chatSeq, 99))} | ${ms(pct(r.chatPar, 50))} | ${ms(pct(r.chatPar, 99))} | ${r.rss.toFixed(0)} |`)
+  out.push('| server | print -> SSE p50 ms | p99 ms | chat turn p50 ms (1 session) | p99 | chat turn p50 ms (10 sessions) | p99 | Redis commands per chat turn | server RSS MiB |', '|---|---|---|---|---|---|---|---|---|')
+  for (const r of results) out.push(`| ${r.name} | ${ms(pct(r.sse, 50))} | ${ms(pct(r.sse, 99))} | ${ms(pct(r.chatSeq, 50))} | ${ms(pct(r.chatSeq, 99))} | ${ms(pct(r.chatPar, 50))} | ${ms(pct(r.chatPar, 99))} | ${r.chatCalls.toFixed(0)} | ${r.rss.toFixed(0)} |`)
   const base = results[0]
   for (const r of results.slice(1)) {
     const c10 = (x: typeof r) => x.loads.find(l => l.c === 10)?.perS ?? NaN
