@@ -73,7 +73,7 @@ export class Server {
   async start (): Promise<number> {
     const port = await freePort()
     const t0 = performance.now()
-    this.child = spawn(process.execPath, [...this.nodeArgs, ...(process.env.BENCH_DIST ? ['dist/cli.js'] : ['--import', 'tsx', 'cli.ts']), 'serve'], {
+    this.child = spawn(process.execPath, [...this.nodeArgs, '--import', 'tsx', 'cli.ts', 'serve'], {
       cwd: this.cwd,
       env: {
         ...process.env,
