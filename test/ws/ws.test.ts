@@ -197,6 +197,16 @@ t.test('a slow reader: the server stops pulling events for it, closes it if it n
   const client = await Client.open(slowUrl)
   client.send({ type: 'hello' })
   const { session_id: sessionId } = await client.until(f => f.type === 'hello')
+  // The session's sandbox first, while the client still reads: a busy host may ask it to retry (capacity_exhausted),
+  // and an answer sent to a paused client would go unseen.
+  for (let attempt = 0; ; attempt++) {
+    const from = client.frames.length
+    client.send({ type: 'execute', language: 'python', code: 'pass' })
+    const answer = await client.until(f => f.event === 'done' || (f.type === 'error' && f.of === 'execute') || f.event === 'error', from, 60000)
+    if (answer.event === 'done' && !client.frames.slice(from).some(f => f.event === 'error')) break
+    if (attempt === 10) throw new Error(`no sandbox for the session: ${JSON.stringify(client.frames.slice(from))}`)
+    await sleep(1000)
+  }
   const tcp = (client.ws as unknown as { _socket: { pause (): void, resume (): void } })._socket
   tcp.pause()
   // More than loopback's socket buffers hold, so that unsent bytes pile up in the server.
