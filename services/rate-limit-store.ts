@@ -14,7 +14,6 @@ import type { Redis, Result } from 'ioredis'
 export const LEASE_MS = 100
 const SHARE = 8 // at most 1/SHARE of what is left of a window is reserved at once
 const MAX_BATCH = 1000
-const PRUNE_AT = 10_000 // entries kept before ended windows are swept out
 
 const reserve = `
 local count = redis.call('INCRBY', KEYS[1], ARGV[1])
@@ -52,8 +51,10 @@ declare module 'ioredis' {
 
 export class LeasedRedisStore {
   private readonly windows = new Map<string, Window>()
+  private pruned = 0
 
-  constructor (private readonly redis: Redis, private readonly prefix: string) {
+  /** `pruneAt`: keys remembered before those holding nothing unspent are forgotten (checked at most once a second). */
+  constructor (private readonly redis: Redis, private readonly prefix: string, private readonly pruneAt = 10_000) {
     if (!redis.rateLimitReserve) {
       redis.defineCommand('rateLimitReserve', { numberOfKeys: 1, lua: reserve })
     }
@@ -110,7 +111,7 @@ export class LeasedRedisStore {
           return
         }
       }
-      if (this.windows.size > PRUNE_AT) this.prune(now)
+      if (this.windows.size > this.pruneAt && now - this.pruned >= 1000) this.prune(now)
     }, (err: Error) => {
       const served = w.waiting!
       w.waiting = null
@@ -121,11 +122,16 @@ export class LeasedRedisStore {
   /** A route's own limiter: the same counters under the route's prefix (as @fastify/rate-limit's RedisStore does). */
   child (options: object): LeasedRedisStore {
     const route = (options as { routeInfo?: { method?: string, url?: string } }).routeInfo
-    return new LeasedRedisStore(this.redis, `${this.prefix}${route?.method ?? ''}${route?.url ?? ''}-`)
+    return new LeasedRedisStore(this.redis, `${this.prefix}${route?.method ?? ''}${route?.url ?? ''}-`, this.pruneAt)
   }
 
+  /** Forgets keys that hold nothing unspent (their next request asks Redis again): many one-off keys stay cheap. */
+  /** Keys remembered now. */
+  get size (): number { return this.windows.size }
+
   private prune (now: number): void {
-    for (const [key, w] of this.windows) if (!w.waiting && now >= w.ends) this.windows.delete(key)
+    this.pruned = now
+    for (const [key, w] of this.windows) if (!w.waiting && (now >= w.ends || w.next > w.last)) this.windows.delete(key)
   }
 }
 

@@ -1,4 +1,6 @@
 import t from 'tap'
+import { Redis } from 'ioredis'
+import { LeasedRedisStore } from '../../services/rate-limit-store.js'
 import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, RedisProcess, freePort } from '../helper.js'
 
 const alice = auth(KEYS.alice)
@@ -92,4 +94,18 @@ t.test('at a high rate a replica asks Redis once per batch, and still counts eve
   t.ok(calls < 100, `${calls} reservations for 300 requests`)
   const counted = Number(await app.redis!.get('ratelimit:key:alice'))
   t.ok(counted >= 300, `Redis holds ${counted}: every admitted request was reserved there first`)
+})
+
+t.test('a replica forgets one-off keys, and a forgotten key still counts on from Redis', async (t) => {
+  const prefix = `test:${Date.now()}:store:`
+  const redis = new Redis(REDIS_URL)
+  t.teardown(async () => { await flushPrefix(REDIS_URL, prefix); redis.disconnect() })
+  const store = new LeasedRedisStore(redis, prefix, 100)
+  const incr = (key: string, max = 1000) => new Promise<{ current: number, ttl: number }>((resolve, reject) =>
+    store.incr(key, (err, res) => err ? reject(err) : resolve(res!), 60_000, max))
+  t.equal((await incr('kept')).current, 1)
+  for (let i = 0; i < 150; i++) await incr(`one-off-${i}`)
+  t.ok(store.size <= 101, `${store.size} keys remembered after 151 (the rest held nothing unspent)`)
+  t.equal((await incr('kept')).current, 2, 'a forgotten key goes on from its count in Redis')
+  t.equal((await incr('one-off-0', 1)).current, 2, 'and is refused past its limit')
 })
