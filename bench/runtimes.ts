@@ -1,6 +1,7 @@
-// runc against gVisor (runsc), same image, same server: a cold container start, execute p50/p99 (print, one
-// client), the first plot in a fresh sandbox, and a warm sandbox's idle memory. Usage: npm run bench:runtimes
-// (runsc must be registered with Docker: SANDBOX_RUNSC=1 bash scripts/setup.sh).
+// runc against gVisor (runsc, over docker attach and over the agent socket), same image, same server: a cold container
+// start, execute p50/p99 (print, one client), the first plot in a fresh sandbox, and a warm sandbox's idle memory.
+// Usage: npm run bench:runtimes (runsc must be registered with Docker, with --host-uds=all for the socket row:
+// SANDBOX_RUNSC=1 bash scripts/setup.sh).
 import Docker from 'dockerode'
 import { Server, ms, pct, sleep } from './server.js'
 
@@ -13,10 +14,16 @@ async function idleMemoryMb (namespace: string): Promise<number> {
   return (stats.memory_stats.usage - (stats.memory_stats.stats.inactive_file ?? stats.memory_stats.stats.total_inactive_file ?? 0)) / 1024 / 1024
 }
 
-async function measure (runtime: 'runc' | 'runsc'): Promise<string> {
+const SETUPS = {
+  'runc (agent socket)': {},
+  'runsc (docker attach)': { SANDBOX_RUNTIME: 'runsc', SANDBOX_AGENT_CHANNEL: 'attach' },
+  'runsc (agent socket, --host-uds)': { SANDBOX_RUNTIME: 'runsc', SANDBOX_RUNSC_HOST_UDS: 'true' }
+}
+
+async function measure (runtime: keyof typeof SETUPS, n: number): Promise<string> {
   // No warm pool: every create starts a container.
-  const env: Record<string, string> = { POOL_SIZE: '0', EXECUTION_TIMEOUT_MS: '60000', ...(runtime === 'runsc' ? { SANDBOX_RUNTIME: 'runsc' } : {}) }
-  const server = new Server(`rt-${runtime}`, env)
+  const env: Record<string, string> = { POOL_SIZE: '0', EXECUTION_TIMEOUT_MS: '60000', ...SETUPS[runtime] }
+  const server = new Server(`rt-${n}`, env)
   await server.start()
   try {
     await server.sandboxes(1)
@@ -51,7 +58,8 @@ async function measure (runtime: 'runc' | 'runsc'): Promise<string> {
 }
 
 async function main (): Promise<void> {
-  const rows = [await measure('runc'), await measure('runsc')]
+  const rows: string[] = []
+  for (const [n, runtime] of (Object.keys(SETUPS) as Array<keyof typeof SETUPS>).entries()) rows.push(await measure(runtime, n))
   process.stdout.write(['| runtime | cold start p50 ms | execute p50 ms | execute p99 ms | first plot p50 ms | idle MiB |', '|---|---|---|---|---|---|', ...rows].join('\n') + '\n')
 }
 

@@ -29,9 +29,10 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     idleShrinkMs: c.POOL_IDLE_SHRINK_MS,
     startConcurrency: c.SANDBOX_START_CONCURRENCY ?? Math.max(2, availableParallelism()),
     queueTimeoutMs: c.SANDBOX_QUEUE_TIMEOUT_MS,
-    // gVisor keeps a socket made inside the sandbox inside its own kernel, so runsc sandboxes are attached to.
-    // The socket channel needs the daemon on this machine (the agent directory is bind-mounted from here).
-    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && c.SANDBOX_RUNTIME !== 'runsc' && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
+    // gVisor keeps a socket made inside the sandbox inside its own kernel unless runsc runs with --host-uds: without
+    // it runsc sandboxes are attached to. The socket channel needs the daemon on this machine (the agent directory is
+    // bind-mounted from here).
+    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && (c.SANDBOX_RUNTIME !== 'runsc' || c.SANDBOX_RUNSC_HOST_UDS) && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
     observe: {
       started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
       failed: () => app.metrics.sandboxStartFailures.inc(),

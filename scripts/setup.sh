@@ -30,17 +30,24 @@ docker_ok () { docker info >/dev/null 2>&1; }
 if [ "${SANDBOX_RUNSC:-0}" = "1" ]; then
   # Merged into daemon.json (other settings kept); a running daemon re-reads its runtimes on SIGHUP.
   mkdir -p /etc/docker
-  python3 - <<'PY'
+  # --host-uds=all: a unix socket made inside gVisor is a host socket, so the server reaches the agent over its socket
+  # and the egress relay reaches the server's proxy (SANDBOX_RUNSC_HOST_UDS=true tells the server so).
+  changed=$(python3 - <<'PY'
 import json, os
 path = '/etc/docker/daemon.json'
 conf = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
-conf.setdefault('runtimes', {})['runsc'] = {'path': '/usr/bin/runsc', 'runtimeArgs': ['--network=none']}
-json.dump(conf, open(path, 'w'), indent=2)
+want = {'path': '/usr/bin/runsc', 'runtimeArgs': ['--network=none', '--host-uds=all']}
+if conf.get('runtimes', {}).get('runsc') != want:
+    conf.setdefault('runtimes', {})['runsc'] = want
+    json.dump(conf, open(path, 'w'), indent=2)
+    print('changed')
 PY
-  if docker_ok && ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q runsc; then
+)
+  if docker_ok && [ -n "$changed" ]; then
     say "registering runsc with the running dockerd"
-    kill -HUP "$(pidof dockerd)"
+    kill -HUP "$(cat /var/run/docker.pid 2>/dev/null || pidof -s dockerd)"
     for _ in $(seq 1 20); do docker info --format '{{json .Runtimes}}' | grep -q runsc && break; sleep 0.25; done
+    sleep 1 # the runtimes are re-read with the rest of the configuration
   fi
 fi
 if ! docker_ok; then

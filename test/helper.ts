@@ -76,7 +76,10 @@ export async function sandboxConfig (overrides: Record<string, string | undefine
     const { Runtimes } = await docker.info() as { Runtimes?: Record<string, unknown> }
     if (!Runtimes?.[runtime]) throw new Error(`these tests need the ${runtime} runtime registered with Docker: run SANDBOX_RUNSC=1 bash scripts/setup.sh`)
   }
-  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...(runtime ? { SANDBOX_RUNTIME: runtime } : {}), ...overrides })
+  // Under runsc the socket channel needs runsc's --host-uds (setup.sh registers it so): TEST_AGENT_CHANNEL=attach
+  // runs a runsc suite the way a server without it works.
+  const hostUds = runtime === 'runsc' && process.env.TEST_AGENT_CHANNEL !== 'attach' ? { SANDBOX_RUNSC_HOST_UDS: 'true' } : {}
+  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...(runtime ? { SANDBOX_RUNTIME: runtime } : {}), ...hostUds, ...overrides })
 }
 
 /** Containers Docker still has in a namespace (running or not). */

@@ -327,13 +327,13 @@ export class SandboxService {
 
   /**
    * The allow list a request asks for, within what the operator lets user keys allow (403 naming the host beyond it);
-   * a 400 when this server cannot give sandboxes a network (runsc, or agents over docker attach).
+   * a 400 when this server cannot give sandboxes a network (agents over docker attach, or runsc without --host-uds).
    */
   networkRules (principal: Principal, policy: unknown, trusted = false): AllowRule[] {
     const rules = parsePolicy(policy)
     checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
     if (rules.length && !(this.opts.egress && this.pools.some(p => p.hasAgentDirs))) {
-      throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket and runc')
+      throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, SANDBOX_RUNSC_HOST_UDS=true)')
     }
     return rules
   }

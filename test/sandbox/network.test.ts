@@ -1,4 +1,5 @@
 import t from 'tap'
+import Docker from 'dockerode'
 import { createServer, type Server } from 'node:http'
 import { Writable } from 'node:stream'
 import { execFileSync } from 'node:child_process'
@@ -99,6 +100,9 @@ t.test('the default policy: no network at all, no proxy', async (t) => {
   t.equal(view.network, 'none')
   const res = await run(id, ['import os, socket', 'print(sorted(n for _, n in socket.if_nameindex()))', 'print(os.environ.get("HTTP_PROXY"))', fetchIn(`http://127.0.0.1:${allowedPort}/hello`)].join('\n'))
   t.equal(res.stdout, "['lo']\nNone\nFAILED URLError\n", 'only a loopback interface; the host\'s servers are out of reach')
+  const record = await app.store.getSandbox(id)
+  const { HostConfig } = await new Docker().getContainer(record!.container_id).inspect()
+  t.equal(HostConfig.Runtime, process.env.TEST_SANDBOX_RUNTIME ?? 'runc', 'under the runtime this suite is for')
 })
 
 t.test('an allow list: the listed server through the proxy (HTTP and CONNECT); nothing else', async (t) => {
