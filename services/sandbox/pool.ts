@@ -387,10 +387,26 @@ export class SandboxPool {
   async endState (containerId: string): Promise<{ oomKilled: boolean, exitCode: number } | null> {
     try {
       const { State } = await this.docker.getContainer(containerId).inspect()
-      return State.Running ? null : { oomKilled: State.OOMKilled, exitCode: State.ExitCode }
+      if (State.Running) return null
+      // Under gVisor the memory limit kills the whole sandbox (SIGKILL, exit 137) and Docker does not always flag it
+      // (OOMKilled was false for 1 of 3 runsc OOM kills here). A SIGKILL nobody sent through Docker (no `kill` event:
+      // `docker kill`, `docker rm -f` and this server's removals all make one) is the memory limit.
+      const oomKilled = State.OOMKilled || (this.opts.limits.runtime === 'runsc' && State.ExitCode === 137 &&
+        !(await this.killEvents(containerId, State.StartedAt)))
+      return { oomKilled, exitCode: State.ExitCode }
     } catch {
       return null
     }
+  }
+
+  /** Whether Docker has a `kill` event for the container since `startedAt`. */
+  private async killEvents (containerId: string, startedAt: string): Promise<boolean> {
+    const now = Math.ceil(Date.now() / 1000)
+    const since = Math.floor(Date.parse(startedAt) / 1000) || now - 3600
+    const stream = await this.docker.getEvents({ since, until: now, filters: { container: [containerId], event: ['kill'] } }) as unknown as AsyncIterable<Buffer | string>
+    let text = ''
+    for await (const chunk of stream) text += String(chunk)
+    return text.trim() !== ''
   }
 
   async remove (containerId: string, dir?: string): Promise<void> {

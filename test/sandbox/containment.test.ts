@@ -67,6 +67,20 @@ t.test('allocating 1 GiB gives a clear out-of-memory error', async (t) => {
   await healthyAfter(t, id, !res)
 })
 
+t.test('a sandbox killed by hand during a run: 410 sandbox_lost saying it stopped, not that it ran out of memory', async (t) => {
+  const id = await newSandbox()
+  const running = app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'import time\ntime.sleep(30)' } })
+  for (let i = 0; i < 200 && (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json().status !== 'busy'; i++) {
+    await new Promise(resolve => setTimeout(resolve, 25))
+  }
+  const record = await app.store.getSandbox(id)
+  await new Docker().getContainer(record!.container_id).kill() // SIGKILL, exit 137: what gVisor's memory limit does too
+  const res = await running
+  t.equal(res.statusCode, 410)
+  t.match(res.json().error, { code: 'sandbox_lost', message: /stopped during the execution/ })
+  t.equal((await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).statusCode, 404, 'and the stopped sandbox is gone')
+})
+
 t.test('filling the disk fails with ENOSPC; the read-only root cannot be written', async (t) => {
   const id = await newSandbox()
   const full = await run(id, 'with open("big.bin", "wb") as f:\n    while True:\n        f.write(b"x" * 1048576)')
