@@ -25,7 +25,9 @@ case "${1:-}" in
       for _ in $(seq 1 60); do d2 info >/dev/null 2>&1 && break; sleep 0.5; done
       d2 info >/dev/null 2>&1 || { say "did not come up; see /var/log/is-docker2.log"; exit 1; }
     fi
-    tag=$(npx --no-install tsx -e "import('./services/sandbox/image.ts').then(m => console.log(m.sandboxImageTag()))")
+    # Without hooks inherited from a test runner (tap's coverage: NODE_OPTIONS, NODE_V8_COVERAGE): run from the hosts
+    # test, this helper would report services/sandbox/image.ts without its source map and spoil the coverage report.
+    tag=$(env -u NODE_OPTIONS -u NODE_V8_COVERAGE npx --no-install tsx -e "import('./services/sandbox/image.ts').then(m => console.log(m.sandboxImageTag()))")
     if ! d2 image inspect "$tag" >/dev/null 2>&1; then
       say "loading $tag"
       docker save "$tag" | d2 load -q
