@@ -25,7 +25,10 @@ const { values } = parseArgs({
     // A V8 CPU profile of each server under test (node --cpu-prof), written to this directory: where the server's time goes.
     'cpu-prof': { type: 'string' },
     // Every server runs at this log level: info is the shipped default (what a user runs), warn leaves logging out.
-    'log-level': { type: 'string', default: 'info' }
+    'log-level': { type: 'string', default: 'info' },
+    // Each round runs every server again (in reverse order every other round): the machine's speed drifts, and the
+    // ratio to the baseline is then reported per round and as the median.
+    rounds: { type: 'string', default: '1' }
   }
 })
 const N = Number(values.n)
@@ -183,9 +186,11 @@ async function main (): Promise<void> {
   if (wanted.includes('attach')) servers.push(new Server('attach', { ...common, SANDBOX_AGENT_CHANNEL: 'attach' }, undefined, nodeArgs))
   if (wanted.includes('socket')) servers.push(new Server('socket', { ...common, SANDBOX_AGENT_CHANNEL: 'socket' }, undefined, nodeArgs))
 
-  const results: Array<{ name: string, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], chatCalls: number, rss: number }> = []
-  for (const server of servers) {
-    process.stderr.write(`[bench:fastpath] ${server.name}\n`)
+  const results: Array<{ name: string, round: number, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], chatCalls: number, rss: number }> = []
+  const rounds = Number(values.rounds)
+  const runs = Array.from({ length: rounds }, (_, round) => (round % 2 ? [...servers].reverse() : servers).map(server => ({ server, round: round + 1 }))).flat()
+  for (const { server, round } of runs) {
+    process.stderr.write(`[bench:fastpath] ${server.name}${rounds > 1 ? ` (round ${round})` : ''}\n`)
     await server.start()
     await server.waitWarm()
     const ids = await server.sandboxes(Math.max(...conc))
@@ -202,7 +207,7 @@ async function main (): Promise<void> {
     const callsBefore = await redisCalls()
     const chatPar = await chatTurns(server, 10, turns * 3)
     const chatCalls = (await redisCalls() - callsBefore) / (turns * 3)
-    results.push({ name: server.name, loads, sse, chatSeq, chatPar, chatCalls, rss: server.rssMb() })
+    results.push({ name: rounds > 1 ? `${server.name} #${round}` : server.name, round, loads, sse, chatSeq, chatPar, chatCalls, rss: server.rssMb() })
     await server.clear()
     await server.stop()
   }
@@ -226,10 +231,15 @@ async function main (): Promise<void> {
   out.push('', '## Streaming and chat', '')
   out.push('| server | print -> SSE p50 ms | p99 ms | chat turn p50 ms (1 session) | p99 | chat turn p50 ms (10 sessions) | p99 | Redis commands per chat turn | server RSS MiB |', '|---|---|---|---|---|---|---|---|---|')
   for (const r of results) out.push(`| ${r.name} | ${ms(pct(r.sse, 50))} | ${ms(pct(r.sse, 99))} | ${ms(pct(r.chatSeq, 50))} | ${ms(pct(r.chatSeq, 99))} | ${ms(pct(r.chatPar, 50))} | ${ms(pct(r.chatPar, 99))} | ${r.chatCalls.toFixed(0)} | ${r.rss.toFixed(0)} |`)
-  const base = results[0]
-  for (const r of results.slice(1)) {
-    const c10 = (x: typeof r) => x.loads.find(l => l.c === 10)?.perS ?? NaN
-    out.push('', `${r.name}: ${(c10(r) / c10(base)).toFixed(2)}x the executions/s of ${base.name} at 10 clients.`)
+  const c10 = (x: typeof results[number]) => x.loads.find(l => l.c === 10)?.perS ?? NaN
+  const base = servers[0].name
+  for (const other of servers.slice(1)) {
+    const ratios = Array.from({ length: rounds }, (_, i) => {
+      const of = (name: string) => results.find(r => r.round === i + 1 && r.name.split(' #')[0] === name)!
+      return c10(of(other.name)) / c10(of(base))
+    })
+    const each = rounds > 1 ? ` (rounds: ${ratios.map(x => x.toFixed(2)).join(', ')}; median)` : ''
+    out.push('', `${other.name}: ${pct(ratios, 50).toFixed(2)}x the executions/s of ${base} at 10 clients${each}.`)
   }
   out.push('', `Docker ${(await docker.version()).Version}; chat turns exclude each session's first (which also makes its sandbox).`)
   process.stdout.write(out.join('\n') + '\n')
