@@ -2,7 +2,7 @@
 // process (the profile), print -> SSE delay, and chat turn overhead with an instant fake LLM. Three servers in one run:
 // `baseline` (the checkout at --baseline-rev: the path before the fast path), `attach` (this checkout, agents over
 // docker attach) and `socket` (this checkout, agents over their unix socket: the default).
-// Usage: npm run bench:fastpath [-- --baseline-rev REV --servers baseline,attach,socket --concurrency 1,10,50 --n 3000]
+// Usage: npm run bench:fastpath [-- --baseline-rev REV --servers baseline,attach,socket --concurrency 1,10,50 --n 20000 --rounds 1]
 import { parseArgs } from 'node:util'
 import { execFileSync } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, symlinkSync, mkdtempSync, writeFileSync } from 'node:fs'
@@ -20,7 +20,9 @@ const { values } = parseArgs({
     'baseline-rev': { type: 'string', default: '1262bbc' },
     servers: { type: 'string', default: 'baseline,attach,socket' },
     concurrency: { type: 'string', default: '1,10,50' },
-    n: { type: 'string', default: '3000' },
+    // Executions per measurement (a fifth of it with one client): several seconds each, so that the figures are the
+    // steady state (3000 took about a second on the new path, and a run that short read 30-40% low).
+    n: { type: 'string', default: '20000' },
     turns: { type: 'string', default: '60' },
     // A V8 CPU profile of each server under test (node --cpu-prof), written to this directory: where the server's time goes.
     'cpu-prof': { type: 'string' },
@@ -198,7 +200,7 @@ async function main (): Promise<void> {
     await server.waitWarm() // the burst of creates grew the pool: let its refill finish before measuring
     const loads: Load[] = []
     for (const c of conc) {
-      loads.push(await load(server, ids, c, c === 1 ? Math.min(N, 1000) : N, c === 10))
+      loads.push(await load(server, ids, c, c === 1 ? Math.ceil(N / 5) : N, c === 10))
       process.stderr.write(`[bench:fastpath]   c=${c}: ${loads.at(-1)!.perS.toFixed(0)}/s p50 ${ms(loads.at(-1)!.p50)} p99 ${ms(loads.at(-1)!.p99)}\n`)
     }
     const sse = await sseDelays(server, ids[0])
