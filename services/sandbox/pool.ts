@@ -305,7 +305,13 @@ export class SandboxPool {
       let agent: AgentClient
       if (dir) {
         await container.start()
-        agent = AgentClient.overSocket(await connectAgentSocket(dir, timeoutMs), this.agentLog(container.id))
+        const socket = await connectAgentSocket(dir, timeoutMs).catch((err: Error) => {
+          // The one likely cause under gVisor: a runsc registered without --host-uds keeps the socket inside.
+          throw this.opts.limits.runtime === 'runsc'
+            ? new Error(`${err.message}: under runsc the socket needs runsc registered with --host-uds=all (SANDBOX_RUNSC_HOST_UDS=true says it is)`)
+            : err
+        })
+        agent = AgentClient.overSocket(socket, this.agentLog(container.id))
         await agent.waitReady(timeoutMs)
         this.dirs.set(container.id, dir)
       } else {
