@@ -188,7 +188,7 @@ async function main (): Promise<void> {
   if (wanted.includes('attach')) servers.push(new Server('attach', { ...common, SANDBOX_AGENT_CHANNEL: 'attach' }, undefined, nodeArgs))
   if (wanted.includes('socket')) servers.push(new Server('socket', { ...common, SANDBOX_AGENT_CHANNEL: 'socket' }, undefined, nodeArgs))
 
-  const results: Array<{ name: string, round: number, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], chatCalls: number, rss: number }> = []
+  const results: Array<{ server: string, name: string, round: number, loads: Load[], sse: number[], chatSeq: number[], chatPar: number[], chatCalls: number, rss: number }> = []
   const rounds = Number(values.rounds)
   const runs = Array.from({ length: rounds }, (_, round) => (round % 2 ? [...servers].reverse() : servers).map(server => ({ server, round: round + 1 }))).flat()
   for (const { server, round } of runs) {
@@ -209,7 +209,7 @@ async function main (): Promise<void> {
     const callsBefore = await redisCalls()
     const chatPar = await chatTurns(server, 10, turns * 3)
     const chatCalls = (await redisCalls() - callsBefore) / (turns * 3)
-    results.push({ name: rounds > 1 ? `${server.name} #${round}` : server.name, round, loads, sse, chatSeq, chatPar, chatCalls, rss: server.rssMb() })
+    results.push({ server: server.name, name: rounds > 1 ? `${server.name} #${round}` : server.name, round, loads, sse, chatSeq, chatPar, chatCalls, rss: server.rssMb() })
     await server.clear()
     await server.stop()
   }
@@ -237,7 +237,7 @@ async function main (): Promise<void> {
   const base = servers[0].name
   for (const other of servers.slice(1)) {
     const ratios = Array.from({ length: rounds }, (_, i) => {
-      const of = (name: string) => results.find(r => r.round === i + 1 && r.name.split(' #')[0] === name)!
+      const of = (name: string) => results.find(r => r.round === i + 1 && r.server === name)!
       return c10(of(other.name)) / c10(of(base))
     })
     const each = rounds > 1 ? ` (rounds: ${ratios.map(x => x.toFixed(2)).join(', ')}; median)` : ''

@@ -97,7 +97,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     registers: [app.metrics.registry],
     collect () { for (const h of service.hosts) this.set({ host: h.name }, h.live) }
   })
-  gauge('sandboxes_live', 'Sandboxes on this Docker host (all keys, as of the last creation or reaper round)', () => service.capacity.live)
+  gauge('sandboxes_live', 'Sandboxes on every Docker host (all keys, as of the last creation or reaper round)', () => service.capacity.live)
   gauge('sandbox_memory_budget_used_bytes', "The sum of live sandboxes' memory limits", () => service.capacity.memory_used_mb * 1024 * 1024)
   gauge('sandbox_memory_budget_bytes', "The budget for the sum of sandboxes' memory limits", () => service.capacity.memory_budget_mb * 1024 * 1024)
   app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {

@@ -107,17 +107,24 @@ def flush_all():
         ch.flush()
 
 
-def read_available(fd):
-    """What a non-blocking fd holds now: None if nothing, b'' at its end. Reads stay under malloc's mmap threshold."""
-    parts = []
+def read_chunks(fd):
+    """What a non-blocking fd holds now, READ bytes at a time (under malloc's mmap threshold); b'' at its end.
+
+    A read that comes back short means the pipe or socket is empty: no further read to learn so from EAGAIN.
+    """
     while True:
         try:
             chunk = os.read(fd, READ)
         except BlockingIOError:
-            break
-        parts.append(chunk)
+            return
+        yield chunk
         if len(chunk) < READ:
-            break
+            return
+
+
+def read_available(fd):
+    """All of read_chunks at once: None if nothing, b'' at the fd's end."""
+    parts = list(read_chunks(fd))
     return b''.join(parts) if parts else None
 
 
@@ -292,17 +299,12 @@ class Agent:
         for fd, name in k.streams.items():
             if fds is not None and fd not in fds:
                 continue
-            while True:
-                try:
-                    chunk = os.read(fd, READ)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    chunk = b''
-                if chunk:
-                    self.output(k, name, k.decoders[fd].decode(chunk))
-                if len(chunk) < READ:  # a pipe read comes back short once the pipe is empty
-                    break
+            try:
+                for chunk in read_chunks(fd):
+                    if chunk:
+                        self.output(k, name, k.decoders[fd].decode(chunk))
+            except OSError:
+                pass  # a closed pipe: the kernel's end is read from its event pipe
 
     def output(self, k, name, text):
         cur = self.current
@@ -327,7 +329,7 @@ class Agent:
             return
         lines = (k.ev_buf + data).split(b'\n')
         k.ev_buf = lines.pop()
-        for i, line in enumerate(lines):
+        for line in lines:
             # The kernel flushes its output before each event: what these events follow is in the pipes now. Output
             # written between two events read in one go belongs before the second, so the pipes are read again.
             self.drain_output(k)

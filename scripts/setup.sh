@@ -46,8 +46,7 @@ PY
   if docker_ok && [ -n "$changed" ]; then
     say "registering runsc with the running dockerd"
     kill -HUP "$(cat /var/run/docker.pid 2>/dev/null || pidof -s dockerd)"
-    for _ in $(seq 1 20); do docker info --format '{{json .Runtimes}}' | grep -q runsc && break; sleep 0.25; done
-    sleep 1 # the runtimes are re-read with the rest of the configuration
+    for _ in $(seq 1 40); do docker info --format '{{json .Runtimes}}' | grep -q 'host-uds=all' && break; sleep 0.25; done
   fi
 fi
 if ! docker_ok; then

@@ -11,7 +11,7 @@ import type { Redis, Result } from 'ioredis'
  * exactly as before), and never more than an eighth of what is left of the window, so that reservations a replica
  * holds but does not spend (its clients went elsewhere) can deny at most a few requests early on another replica.
  */
-export const LEASE_MS = 100
+const LEASE_MS = 100
 const SHARE = 8 // at most 1/SHARE of what is left of a window is reserved at once
 const MAX_BATCH = 1000
 
@@ -125,10 +125,10 @@ export class LeasedRedisStore {
     return new LeasedRedisStore(this.redis, `${this.prefix}${route?.method ?? ''}${route?.url ?? ''}-`, this.pruneAt)
   }
 
-  /** Forgets keys that hold nothing unspent (their next request asks Redis again): many one-off keys stay cheap. */
   /** Keys remembered now. */
   get size (): number { return this.windows.size }
 
+  /** Forgets keys that hold nothing unspent (their next request asks Redis again): many one-off keys stay cheap. */
   private prune (now: number): void {
     this.pruned = now
     for (const [key, w] of this.windows) if (!w.waiting && (now >= w.ends || w.next > w.last)) this.windows.delete(key)

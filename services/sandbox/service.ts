@@ -102,9 +102,14 @@ export class SandboxService {
     this.byHost = new Map(this.pools.map(p => [p.host, p]))
   }
 
-  /** The pool of the host a sandbox lives on (records from before several hosts live on the first). */
+  /** The name of the host a sandbox lives on (records from before several hosts live on the first). */
+  private hostOf (record: Pick<SandboxRecord, 'host'>): string {
+    return record.host ?? this.pool.host
+  }
+
+  /** The pool of the host a sandbox lives on. */
   private poolOf (record: SandboxRecord): SandboxPool {
-    const name = record.host ?? this.pool.host
+    const name = this.hostOf(record)
     const pool = this.byHost.get(name)
     if (!pool) throw hostUnavailable(`${name}, not in SANDBOX_DOCKER_HOSTS`)
     return pool
@@ -123,11 +128,15 @@ export class SandboxService {
       const misses = up ? 0 : (this.misses.get(pool.host) ?? 0) + 1
       this.misses.set(pool.host, misses)
       if (up && this.down.delete(pool.host)) this.log.info({ host: pool.host }, 'docker host is back')
-      if (!up && (misses >= 2 || first) && !this.down.has(pool.host)) {
-        this.down.add(pool.host)
-        this.log.warn({ host: pool.host }, 'docker host unreachable')
-      }
+      if (!up && (misses >= 2 || first)) this.markDown(pool.host)
     }))
+  }
+
+  /** A host that does not answer: its sandboxes are 503s and new ones go elsewhere until a ping succeeds. */
+  private markDown (host: string, err?: string): void {
+    if (this.down.has(host)) return
+    this.down.add(host)
+    this.log.warn({ host, ...(err ? { err } : {}) }, 'docker host unreachable')
   }
 
   /** Each host's state. */
@@ -142,7 +151,7 @@ export class SandboxService {
   private countByHost (records: SandboxRecord[]): void {
     const by = new Map<string, { live: number, memoryMb: number }>()
     for (const r of records) {
-      const name = r.host ?? this.pool.host
+      const name = this.hostOf(r)
       const u = by.get(name) ?? { live: 0, memoryMb: 0 }
       u.live++
       u.memoryMb += r.memory_mb
@@ -183,7 +192,7 @@ export class SandboxService {
     Object.assign(this.recovery, { state: 'running', total: records.length })
     await eachLimited(records, this.opts.recoveryConcurrency ?? 8, async (record) => {
       if (this.live.has(record.id)) return // a request already attached to it
-      const pool = this.byHost.get(record.host ?? this.pool.host)
+      const pool = this.byHost.get(this.hostOf(record))
       if (!pool || this.down.has(pool.host)) return // kept: it is re-adopted when its host answers
       let handle: SandboxHandle | null
       try {
@@ -244,7 +253,7 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
     // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
     const { egress } = this.opts
-    const dir = this.byHost.get(record.host ?? this.pool.host)?.agentDirOf(handle.containerId)
+    const dir = this.byHost.get(this.hostOf(record))?.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
       egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)))
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
@@ -437,8 +446,7 @@ export class SandboxService {
       handle = await pool.adopt(record.container_id)
     } catch (err) {
       if (!(err instanceof DependencyError)) throw err
-      this.down.add(pool.host)
-      this.log.warn({ host: pool.host, err: err.message }, 'docker host unreachable')
+      this.markDown(pool.host, err.message)
       throw hostUnavailable(pool.host)
     }
     if (!handle) {
@@ -457,7 +465,7 @@ export class SandboxService {
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.poolOf(record).remove(record.container_id)
     await this.store.deleteSandbox(record.id)
-    this.countOn(record.host ?? this.pool.host, -1, record.memory_mb)
+    this.countOn(this.hostOf(record), -1, record.memory_mb)
   }
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
@@ -620,7 +628,7 @@ export class SandboxService {
     await this.recovering
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of [...this.live]) {
-      const pool = this.byHost.get(this.records.get(id)?.host ?? this.pool.host) ?? this.pool // read before close() forgets it
+      const pool = this.byHost.get(this.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
       handle.agent.close()
       if (!keep) {
         await pool.remove(handle.containerId).catch(() => {})

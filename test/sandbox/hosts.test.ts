@@ -52,9 +52,11 @@ t.test('20 sandboxes created through two replicas land on both hosts by capacity
     await calls(i % 2).run(id, `x = ${i}`)
   }
   const placement: Record<string, number> = {}
-  for (const id of ids) placement[(await hostOf(id))!] = (placement[(await hostOf(id))!] ?? 0) + 1
+  for (const id of ids) {
+    const host = (await hostOf(id))!
+    placement[host] = (placement[host] ?? 0) + 1
+  }
   t.same(placement, { one: 10, two: 10 }, 'spread evenly: each new sandbox goes to the host with the most free slots')
-  process.stdout.write(`# placement: ${JSON.stringify(placement)}\n`)
   for (const [i, id] of ids.entries()) {
     t.equal((await calls((i + 1) % 2).run(id, 'print(x)')).stdout, `${i}\n`, `the other replica serves ${id} on ${await hostOf(id)}, state kept`)
   }
