@@ -17,7 +17,6 @@ export async function serve (config: Config, opts: ServeOptions = {}): Promise<v
     : undefined
   const app = await buildApp({ config, ...(logs ? { logs } : {}) })
   app.server.keepAliveTimeout = 65_000
-  app.server.requestTimeout = 0 // long SSE streams and executions are bounded by their own timeouts
   if (config.apiKeys.length === 0) app.log.warn('no API key configured: every request is rejected with 401 until API_KEYS or API_KEY is set')
   let closing = false
   const shutdown = (signal: string) => {

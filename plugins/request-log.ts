@@ -7,8 +7,27 @@ declare module 'fastify' {
   }
 }
 
-/** A URL as logged: a key passed as `?token=` (Jupyter clients) never reaches the logs. */
-export const redactUrl = (url: string): string => url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]')
+/** Query parameters whose value is a credential (`token`: Jupyter clients pass the API key so). */
+const SECRET_PARAMS = new Set(['token', 'api_key', 'apikey', 'access_token', 'key', 'secret', 'password'])
+
+const decoded = (text: string): string => {
+  try { return decodeURIComponent(text.replace(/\+/g, ' ')) } catch { return text }
+}
+
+/**
+ * A URL as logged: a credential in the query string never reaches the logs. Names are compared as the query parser
+ * reads them (percent-decoded, any case), so `?%74oken=` or `?tok%65n=`, which authenticate, are redacted too.
+ */
+export const redactUrl = (url: string): string => {
+  const at = url.indexOf('?')
+  if (at < 0) return url
+  const query = url.slice(at + 1).split('&').map(pair => {
+    const eq = pair.indexOf('=')
+    const name = decoded(eq < 0 ? pair : pair.slice(0, eq)).trim().toLowerCase()
+    return SECRET_PARAMS.has(name) && eq >= 0 ? `${pair.slice(0, eq)}=[redacted]` : pair
+  })
+  return `${url.slice(0, at)}?${query.join('&')}`
+}
 
 /**
  * One access line per finished request (Fastify's own two lines are off), at the route's level; and a warning for a

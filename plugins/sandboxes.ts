@@ -6,7 +6,7 @@ import { SandboxPool } from '../services/sandbox/pool.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
 import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
-import { parseDockerHosts } from '../services/sandbox/hosts.js'
+import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
 
 declare module 'fastify' {
   interface FastifyInstance { sandboxes: SandboxService }
@@ -53,10 +53,17 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     }
   }, hosts.length > 1 ? log.child({ host: name }) : log))
   const pool = pools[0]
-  const egress = new EgressProxy({ maxBytes: c.SANDBOX_EGRESS_MAX_BYTES, maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS, log: log.child({ egress: true }) })
+  const egressAllowed = parseAllowedList(c.SANDBOX_EGRESS_ALLOWED)
+  const egress = new EgressProxy({
+    maxBytes: c.SANDBOX_EGRESS_MAX_BYTES,
+    maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS,
+    log: log.child({ egress: true }),
+    operatorAllowed: egressAllowed,
+    ownEndpoints: ownEndpoints(c, hosts)
+  })
   const service = new SandboxService(pools, app.store, {
     egress,
-    egressAllowed: parseAllowedList(c.SANDBOX_EGRESS_ALLOWED),
+    egressAllowed,
     networkDefault: parseAllowedList(c.SANDBOX_NETWORK_DEFAULT, 'SANDBOX_NETWORK_DEFAULT'),
     maxPerKey: c.MAX_SANDBOXES_PER_KEY,
     defaultTimeoutS: c.SANDBOX_TIMEOUT_S,

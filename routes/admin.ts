@@ -57,8 +57,18 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const { level, session } = request.query
     const wanted = (line: LogLine) => line.level >= level && (!session || JSON.stringify(line).includes(session))
     const sse = openSse(reply)
-    for (const line of app.logs.backlog()) if (wanted(line)) sse.send('log', line)
-    const onLine = (line: LogLine) => { if (wanted(line)) sse.send('log', line) }
+    // Lines are pushed as they happen: while the client is behind by more than a buffer's worth they are dropped and
+    // counted (a `dropped` event says how many), never queued without bound.
+    let dropped = 0
+    const send = (line: LogLine) => {
+      if (!wanted(line)) return
+      if (sse.queued > app.config.WS_MAX_BUFFERED_BYTES) { dropped++; return }
+      if (dropped) sse.send('dropped', { lines: dropped })
+      dropped = 0
+      sse.send('log', line)
+    }
+    for (const line of app.logs.backlog()) send(line)
+    const onLine = send
     app.logs.events.on('line', onLine)
     const heartbeat = setInterval(() => sse.comment('ping'), 15_000)
     reply.raw.on('close', () => {

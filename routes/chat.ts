@@ -3,7 +3,7 @@ import { Type } from 'typebox'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import { ChatRequestSchema, ConfirmSchema } from '../schemas/chat.js'
 import { MessageSchema, UsageSchema, type Message } from '../schemas/sessions.js'
-import { openSse, sseEvents } from './sse.js'
+import { forwardEvents, openSse } from './sse.js'
 import { AppError } from '../services/errors.js'
 
 const ChatResponseSchema = Type.Object({
@@ -15,7 +15,7 @@ const ChatResponseSchema = Type.Object({
   finish_reason: Type.String({ description: 'stop, step_limit or interrupted' })
 })
 
-const EVENT_ID = /^\d+-\d+$/
+const EVENT_ID = /^\d{1,16}-\d{1,16}$/ // what Redis takes as a stream id (each part within 64 bits)
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { runs, sessions, events } = app
@@ -50,9 +50,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const follower = new AbortController()
     reply.raw.on('close', () => follower.abort())
     // The run goes on if the client leaves; it can resume from the last id it saw on /v1/sessions/:id/events.
-    for await (const logged of runs.follow(session.id, run, follower.signal)) {
-      for (const e of sseEvents(logged)) sse.send(e.event, e.data, e.id)
-    }
+    await forwardEvents(sse, runs.follow(session.id, run, follower.signal), app.config.WS_SLOW_CLOSE_MS)
     follower.abort()
     sse.end()
     return reply
@@ -78,10 +76,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     reply.raw.on('close', () => follower.abort())
     const heartbeat = setInterval(() => sse.comment('ping'), 15_000)
     try {
-      for await (const logged of events.follow(session.id, after, follower.signal)) {
-        for (const e of sseEvents(logged)) sse.send(e.event, e.data, e.id)
-      }
+      await forwardEvents(sse, events.follow(session.id, after, follower.signal), app.config.WS_SLOW_CLOSE_MS)
     } finally {
+      follower.abort()
       clearInterval(heartbeat)
       sse.end()
     }

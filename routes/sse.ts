@@ -2,9 +2,14 @@ import type { LoggedEvent } from '../services/events.js'
 import type { FastifyReply } from 'fastify'
 
 export interface SseStream {
-  send (event: string, data: unknown, id?: string): void
+  /** Writes one event; false when the client's socket holds more than it has read (wait for `drained`). */
+  send (event: string, data: unknown, id?: string): boolean
   comment (text: string): void
   end (): void
+  /** Resolves true once the client has read what was queued, false if it left or `maxWaitMs` passed first. */
+  drained (maxWaitMs: number): Promise<boolean>
+  /** Bytes written but not yet taken by the client's socket. */
+  readonly queued: number
   readonly closed: boolean
 }
 
@@ -25,9 +30,22 @@ export function openSse (reply: FastifyReply): SseStream {
   raw.on('close', () => { closed = true })
   return {
     get closed () { return closed },
+    get queued () { return raw.writableLength },
     send (event, data, id) {
-      if (closed) return
-      raw.write(`${id === undefined ? '' : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
+      if (closed) return true
+      return raw.write(`${id === undefined ? '' : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
+    },
+    drained (maxWaitMs) {
+      if (closed) return Promise.resolve(false)
+      if (!raw.writableNeedDrain) return Promise.resolve(true)
+      return new Promise(resolve => {
+        const done = (ok: boolean) => { clearTimeout(timer); raw.off('drain', onDrain); raw.off('close', onClose); resolve(ok) }
+        const onDrain = () => done(true)
+        const onClose = () => done(false)
+        const timer = setTimeout(() => done(false), maxWaitMs)
+        raw.on('drain', onDrain)
+        raw.on('close', onClose)
+      })
     },
     comment (text) {
       if (!closed) raw.write(`: ${text}\n\n`)
@@ -37,6 +55,23 @@ export function openSse (reply: FastifyReply): SseStream {
       closed = true
     }
   }
+}
+
+/**
+ * Sends a session's logged events to one SSE client at the pace it reads: the log is pulled only while the client
+ * keeps up, so a client that never reads holds one socket buffer, not the whole stream. A client that reads nothing
+ * for `slowCloseMs` is disconnected (it can resume with Last-Event-ID). Returns false when it was.
+ */
+export async function forwardEvents (sse: SseStream, source: AsyncIterable<LoggedEvent>, slowCloseMs: number): Promise<boolean> {
+  for await (const logged of source) {
+    let keepingUp = true
+    for (const e of sseEvents(logged)) keepingUp = sse.send(e.event, e.data, e.id) && keepingUp
+    if (!keepingUp && !(await sse.drained(slowCloseMs))) {
+      sse.end()
+      return false
+    }
+  }
+  return true
 }
 
 /** A logged run event as the SSE events clients see: `message` (LMC chunks), `fallback`, `error`, `done`. */

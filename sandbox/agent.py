@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import stat
 import sys
 import time
 
@@ -631,9 +632,16 @@ class Agent:
     def op_read(self, rid, req):
         def run():
             real = self.resolve(req.get('path'))
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO must not wait for a writer (this loop serves every request of the sandbox).
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, 'the path is a directory')
+                if not stat.S_ISREG(st.st_mode):
+                    return emit({'id': rid, 'type': 'error', 'code': 'not_a_regular_file', 'name': 'NotARegularFile',
+                                 'value': 'only regular files can be read (this is a FIFO, socket or device)'})
+                size = st.st_size
                 emit({'id': rid, 'type': 'file_start', 'size': size})
                 while True:
                     data = os.read(fd, CHUNK)

@@ -12,9 +12,16 @@ export type ErrorBody = Static<typeof ErrorSchema>
 
 export const IdParamsSchema = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) })
 
+/** The largest list offset: Redis takes list and sorted-set indexes as 64-bit integers; 1e21 is not one. */
+export const MAX_OFFSET = 1_000_000_000
+export const OffsetSchema = Type.Integer({ minimum: 0, maximum: MAX_OFFSET, default: 0 })
+
+/** A Redis stream id (`ms-seq`) that Redis accepts: each part fits in 64 bits. */
+export const EventIdSchema = Type.String({ pattern: '^\\d{1,16}-\\d{1,16}$', description: 'an event id, as in the `id:` of an event' })
+
 export const PageQuerySchema = Type.Object({
   limit: Type.Integer({ minimum: 1, maximum: 100, default: 20 }),
-  offset: Type.Integer({ minimum: 0, default: 0 })
+  offset: OffsetSchema
 })
 export type PageQuery = Static<typeof PageQuerySchema>
 

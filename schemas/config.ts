@@ -36,6 +36,7 @@ export const EnvSchema = Type.Object({
   SESSION_RATE_LIMIT_PER_MINUTE: Int(1, 10),
   SESSION_TTL_S: Int(1, 7 * 24 * 3600),
   BODY_LIMIT: Int(1024, 2 * 1024 * 1024, 'largest JSON body accepted'),
+  REQUEST_TIMEOUT_MS: Int(1000, 120000, 'a request whose headers and body have not all arrived after this long is answered 408 and its connection closed (a trickled body cannot hold a socket forever)'),
   METRICS_PUBLIC: Type.Boolean({ default: false }),
   SANDBOX_ENABLED: Type.Boolean({ default: true }),
   SANDBOX_IMAGE: Type.Optional(Type.String({ minLength: 1 })),

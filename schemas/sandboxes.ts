@@ -55,6 +55,8 @@ export const SandboxRecordSchema = Type.Object({
   session_id: Type.Union([Type.String(), Type.Null()]),
   /** The egress allow list, when the sandbox has one. */
   network: Type.Optional(Type.Array(Type.String())),
+  /** Set by an admin key or the operator's default: the user wall (services/sandbox/egress.ts) does not apply. */
+  network_trusted: Type.Optional(Type.Boolean()),
   /** The Docker host it lives on (SANDBOX_DOCKER_HOSTS); absent: the first. */
   host: Type.Optional(Type.String())
 })

@@ -12,7 +12,9 @@ export function createRedis (url: string, keyPrefix: string): Redis {
     connectTimeout: 2000,
     commandTimeout: 2000,
     retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
-    reconnectOnError: () => true,
+    // Only a failover (the replica we reach became read-only) is a reason to reconnect: an error reply to one
+    // request's command (a bad argument) must not drop the connection every other request shares.
+    reconnectOnError: (err) => err.message.startsWith('READONLY') ? 2 : false,
     // Commands issued in the same tick (several requests' rate-limit counters, reads, touches) go in one write:
     // on a busy server each write, and the wake-up of Redis it causes, is much of the cost of a request.
     enableAutoPipelining: true

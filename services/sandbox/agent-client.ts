@@ -3,9 +3,13 @@ import { PassThrough, type Duplex, type Readable } from 'node:stream'
 import type { Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import type Docker from 'dockerode'
+import { AppError } from '../errors.js'
 
 export type AgentEvent = { id?: string, type: string } & Record<string, unknown>
-type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: (e: Error) => void, started: boolean }
+type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: (e: Error) => void, started: boolean, timer?: NodeJS.Timeout }
+
+/** How long a non-execute call (files, interrupt, restart, env) may go without a word from the agent. */
+export const AGENT_CALL_IDLE_MS = 30_000
 
 const TERMINAL = new Set(['end', 'done', 'pong', 'files'])
 // Request ids: unique among every replica talking to one agent (a random prefix per process), and cheap (a counter).
@@ -15,6 +19,14 @@ const nextId = () => `${ID_PREFIX}${(idCount++).toString(36)}`
 
 export class AgentGone extends Error {
   override name = 'AgentGone'
+}
+
+/** The agent said nothing about one request for longer than its deadline: the sandbox is wedged or overloaded. */
+export class AgentTimeout extends AppError {
+  constructor (op: string, idleMs: number) {
+    super(503, 'sandbox_unresponsive', `The sandbox did not answer (${op}) within ${Math.round(idleMs / 1000)} s; try again, or delete it`, 'sandbox_error', { retry_after: 5 })
+    this.name = 'AgentTimeout'
+  }
 }
 
 /** How this process reaches the agent: its unix socket (direct), or the `docker attach` stream (through dockerd). */
@@ -82,9 +94,11 @@ export class AgentClient extends EventEmitter {
       return
     }
     if (event.type === 'start') pending.started = true
+    pending.timer?.refresh()
     pending.onEvent(event)
     if (TERMINAL.has(event.type) || (event.type === 'error' && !pending.started)) {
       this.pending.delete(event.id!)
+      clearTimeout(pending.timer)
       pending.resolve()
     }
   }
@@ -92,25 +106,35 @@ export class AgentClient extends EventEmitter {
   private fail (err: Error): void {
     if (this.closed) return
     this.closed = true
-    for (const pending of this.pending.values()) pending.reject(err)
+    for (const pending of this.pending.values()) {
+      clearTimeout(pending.timer)
+      pending.reject(err)
+    }
     this.pending.clear()
     this.emit('gone', err)
   }
 
-  /** Sends one request; `onEvent` sees every event answering it; resolves after the last one. */
-  request (op: string, body: Record<string, unknown>, onEvent: (e: AgentEvent) => void = () => {}): Promise<void> {
+  /**
+   * Sends one request; `onEvent` sees every event answering it; resolves after the last one. It rejects with
+   * AgentTimeout when `idleMs` pass without an event for it (each event restarts the clock).
+   */
+  request (op: string, body: Record<string, unknown>, onEvent: (e: AgentEvent) => void = () => {}, idleMs = AGENT_CALL_IDLE_MS): Promise<void> {
     if (this.closed) return Promise.reject(new AgentGone('the sandbox agent is gone'))
     const id = nextId()
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { onEvent, resolve, reject, started: false })
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id)) reject(new AgentTimeout(op, idleMs))
+      }, idleMs)
+      timer.unref()
+      this.pending.set(id, { onEvent, resolve, reject, started: false, timer })
       this.stream.write(JSON.stringify({ ...body, id, op }) + '\n')
     })
   }
 
   /** A request whose answer is a single event (or an error event). */
-  async call (op: string, body: Record<string, unknown> = {}): Promise<AgentEvent> {
+  async call (op: string, body: Record<string, unknown> = {}, idleMs = AGENT_CALL_IDLE_MS): Promise<AgentEvent> {
     let last: AgentEvent | undefined
-    await this.request(op, body, e => { last = e })
+    await this.request(op, body, e => { last = e }, idleMs)
     return last!
   }
 

@@ -115,21 +115,83 @@ for (const [kind, net, prefix, family] of RANGES) {
   LISTS.get(kind)!.addSubnet(net, prefix, family)
 }
 
+/** The 16 bytes of an IPv6 address (isIP must say 6). */
+function v6Bytes (address: string): number[] {
+  let text = address.toLowerCase().replace(/%.*$/, '')
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text)?.[1]
+  if (v4) {
+    const [a, b, c, d] = v4.split('.').map(Number)
+    text = text.slice(0, -v4.length) + `${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`
+  }
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined]
+  const words = (part: string | undefined) => part ? part.split(':').map(w => parseInt(w, 16)) : []
+  const h = words(head)
+  const t = words(tail)
+  const all = tail === undefined ? h : [...h, ...new Array(8 - h.length - t.length).fill(0), ...t]
+  return all.flatMap(w => [w >> 8, w & 255])
+}
+
+/**
+ * The IPv4 address an IPv6 address carries, in every form a stack may route to it: mapped (::ffff:a.b.c.d),
+ * compatible (::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002:aabb:ccdd::/48).
+ */
+export function embeddedV4 (address: string): string | null {
+  if (isIP(address) !== 6) return null
+  const b = v6Bytes(address)
+  const v4 = (at: number) => b.slice(at, at + 4).join('.')
+  const zeros = (from: number, to: number) => b.slice(from, to).every(x => x === 0)
+  if (zeros(0, 10) && b[10] === 255 && b[11] === 255) return v4(12)
+  if (zeros(0, 12) && !zeros(12, 16) && !(zeros(12, 15) && b[15] === 1)) return v4(12)
+  if (b[0] === 0 && b[1] === 0x64 && b[2] === 0xff && b[3] === 0x9b && zeros(4, 12)) return v4(12)
+  if (b[0] === 0x20 && b[1] === 0x02) return v4(2)
+  return null
+}
+
 /** Why an address may not be reached unless listed as an address (metadata, loopback, private, ...); null when public. */
 export function forbiddenAddress (address: string): string | null {
   const family = isIP(address)
   if (family === 0) return 'not an address'
-  const mapped = family === 6 ? /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1] : undefined
-  if (mapped) return forbiddenAddress(mapped)
-  if (address === '169.254.169.254' || address.toLowerCase() === 'fd00:ec2::254') return 'metadata'
+  const inner = embeddedV4(address)
+  if (inner) return forbiddenAddress(inner)
+  if (address === '169.254.169.254' || (family === 6 && v6Bytes(address).join() === v6Bytes('fd00:ec2::254').join())) return 'metadata'
   for (const [kind, list] of LISTS) if (list.check(address, family === 4 ? 'ipv4' : 'ipv6')) return kind
+  return null
+}
+
+/** Kinds of address a user key's sandbox never reaches, whatever any allow list says. */
+const NEVER_FOR_USERS = new Set(['metadata', 'loopback', 'link-local', 'unspecified', 'multicast', 'reserved', 'not an address'])
+
+/** The same address however it is written (an IPv4 address inside IPv6 is that IPv4 address). */
+export function canonicalAddress (address: string): string {
+  const inner = embeddedV4(address)
+  if (inner) return inner
+  return isIP(address) === 6 ? v6Bytes(address).join('.') : address
+}
+
+/** One of the server's own endpoints (its listeners, its Redis, its Docker hosts): an address (or any, for `*`) and a port. */
+export interface Endpoint { host: string, port: number }
+
+/**
+ * The wall around a user key's sandbox: whatever the allow lists say, it never reaches loopback, link-local, metadata or
+ * other reserved addresses, nor one of the server's own endpoints; a private address only where the operator's
+ * SANDBOX_EGRESS_ALLOWED names it as an address. Returns why not, or null.
+ */
+export function userWall (address: string, port: number, operatorAllowed: AllowRule[], own: Array<{ address: string, port: number }>): string | null {
+  const kind = forbiddenAddress(address)
+  if (kind && NEVER_FOR_USERS.has(kind)) return `${address} is a ${kind} address`
+  const canonical = canonicalAddress(address)
+  if (own.some(e => e.port === port && (e.address === '*' || e.address === canonical))) return `${address}:${port} is this server's own endpoint`
+  if (kind && !operatorAllowed.some(r => r.ip && canonicalAddress(r.host) === canonical)) return `${address} is a ${kind} address`
   return null
 }
 
 export interface EgressDecision { ok: boolean, reason?: string, address?: string }
 
-/** Checks a destination against a sandbox's rules and resolves it to the address to connect to. */
-export async function decide (rules: AllowRule[], rawHost: string, port: number, resolve: (host: string) => Promise<string[]> = defaultResolve): Promise<EgressDecision> {
+/**
+ * Checks a destination against a sandbox's rules and resolves it to the address to connect to; `wall` (a user key's
+ * sandbox) may refuse an address the rules allow.
+ */
+export async function decide (rules: AllowRule[], rawHost: string, port: number, resolve: (host: string) => Promise<string[]> = defaultResolve, wall?: (address: string, port: number) => string | null): Promise<EgressDecision> {
   const host = rawHost.toLowerCase().replace(/^\[|\]$/g, '').replace(/\.$/, '')
   if (!(port >= 1 && port <= 65535)) return { ok: false, reason: 'bad port' }
   const rule = rules.find(r => matches(r, host, port))
@@ -142,8 +204,10 @@ export async function decide (rules: AllowRule[], rawHost: string, port: number,
   }
   let reason = 'the name does not resolve'
   for (const address of addresses) {
+    const walled = wall?.(address, port)
+    if (walled) { reason = walled; continue }
     const forbidden = forbiddenAddress(address)
-    if (!forbidden || (rule.ip && rule.host === address)) return { ok: true, address }
+    if (!forbidden || (rule.ip && canonicalAddress(rule.host) === canonicalAddress(address))) return { ok: true, address }
     reason = `${address} is a ${forbidden} address`
   }
   return { ok: false, reason }
@@ -163,9 +227,13 @@ export interface EgressOptions {
   connectTimeoutMs?: number
   log: Log
   resolve?: (host: string) => Promise<string[]>
+  /** The operator's SANDBOX_EGRESS_ALLOWED: a user key's sandbox reaches a private address only where it is named. */
+  operatorAllowed?: AllowRule[]
+  /** The server's own listeners, Redis and Docker endpoints: never reached from a user key's sandbox. */
+  ownEndpoints?: Endpoint[]
 }
 
-interface Gate { server: Server, rules: AllowRule[], bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string }
+interface Gate { server: Server, rules: AllowRule[], trusted: boolean, bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string }
 
 /** The per-sandbox proxies of this process. */
 export class EgressProxy {
@@ -173,13 +241,29 @@ export class EgressProxy {
 
   constructor (private readonly opts: EgressOptions) {}
 
-  /** Serves a sandbox's proxy socket in its agent directory (replacing a stale one). */
-  async open (sandboxId: string, dir: string, rules: AllowRule[]): Promise<void> {
+  /** The own endpoints as addresses (resolved once, when the first user gate asks). */
+  private own: Promise<Array<{ address: string, port: number }>> | null = null
+
+  private ownAddresses (): Promise<Array<{ address: string, port: number }>> {
+    this.own ??= Promise.all((this.opts.ownEndpoints ?? []).map(async ({ host, port }) => {
+      const bare = host.replace(/^\[|\]$/g, '')
+      if (bare === '*' || bare === '' || forbiddenAddress(bare) === 'unspecified') return [{ address: '*', port }]
+      const addresses = isIP(bare) ? [bare] : await (this.opts.resolve ?? defaultResolve)(bare).catch(() => [] as string[])
+      return addresses.map(a => ({ address: canonicalAddress(a), port }))
+    })).then(lists => lists.flat())
+    return this.own
+  }
+
+  /**
+   * Serves a sandbox's proxy socket in its agent directory (replacing a stale one). `trusted`: an admin key set its
+   * policy, so its rules are all that limit it; otherwise the user wall applies too (see userWall).
+   */
+  async open (sandboxId: string, dir: string, rules: AllowRule[], trusted = false): Promise<void> {
     await this.close(sandboxId)
     const path = join(dir, EGRESS_SOCKET)
     await unlink(path).catch(() => {})
     const server = createServer()
-    const gate: Gate = { server, rules, bytes: 0, open: new Set(), sockets: new Set(), path }
+    const gate: Gate = { server, rules, trusted, bytes: 0, open: new Set(), sockets: new Set(), path }
     server.on('connection', (socket: Socket) => {
       gate.sockets.add(socket)
       socket.on('close', () => gate.sockets.delete(socket))
@@ -218,7 +302,11 @@ export class EgressProxy {
     let decision: EgressDecision
     if (gate.bytes >= this.opts.maxBytes) decision = { ok: false, reason: `the sandbox used its ${this.opts.maxBytes} bytes of egress` }
     else if (gate.open.size >= this.opts.maxConnections * 2) decision = { ok: false, reason: `the sandbox has ${this.opts.maxConnections} connections open` }
-    else decision = await decide(gate.rules, host, port, this.opts.resolve)
+    else {
+      const own = gate.trusted ? [] : await this.ownAddresses()
+      const wall = gate.trusted ? undefined : (address: string, p: number) => userWall(address, p, this.opts.operatorAllowed ?? [], own)
+      decision = await decide(gate.rules, host, port, this.opts.resolve, wall)
+    }
     if (decision.ok) this.opts.log.info({ sandbox: sandboxId, host, port, address: decision.address }, 'egress allowed')
     else this.opts.log.warn({ sandbox: sandboxId, host, port, reason: decision.reason }, 'egress refused')
     return decision

@@ -37,3 +37,20 @@ export function parseDockerHosts (spec: string | undefined, socketPath: string):
   if (twice) throw new Error(`SANDBOX_DOCKER_HOSTS: the name ${twice} is used twice`)
   return hosts
 }
+
+/**
+ * The server's own endpoints a user's sandbox must never reach through the egress proxy: its HTTP listener, its
+ * Redis and its Docker hosts reached over TCP (`*`: the port on any address, for a listener on 0.0.0.0 or ::).
+ */
+export function ownEndpoints (config: { HOST: string, PORT: number, REDIS_URL?: string }, hosts: DockerHost[]): Array<{ host: string, port: number }> {
+  const endpoints = [{ host: config.HOST === '0.0.0.0' || config.HOST === '::' ? '*' : config.HOST, port: config.PORT }]
+  if (config.REDIS_URL) {
+    const redis = new URL(config.REDIS_URL)
+    endpoints.push({ host: redis.hostname || '127.0.0.1', port: Number(redis.port || 6379) })
+  }
+  for (const { endpoint } of hosts) {
+    const url = new URL(endpoint)
+    if (url.protocol === 'tcp:' || url.protocol === 'ssh:') endpoints.push({ host: url.hostname, port: Number(url.port || (url.protocol === 'ssh:' ? 22 : url.searchParams.has('ca') ? 2376 : 2375)) })
+  }
+  return endpoints
+}

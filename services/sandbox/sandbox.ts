@@ -8,6 +8,7 @@ const FILE_ERRORS: Record<string, [number, string]> = {
   file_not_found: [404, 'File not found'],
   path_outside_workspace: [400, 'The path must stay inside the workspace'],
   is_a_directory: [400, 'The path is a directory'],
+  not_a_regular_file: [400, 'Only regular files can be read (the path is a FIFO, socket or device)'],
   not_a_directory: [400, 'A part of the path is not a directory'],
   disk_full: [507, 'The sandbox workspace is full'],
   file_too_large: [413, 'The file is larger than the sandbox allows']
@@ -30,6 +31,8 @@ export interface ExecuteOptions {
 }
 
 export const UPLOAD_CHUNK = 192 * 1024
+/** An execution's agent deadline past its own timeout: the agent interrupts, then kills, well within this. */
+const EXECUTE_SLACK_MS = 30_000
 
 /** One live container with its attached agent. */
 export class SandboxHandle {
@@ -67,7 +70,7 @@ export class SandboxHandle {
           case 'start': execution.execution_count = e.execution_count; break
         }
         onEvent(e)
-      })
+      }, opts.timeoutMs + EXECUTE_SLACK_MS)
     } finally {
       this.busy = false
     }
@@ -95,6 +98,8 @@ export class SandboxHandle {
   readFile (path: string): Promise<{ size: number, stream: Readable }> {
     return new Promise((resolve, reject) => {
       const stream = new PassThrough()
+      // An error can end the stream before its reader attaches (a read that fails mid-file): never an unhandled 'error'.
+      stream.on('error', () => {})
       let opened = false
       this.agent.request('read', { path }, (e) => {
         if (e.type === 'error') {

@@ -255,7 +255,7 @@ export class SandboxService {
     const { egress } = this.opts
     const dir = this.byHost.get(this.hostOf(record))?.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
-      egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)))
+      egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)), record.network_trusted === true)
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
     }
   }
@@ -278,6 +278,9 @@ export class SandboxService {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
     const rules = spec.network === undefined ? this.opts.networkDefault ?? [] : this.networkRules(principal, spec.network, trustedNetwork)
+    // An admin's policy (or the operator's default) is all that limits its sandbox; a user key's, and a session's
+    // (whoever set it), also meets the wall.
+    const networkTrusted = spec.network === undefined || principal.role === 'admin'
     if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
@@ -299,7 +302,7 @@ export class SandboxService {
       if (rules.length) {
         const dir = pool.agentDirOf(handle.containerId)
         if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
-        await this.opts.egress!.open(id, dir, rules)
+        await this.opts.egress!.open(id, dir, rules, networkTrusted)
         await handle.enableEgress()
         env = { ...PROXY_ENV, ...env }
       }
@@ -317,7 +320,7 @@ export class SandboxService {
         memory_mb: memoryMb,
         metadata: spec.metadata ?? {},
         session_id: sessionId,
-        ...(rules.length ? { network: rules.map(r => r.text) } : {}),
+        ...(rules.length ? { network: rules.map(r => r.text), network_trusted: networkTrusted } : {}),
         ...(this.pools.length > 1 ? { host: pool.host } : {})
       }
       signal?.throwIfAborted()
