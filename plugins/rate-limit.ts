@@ -3,11 +3,17 @@ import rateLimit from '@fastify/rate-limit'
 import type { FastifyRequest, FastifyReply } from 'fastify'
 import { AppError } from '../services/errors.js'
 import { leasedStore } from '../services/rate-limit-store.js'
+import type { Principal } from '../services/auth.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** preHandler limiting requests that act on one session or sandbox (by its :id). */
     limitPerTarget: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    /**
+     * Counts one action that arrives over an open socket (a WebSocket message, a Jupyter cell) exactly as a request
+     * would be counted: against the key's limit and, with a target (a session), the target's. Throws the 429.
+     */
+    limitAction: (principal: Principal, target?: string) => Promise<void>
   }
 }
 
@@ -36,6 +42,21 @@ export default fp(async (app) => {
     max: async () => settings.get().session_rate_limit_per_minute,
     timeWindow: 60_000,
     keyGenerator: (request: FastifyRequest) => `target:${targetOf(request)}`
+  })
+  // The same counters as the limiter above: a socket's actions and a client's requests share one budget.
+  const countPerKey = app.createRateLimit({
+    max: async () => settings.get().rate_limit_per_minute,
+    timeWindow: 60_000,
+    keyGenerator: (request: FastifyRequest) => `key:${request.principal.name}`
+  })
+  app.decorate('limitAction', async (principal: Principal, target?: string) => {
+    // What the limiter reads of a request: the principal, the target, and the route's (empty) config.
+    const request = { principal, params: { id: target }, routeOptions: { config: {} } } as unknown as FastifyRequest
+    const perKey = await countPerKey(request)
+    if (!perKey.isAllowed && perKey.isExceeded) throw tooMany(perKey.max, perKey.ttl, 'for this API key')
+    if (!target) return
+    const perTarget = await countPerTarget(request)
+    if (!perTarget.isAllowed && perTarget.isExceeded) throw tooMany(perTarget.max, perTarget.ttl, 'for this session')
   })
   app.decorate('limitPerTarget', async (request, reply) => {
     if (!targetOf(request)) return // a request that creates its session has nothing to count against yet

@@ -10,7 +10,7 @@ declare module 'fastify' {
 
 export default fp(async (app) => {
   const ttl = app.config.SESSION_TTL_S
-  const store: Store = app.redis ? new RedisStore(app.redis, ttl) : new MemoryStore(ttl * 1000)
+  const store: Store = app.redis ? new RedisStore(app.redis, ttl, app.config.SESSION_STORED_BYTES) : new MemoryStore(ttl * 1000, app.config.SESSION_STORED_BYTES)
   app.decorate('store', store)
   app.decorate('sessions', new SessionService(store))
   app.addHook('onClose', () => store.close())

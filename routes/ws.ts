@@ -1,4 +1,4 @@
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyPluginAsync } from 'fastify'
 import type { WebSocket } from 'ws'
 import Value from 'typebox/value'
 import { ClientMessageSchema, type ClientMessage, type ServerMessage } from '../schemas/ws.js'
@@ -26,17 +26,9 @@ function invalid (raw: unknown): AppError | null {
 const routes: FastifyPluginAsync = async (app) => {
   const { sessions, runs, events } = app
   const c = app.config
-  const open = new Map<string, number>()
-
-  const capSockets = async (request: FastifyRequest) => {
-    if ((open.get(request.principal.name) ?? 0) >= c.WS_MAX_SOCKETS_PER_KEY) {
-      throw new AppError(429, 'too_many_sockets', `This key already has ${c.WS_MAX_SOCKETS_PER_KEY} open WebSockets`)
-    }
-  }
-
-  app.get('/ws', { websocket: true, preHandler: capSockets, schema: { hide: true } as object }, (socket: WebSocket, request) => {
+  app.get('/ws', { websocket: true, preHandler: app.sockets.check, schema: { hide: true } as object }, (socket: WebSocket, request) => {
     const principal = request.principal
-    open.set(principal.name, (open.get(principal.name) ?? 0) + 1)
+    app.sockets.hold(principal, socket)
     const log = request.log.child({ ws: true })
     let session: Session | null = null
     let follower: AbortController | null = null
@@ -85,6 +77,8 @@ const routes: FastifyPluginAsync = async (app) => {
     }
 
     const handle = async (message: ClientMessage) => {
+      // Every action counts as a request would: against the key, and (chat, execute) against the session.
+      if (message.type !== 'ping') await app.limitAction(principal, message.type === 'chat' || message.type === 'execute' ? session?.id : undefined)
       switch (message.type) {
         case 'ping': return send({ type: 'pong' })
         case 'hello': {
@@ -140,7 +134,6 @@ const routes: FastifyPluginAsync = async (app) => {
     socket.on('close', () => {
       clearInterval(heartbeat)
       follower?.abort()
-      open.set(principal.name, (open.get(principal.name) ?? 1) - 1)
     })
   })
 }

@@ -35,6 +35,8 @@ export const EnvSchema = Type.Object({
   RATE_LIMIT_PER_MINUTE: Int(1, 60),
   SESSION_RATE_LIMIT_PER_MINUTE: Int(1, 10),
   SESSION_TTL_S: Int(1, 7 * 24 * 3600),
+  SESSION_STORED_BYTES: Int(65536, 16 * 1024 * 1024, "a session's stored messages, and its event log, are each kept within this many bytes: past it the oldest go"),
+  MCP_SESSION_IDLE_S: Int(1, 3600, 'an MCP session unused this long ends, with its session and sandbox'),
   BODY_LIMIT: Int(1024, 2 * 1024 * 1024, 'largest JSON body accepted'),
   REQUEST_TIMEOUT_MS: Int(1000, 120000, 'a request whose headers and body have not all arrived after this long is answered 408 and its connection closed (a trickled body cannot hold a socket forever)'),
   METRICS_PUBLIC: Type.Boolean({ default: false }),

@@ -1,5 +1,5 @@
 import { EventEmitter, on } from 'node:events'
-import type { Redis } from 'ioredis'
+import type { Redis, Result } from 'ioredis'
 import type { RunEvent } from '../schemas/chat.js'
 import { DependencyError } from './errors.js'
 
@@ -18,24 +18,61 @@ export interface EventLog {
 }
 
 const streamKey = (sessionId: string) => `events:${sessionId}`
+const bytesKey = (sessionId: string) => `events-bytes:${sessionId}`
 
-/** A Redis Stream per session, bounded in length; followers block on XREAD with a connection of their own. */
+/**
+ * Appends events to a session's stream and keeps it within a byte budget (and about `maxlen` entries): past it the
+ * oldest events go, never the newest. KEYS: stream, its byte count; ARGV: budget, ttl, maxlen, events... Returns ids.
+ */
+const APPEND_CAPPED = `
+local budget, ttl, maxlen = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local ids, added = {}, 0
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do added = added + #e[2][2] end
+end
+for i = 4, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'e', ARGV[i])
+  added = added + #ARGV[i]
+end
+local size = redis.call('INCRBY', KEYS[2], added)
+while size > budget do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 64)
+  if #oldest <= 1 then break end
+  local freed = 0
+  for j = 1, #oldest - 1 do
+    redis.call('XDEL', KEYS[1], oldest[j][1])
+    freed = freed + #oldest[j][2][2]
+    if size - freed <= budget then break end
+  end
+  size = redis.call('DECRBY', KEYS[2], freed)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return ids`
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    appendEvents: (stream: string, bytes: string, budget: number, ttlS: number, maxLength: number, ...events: string[]) => Result<string[], Context>
+  }
+}
+
+/**
+ * A Redis Stream per session, bounded in length and in bytes (SESSION_STORED_BYTES: a follower resuming from an event
+ * that was dropped starts at the oldest kept); followers block on XREAD with a connection of their own.
+ */
 export class RedisEventLog implements EventLog {
-  constructor (private readonly redis: Redis, private readonly maxLength = 10_000, private readonly ttlS = 7 * 24 * 3600) {}
+  constructor (private readonly redis: Redis, private readonly maxLength = 10_000, private readonly ttlS = 7 * 24 * 3600, private readonly maxBytes = 16 * 1024 * 1024) {
+    if (!(redis as { appendEvents?: unknown }).appendEvents) redis.defineCommand('appendEvents', { numberOfKeys: 2, lua: APPEND_CAPPED })
+  }
 
   async append (sessionId: string, event: RunEvent): Promise<string> {
     return (await this.appendMany(sessionId, [event]))[0]
   }
 
   async appendMany (sessionId: string, events: RunEvent[]): Promise<string[]> {
-    const key = streamKey(sessionId)
-    // Plain commands, not MULTI: issued in one tick they leave in one write (auto-pipelining), in order, on one
-    // connection; a transaction would add two commands and its own bookkeeping to every append and make nothing safer.
-    const added = events.map(event => this.redis.xadd(key, 'MAXLEN', '~', this.maxLength, '*', 'e', JSON.stringify(event)))
-    const renewed = this.redis.expire(key, this.ttlS)
+    // One script per batch: the appends, the byte budget and the expiry in one command.
     try {
-      const [ids] = await Promise.all([Promise.all(added), renewed])
-      return ids as string[]
+      return await this.redis.appendEvents(streamKey(sessionId), bytesKey(sessionId), this.maxBytes, this.ttlS, this.maxLength, ...events.map(e => JSON.stringify(e)))
     } catch (err) {
       throw new DependencyError('redis', `event log append failed: ${(err as Error).message}`, { cause: err })
     }
@@ -66,7 +103,7 @@ export class RedisEventLog implements EventLog {
   }
 
   async delete (sessionId: string): Promise<void> {
-    await this.redis.del(streamKey(sessionId))
+    await this.redis.del(streamKey(sessionId), bytesKey(sessionId))
   }
 
   async lastId (sessionId: string): Promise<string | null> {
@@ -82,14 +119,19 @@ export class RedisEventLog implements EventLog {
 /** The same in process, for a server without Redis. */
 export class MemoryEventLog implements EventLog {
   private readonly logs = new Map<string, LoggedEvent[]>()
+  private readonly sizes = new Map<string, number>()
   private readonly bus = new EventEmitter().setMaxListeners(0)
   private counter = 0
+
+  constructor (private readonly maxBytes = 16 * 1024 * 1024) {}
 
   async append (sessionId: string, event: RunEvent): Promise<string> {
     const entry = { id: `${Date.now()}-${++this.counter}`, event }
     const log = this.logs.get(sessionId) ?? []
     log.push(entry)
-    if (log.length > 10_000) log.shift()
+    let size = (this.sizes.get(sessionId) ?? 0) + JSON.stringify(event).length
+    while (log.length > 1 && (log.length > 10_000 || size > this.maxBytes)) size -= JSON.stringify(log.shift()!.event).length
+    this.sizes.set(sessionId, size)
     this.logs.set(sessionId, log)
     this.bus.emit(sessionId, entry)
     return entry.id
@@ -120,7 +162,10 @@ export class MemoryEventLog implements EventLog {
     return ids
   }
 
-  async delete (sessionId: string): Promise<void> { this.logs.delete(sessionId) }
+  async delete (sessionId: string): Promise<void> {
+    this.logs.delete(sessionId)
+    this.sizes.delete(sessionId)
+  }
 
   async lastId (sessionId: string): Promise<string | null> {
     return this.logs.get(sessionId)?.at(-1)?.id ?? null

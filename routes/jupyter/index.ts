@@ -275,6 +275,7 @@ const routes: FastifyPluginAsync = async (app) => {
 
   // --- the kernel's channels ---------------------------------------------------------------------------------------
   const loadKernel = async (request: FastifyRequest) => {
+    await app.sockets.check(request)
     await getKernel((request.params as { id: string }).id, request.principal)
   }
 
@@ -305,6 +306,7 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
   const conn: Connection = { socket, protocol: socket.protocol === JUPYTER_V1_PROTOCOL ? JUPYTER_V1_PROTOCOL : '' }
   const kernel = deps.state(id)
   kernel.connections.add(conn)
+  app.sockets.hold(principal, socket)
   const factory = new MessageFactory(id)
   const timeoutMs = app.config.MAX_EXECUTION_TIMEOUT_MS
 
@@ -332,6 +334,7 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
         reply('shell', 'execute_reply', { status: 'aborted', execution_count: null }, parent)
         return
       }
+      await app.limitAction(principal, id) // a cell counts as an execute request would (in the queue: cells keep their order)
       const current = await session()
       const language = deps.specOf(current).language.id as Language
       const run = await runs.executeDirect(current, language, code, {

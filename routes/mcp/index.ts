@@ -4,7 +4,13 @@ import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import { mcpServer } from './tools.js'
 
-interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string }
+interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string, lastUsed: number }
+
+/** An initialize that can open a session: a JSON-RPC 2.0 request with an id (a notification gets no answer, so no session id). */
+const opensSession = (body: unknown): boolean => {
+  const b = body as { jsonrpc?: unknown, id?: unknown } | null
+  return isInitializeRequest(body) && b?.jsonrpc === '2.0' && (typeof b.id === 'string' || (typeof b.id === 'number' && Number.isFinite(b.id)))
+}
 
 /** A body that is not JSON: answered with a JSON-RPC parse error, as MCP clients expect. */
 const NOT_JSON = Symbol('not json')
@@ -46,7 +52,7 @@ const routes: FastifyPluginAsync = async (app) => {
       sessionIdGenerator: () => session.id,
       onsessionclosed: async (id) => { await endSession(id) }
     })
-    const entry: McpSession = { transport, server: mcpServer(app, session), owner: request.principal.name }
+    const entry: McpSession = { transport, server: mcpServer(app, session), owner: request.principal.name, lastUsed: Date.now() }
     transport.onclose = () => { live.delete(session.id) }
     live.set(session.id, entry)
     await entry.server.connect(transport)
@@ -70,14 +76,32 @@ const routes: FastifyPluginAsync = async (app) => {
     if (typeof id === 'string') {
       entry = await existing(request, id)
       if (!entry) return rpcError(reply, 404, -32001, 'Session not found')
-    } else if (request.method === 'POST' && isInitializeRequest(request.body)) {
+    } else if (request.method === 'POST' && opensSession(request.body)) {
       entry = await start(request)
+    } else if (request.method === 'POST' && isInitializeRequest(request.body)) {
+      return rpcError(reply, 400, -32600, 'Invalid Request: initialize must be a JSON-RPC 2.0 request with "jsonrpc": "2.0" and an id')
     } else {
       return rpcError(reply, 400, -32000, 'Bad Request: send initialize first, then the Mcp-Session-Id it returns')
     }
+    entry.lastUsed = Date.now()
     reply.hijack()
     await entry.transport.handleRequest(request.raw, reply.raw, request.body)
+    entry.lastUsed = Date.now()
   }
+
+  // An MCP session nobody has used for MCP_SESSION_IDLE_S ends (its server object, our session and its sandbox):
+  // clients that never send DELETE cannot pile them up.
+  const idleMs = app.config.MCP_SESSION_IDLE_S * 1000
+  const sweep = setInterval(() => {
+    const now = Date.now()
+    for (const [id, entry] of live) {
+      if (now - entry.lastUsed < idleMs) continue
+      live.delete(id)
+      app.log.info({ session: id }, 'an idle MCP session ended')
+      void entry.transport.close().catch(() => {}).then(() => endSession(id)).catch(() => {})
+    }
+  }, Math.min(60_000, Math.max(100, idleMs / 4)))
+  sweep.unref()
 
   const schema = { hide: true } // MCP speaks JSON-RPC; its tools are listed by tools/list, not in OpenAPI
   app.post('', { schema, config: { accessLog: 'debug' } }, handler)
@@ -85,6 +109,7 @@ const routes: FastifyPluginAsync = async (app) => {
   app.delete('', { schema }, handler)
 
   app.addHook('onClose', async () => {
+    clearInterval(sweep)
     await Promise.all([...live.values()].map(e => e.transport.close().catch(() => {})))
     live.clear()
   })

@@ -10,7 +10,7 @@ export class MemoryStore implements Store {
   private readonly sessions = new Map<string, Entry>()
   private readonly sandboxes = new Map<string, SandboxRecord>()
 
-  constructor (private readonly ttlMs: number) {}
+  constructor (private readonly ttlMs: number, private readonly maxMessageBytes = 16 * 1024 * 1024) {}
 
   async ping (): Promise<void> {}
 
@@ -52,6 +52,9 @@ export class MemoryStore implements Store {
     const entry = this.live(id)
     if (!entry) return 0
     entry.messages.push(...structuredClone(messages))
+    // The same budget as the Redis store: the oldest messages go once the session's exceed it (the newest stays).
+    let size = entry.messages.reduce((n, m) => n + JSON.stringify(m).length, 0)
+    while (entry.messages.length > 1 && size > this.maxMessageBytes) size -= JSON.stringify(entry.messages.shift()).length
     return entry.messages.length
   }
 

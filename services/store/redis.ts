@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis'
+import type { Redis, Result } from 'ioredis'
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { DependencyError } from '../errors.js'
@@ -6,6 +6,34 @@ import type { Page, PageRequest, Store } from './types.js'
 
 const sessionKey = (id: string) => `session:${id}`
 const messagesKey = (id: string) => `messages:${id}`
+const messageBytesKey = (id: string) => `messages-bytes:${id}`
+
+/**
+ * Appends to a session's message list and keeps the list within a byte budget: past it the oldest messages go (the
+ * newest is always kept). KEYS: list, its byte count; ARGV: budget, ttl, messages... Returns the list's length.
+ */
+const APPEND_CAPPED = `
+local added = 0
+if redis.call('EXISTS', KEYS[2]) == 0 then -- the count expired before the list (reads renew only the list): recount
+  for _, m in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do added = added + #m end
+end
+for i = 3, #ARGV do added = added + #ARGV[i] end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))
+local size = redis.call('INCRBY', KEYS[2], added)
+local budget = tonumber(ARGV[1])
+while size > budget and redis.call('LLEN', KEYS[1]) > 1 do
+  local dropped = redis.call('LPOP', KEYS[1])
+  size = redis.call('DECRBY', KEYS[2], #dropped)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('LLEN', KEYS[1])`
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    appendCapped: (list: string, bytes: string, budget: number, ttlS: number, ...messages: string[]) => Result<number, Context>
+  }
+}
 const ownerKey = (owner: string | null) => owner === null ? 'all-sessions' : `sessions:${owner}`
 const SANDBOXES = 'sandboxes'
 type TouchCommand = (key: string, id: string, at: string) => Promise<number>
@@ -17,7 +45,9 @@ type TouchCommand = (key: string, id: string, at: string) => Promise<number>
 export class RedisStore implements Store {
   readonly kind = 'redis'
 
-  constructor (private readonly redis: Redis, private readonly ttlS: number) {
+  /** `maxMessageBytes`: a session's stored messages are kept within this many bytes (SESSION_STORED_BYTES). */
+  constructor (private readonly redis: Redis, private readonly ttlS: number, private readonly maxMessageBytes = 16 * 1024 * 1024) {
+    if (!(redis as { appendCapped?: unknown }).appendCapped) redis.defineCommand('appendCapped', { numberOfKeys: 2, lua: APPEND_CAPPED })
     // Sent by its hash (EVALSHA) after the first call.
     if (!('touchSandbox' in redis)) {
       redis.defineCommand('touchSandbox', {
@@ -57,7 +87,7 @@ export class RedisStore implements Store {
 
   async deleteSession (session: Session): Promise<void> {
     await this.guard('delete', () => this.redis.multi()
-      .del(sessionKey(session.id), messagesKey(session.id))
+      .del(sessionKey(session.id), messagesKey(session.id), messageBytesKey(session.id))
       .zrem(ownerKey(session.owner), session.id)
       .zrem(ownerKey(null), session.id)
       .exec())
@@ -84,11 +114,7 @@ export class RedisStore implements Store {
 
   async appendMessages (id: string, messages: Message[]): Promise<number> {
     if (messages.length === 0) return 0
-    const results = await this.guard('append', () => this.redis.multi()
-      .rpush(messagesKey(id), ...messages.map(m => JSON.stringify(m)))
-      .expire(messagesKey(id), this.ttlS)
-      .exec())
-    return Number(results?.[0]?.[1] ?? 0)
+    return await this.guard('append', () => this.redis.appendCapped(messagesKey(id), messageBytesKey(id), this.maxMessageBytes, this.ttlS, ...messages.map(m => JSON.stringify(m))))
   }
 
   async listMessages (id: string, page: PageRequest): Promise<Page<Message>> {
