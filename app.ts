@@ -112,7 +112,8 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
     // Bounds the time to receive a request (not the response: streams and executions have their own limits);
     // the server checks open requests every second instead of Node's default 30 s.
     requestTimeout: config.REQUEST_TIMEOUT_MS,
-    ...({ http: { connectionsCheckingInterval: Math.min(1000, config.REQUEST_TIMEOUT_MS) } } as object), // node:http's own option, passed through
+    // node:http's own options, passed through (its headers timeout must not exceed the request timeout, or neither fires)
+    ...({ http: { connectionsCheckingInterval: Math.min(1000, config.REQUEST_TIMEOUT_MS), headersTimeout: Math.min(60_000, config.REQUEST_TIMEOUT_MS) } } as object),
     requestIdHeader: 'x-request-id',
     logController: new LogController({ disableRequestLogging: true }), // plugins/request-log writes one line per request instead of two
     genReqId: () => randomUUID(),

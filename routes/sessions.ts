@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import type { Principal } from '../services/auth.js'
-import { ErrorSchema, IdParamsSchema, PageQuerySchema, commonErrors } from '../schemas/common.js'
+import { ErrorSchema, IdParamsSchema, OffsetSchema, PageQuerySchema, commonErrors } from '../schemas/common.js'
 import { CreateSessionSchema, MessageListSchema, SessionListSchema, SessionSchema, UpdateSessionSchema } from '../schemas/sessions.js'
 
 const page = (offset: number, limit: number, hasMore: boolean) => ({ has_more: hasMore, next_offset: hasMore ? offset + limit : null })
@@ -54,7 +54,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   })
 
   app.get('/:id/messages', {
-    schema: { tags, summary: "A session's messages (LMC), oldest first", params: IdParamsSchema, querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }), offset: Type.Integer({ minimum: 0, default: 0 }) }), response: { 200: MessageListSchema, 404: ErrorSchema, ...commonErrors } }
+    schema: { tags, summary: "A session's messages (LMC), oldest first", params: IdParamsSchema, querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }), offset: OffsetSchema }), response: { 200: MessageListSchema, 404: ErrorSchema, ...commonErrors } }
   }, async (request) => {
     const { limit, offset } = request.query
     const result = await sessions.messages(request.params.id, request.principal, { limit, offset })

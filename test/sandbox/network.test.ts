@@ -67,7 +67,9 @@ t.before(async () => {
 })
 t.teardown(() => { for (const s of servers) { s.closeAllConnections(); s.close() } })
 
-const { newSandbox, run } = sandboxCalls(() => app)
+// The test servers listen on this host's loopback, which a user key's sandbox never reaches (the user wall): the
+// proxy's mechanics are tested with an admin key's sandboxes, the wall with alice's.
+const { newSandbox, run } = sandboxCalls(() => app, auth(KEYS.admin))
 const fetchIn = (url: string) => [
   'import urllib.request, urllib.error',
   'try:',
@@ -96,7 +98,7 @@ const tunnelIn = (host: string, port: number) => [
 
 t.test('the default policy: no network at all, no proxy', async (t) => {
   const id = await newSandbox()
-  const view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.alice) })).json()
+  const view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.admin) })).json()
   t.equal(view.network, 'none')
   const res = await run(id, ['import os, socket', 'print(sorted(n for _, n in socket.if_nameindex()))', 'print(os.environ.get("HTTP_PROXY"))', fetchIn(`http://127.0.0.1:${allowedPort}/hello`)].join('\n'))
   t.equal(res.stdout, "['lo']\nNone\nFAILED URLError\n", 'only a loopback interface; the host\'s servers are out of reach')
@@ -107,7 +109,7 @@ t.test('the default policy: no network at all, no proxy', async (t) => {
 
 t.test('an allow list: the listed server through the proxy (HTTP and CONNECT); nothing else', async (t) => {
   const id = await newSandbox({ network: { allow: [`127.0.0.1:${allowedPort}`] } })
-  const view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.alice) })).json()
+  const view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.admin) })).json()
   t.same(view.network, { allow: [`127.0.0.1:${allowedPort}`] })
 
   t.equal((await run(id, fetchIn(`http://127.0.0.1:${allowedPort}/hello`))).stdout, 'hello from the allowed server\n', 'plain HTTP through the proxy')
@@ -184,13 +186,38 @@ t.test('bad policies are 400s naming the field; hosts beyond SANDBOX_EGRESS_ALLO
   t.equal(session.statusCode, 403, 'a session\'s policy is held to the same list')
 })
 
-t.test("a session's policy reaches the sandbox it gets", async (t) => {
+t.test("a session's policy reaches the sandbox it gets, behind the user wall", async (t) => {
   const created = await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { settings: { network: { allow: [`127.0.0.1:${allowedPort}`] } } } })
   t.equal(created.statusCode, 201)
   const session = created.json()
   const ran = await app.runs.executeDirect(session, 'python', fetchIn(`http://127.0.0.1:${allowedPort}/hello`))
   const outcome = await ran.done
-  t.equal(outcome.execution?.stdout, 'hello from the allowed server\n')
+  t.equal(outcome.execution?.stdout, 'HTTP 403 egress refused: 127.0.0.1 is a loopback address\n', 'the sandbox has the proxy (the policy arrived), and the proxy keeps a session\'s sandbox off loopback')
+})
+
+t.test('a user key never reaches loopback, metadata or the server\'s own endpoints, whatever the allow lists say', async (t) => {
+  const user = sandboxCalls(() => app, auth(KEYS.alice))
+  const id = await user.newSandbox({ network: { allow: [`127.0.0.1:${allowedPort}`, `127.0.0.1:${appPort}`, '127.0.0.1:6379', '127.0.0.1'] } })
+  const res = await user.run(id, [
+    fetchIn(`http://127.0.0.1:${allowedPort}/hello`),
+    fetchIn(`http://127.0.0.1:${appPort}/v1/health`),
+    tunnelIn('127.0.0.1', 6379),
+    tunnelIn('[::ffff:127.0.0.1]', allowedPort),
+    tunnelIn('[::ffff:7f00:1]', allowedPort),
+    tunnelIn('[::127.0.0.1]', allowedPort),
+    tunnelIn('127.1', allowedPort)
+  ].join('\n'))
+  t.equal(res.stdout, [
+    'HTTP 403 egress refused: 127.0.0.1 is a loopback address',
+    'HTTP 403 egress refused: 127.0.0.1 is a loopback address',
+    'HTTP/1.1 403 Forbidden',
+    'HTTP/1.1 403 Forbidden',
+    'HTTP/1.1 403 Forbidden',
+    'HTTP/1.1 403 Forbidden',
+    'HTTP/1.1 403 Forbidden',
+    ''
+  ].join('\n'), 'the listed server, this server, Redis, and loopback spelled as IPv4-in-IPv6 or short form are all refused')
+  t.match(logged, new RegExp(`"sandbox":"${id}".*"reason":"127.0.0.1 is a loopback address".*egress refused`), 'the refusal names the wall')
 })
 
 t.test('a request slower than SLOW_REQUEST_MS is logged at warn with its route and duration', async (t) => {

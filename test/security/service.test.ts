@@ -1,0 +1,164 @@
+// Security regressions of issue 20 that need Redis but no sandbox: one request must not take the service down, flap it
+// for other keys, or slip past a limit. Each test names the numbered finding it guards.
+import t from 'tap'
+import WebSocket from 'ws'
+import { connect } from 'node:net'
+import { Writable } from 'node:stream'
+import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { redactUrl } from '../../plugins/request-log.js'
+import { canonicalAddress, embeddedV4, forbiddenAddress, parseAllowedList, userWall } from '../../services/sandbox/egress.js'
+import type { RunEvent } from '../../schemas/chat.js'
+
+const alice = auth(KEYS.alice)
+const bob = auth(KEYS.bob)
+
+t.test('2: an offset or event id Redis would reject is a 400 naming the field, and other keys never see a 503', async (t) => {
+  const config = testConfig()
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: bob, payload: {} })).json()
+  const bad = ['/v1/sessions?offset=1e21', '/v1/sessions?offset=99999999999999999999', `/v1/sessions/${session.id}/messages?offset=1e21`]
+  const others = Array.from({ length: 24 }, () => app.inject({ method: 'GET', url: `/v1/sessions/${session.id}`, headers: bob }))
+  const answers = await Promise.all(bad.map(url => app.inject({ method: 'GET', url, headers: url.includes('messages') ? bob : alice })))
+  for (const [i, res] of answers.entries()) {
+    t.equal(res.statusCode, 400, bad[i])
+    t.match(res.json().error, { code: 'validation_error', message: /offset/ }, 'the message names the field')
+  }
+  const theirs = await Promise.all(others)
+  t.same(theirs.map(r => r.statusCode), theirs.map(() => 200), 'every request of another key succeeded meanwhile')
+  const after = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}/events?after=99999999999999999999-0`, headers: bob })
+  t.equal(after.statusCode, 400, 'an event id beyond what Redis takes')
+  t.match(after.json().error.message, /after/)
+  t.equal(app.redis!.status, 'ready', 'the shared Redis connection was never dropped')
+})
+
+t.test('5: an MCP initialize that is not a JSON-RPC request with an id opens nothing; idle MCP sessions end', async (t) => {
+  const config = testConfig({ MCP_SESSION_IDLE_S: '1' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const init = { method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }
+  const post = (body: object, headers: Record<string, string> = {}) => fetch(`${base}/mcp`, { method: 'POST', headers: { ...alice, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...headers }, body: JSON.stringify(body) })
+  const count = async () => (await app.inject({ method: 'GET', url: '/v1/sessions', headers: alice })).json().data.length
+  for (const body of [{ jsonrpc: '2.0', ...init }, { id: 1, ...init }, { jsonrpc: '2.0', id: null, ...init }]) {
+    const res = await post(body)
+    t.equal(res.status, 400, JSON.stringify(Object.keys(body)))
+    t.equal((await res.json()).error.code, -32600)
+  }
+  t.equal(await count(), 0, 'no session, no server object was made for them')
+  const opened = await post({ jsonrpc: '2.0', id: 1, ...init })
+  t.equal(opened.status, 200)
+  const id = opened.headers.get('mcp-session-id')!
+  await opened.text()
+  t.equal(await count(), 1)
+  await sleep(2600)
+  const later = await post({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, { 'mcp-session-id': id, 'mcp-protocol-version': '2025-06-18' })
+  t.equal(later.status, 404, 'the idle MCP session ended')
+  t.equal(await count(), 0, 'and its session with it')
+})
+
+t.test('6: an SSE follower that does not read holds one buffer, and is let go after WS_SLOW_CLOSE_MS', async (t) => {
+  const config = testConfig({ WS_SLOW_CLOSE_MS: '300' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const port = (app.server.address() as { port: number }).port
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
+  const text = 'x'.repeat(64 * 1024)
+  const events: RunEvent[] = Array.from({ length: 200 }, () => ({ type: 'chunk', run_id: 'r', chunk: { role: 'computer', type: 'console', format: 'output', content: text } }) as RunEvent)
+  for (let i = 0; i < events.length; i += 20) await app.events.appendMany(session.id, events.slice(i, i + 20))
+  const socket = connect(port, '127.0.0.1')
+  socket.pause()
+  socket.write(`GET /v1/sessions/${session.id}/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEYS.alice}\r\n\r\n`)
+  await sleep(1500)
+  let received = ''
+  const ended = new Promise<void>(resolve => { socket.on('end', resolve); socket.on('close', () => resolve()) })
+  socket.setEncoding('utf8')
+  socket.on('data', (chunk: string) => { received += chunk })
+  socket.resume()
+  await Promise.race([ended, sleep(5000)])
+  socket.destroy()
+  const got = received.split('\nevent: message\n').length - 1
+  t.ok(got < 150, `the server stopped pulling the log for a client that did not read (it got ${got} of 200 events)`)
+  t.ok(received.endsWith('0\r\n\r\n'), 'and ended the stream (the client can resume with Last-Event-ID)')
+})
+
+t.test('7: a request body trickled slower than REQUEST_TIMEOUT_MS is cut off with 408', async (t) => {
+  const config = testConfig({ REQUEST_TIMEOUT_MS: '1000' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  const port = (app.server.address() as { port: number }).port
+  const socket = connect(port, '127.0.0.1')
+  let answer = ''
+  socket.setEncoding('utf8')
+  socket.on('data', (chunk: string) => { answer += chunk })
+  const closed = new Promise<number>(resolve => { const at = Date.now(); socket.on('close', () => resolve(Date.now() - at)) })
+  socket.write(`POST /v1/sessions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEYS.alice}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{`)
+  const trickle = setInterval(() => { if (!socket.destroyed) socket.write(' ') }, 200)
+  const ms = await Promise.race([closed, sleep(8000).then(() => -1)])
+  clearInterval(trickle)
+  socket.destroy()
+  t.not(ms, -1, 'the server closed the connection')
+  t.match(answer, /^HTTP\/1\.1 408/, 'with 408 Request Timeout')
+})
+
+t.test('8: WebSocket messages count against the key\'s rate limit like requests do', async (t) => {
+  const config = testConfig({ RATE_LIMIT_PER_MINUTE: '6' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const ws = new WebSocket(`${base.replace('http', 'ws')}/v1/ws`, ['interpreter.v1'], { headers: alice })
+  const frames: any[] = []
+  ws.on('message', (data) => frames.push(JSON.parse(String(data))))
+  await new Promise(resolve => ws.once('open', resolve))
+  for (let i = 0; i < 10; i++) ws.send(JSON.stringify({ type: 'hello' }))
+  for (let i = 0; i < 100 && frames.length < 10; i++) await sleep(50)
+  ws.close()
+  const hellos = frames.filter(f => f.type === 'hello').length
+  const limited = frames.filter(f => f.type === 'error' && f.error.code === 'rate_limit_exceeded')
+  t.ok(hellos <= 6, `at most the six requests a minute were served (${hellos} hellos)`)
+  t.equal(limited.length, 10 - hellos, 'the other hellos were refused with the 429 error')
+  t.match(limited[0], { of: 'hello', error: { type: 'rate_limit_error', retry_after: Number } })
+  const sessions = (await app.inject({ method: 'GET', url: '/v1/sessions?limit=100', headers: auth(KEYS.bob) })).statusCode
+  t.equal(sessions, 200, 'another key is not affected')
+})
+
+t.test('12: a key in the query string is redacted in the access log however it is spelled', async (t) => {
+  let logged = ''
+  const stream = new Writable({ write (chunk, _enc, done) { logged += String(chunk); done() } })
+  const config = testConfig({ LOG_LEVEL: 'info' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config, { logger: { stream } })
+  for (const q of ['%74oken', 'tok%65n', 'token']) {
+    const res = await app.inject({ method: 'GET', url: `/jupyter/api/status?${q}=${KEYS.alice}` })
+    t.equal(res.statusCode, 200, `?${q}= authenticates`)
+  }
+  t.notMatch(logged, KEYS.alice, 'the key is in no log line')
+  t.equal(logged.match(/\[redacted\]/g)?.length, 3)
+  t.equal(redactUrl('/x?a=1&%74oken=s3cret&b=2'), '/x?a=1&%74oken=[redacted]&b=2')
+  t.equal(redactUrl('/x?api%5Fkey=s3cret'), '/x?api%5Fkey=[redacted]')
+  t.equal(redactUrl('/x?tokenish=1'), '/x?tokenish=1', 'other names are left alone')
+})
+
+t.test('11: the user wall knows every spelling of loopback, metadata and the server\'s own endpoints', async (t) => {
+  for (const a of ['127.0.0.1', '::1', '::ffff:127.0.0.1', '::ffff:7f00:1', '::127.0.0.1', '64:ff9b::7f00:1', '2002:7f00:1::', '0.0.0.0', '::']) {
+    t.ok(['loopback', 'unspecified'].includes(forbiddenAddress(a) ?? ''), `${a} is loopback or unspecified`)
+  }
+  t.equal(forbiddenAddress('169.254.169.254'), 'metadata')
+  t.equal(forbiddenAddress('fd00:ec2:0::254'), 'metadata')
+  t.equal(forbiddenAddress('::ffff:169.254.169.254'), 'metadata')
+  t.equal(embeddedV4('2002:0a00:0001::1'), '10.0.0.1')
+  t.equal(canonicalAddress('::ffff:10.1.2.3'), '10.1.2.3')
+  const star = parseAllowedList('*')
+  const own = [{ address: '10.0.0.5', port: 6379 }, { address: '*', port: 8000 }]
+  t.match(userWall('127.0.0.1', 80, parseAllowedList('127.0.0.1'), own), /loopback/, 'loopback even where the operator lists it')
+  t.match(userWall('169.254.169.254', 80, star, own), /metadata/)
+  t.match(userWall('fd00:ec2::254', 80, star, own), /metadata/)
+  t.match(userWall('10.1.1.1', 443, star, own), /private/, 'a private address needs the operator to name it')
+  t.equal(userWall('10.1.1.1', 443, parseAllowedList('10.1.1.1'), own), null, 'named: allowed')
+  t.match(userWall('10.0.0.5', 6379, parseAllowedList('10.0.0.5'), own), /own endpoint/, 'the server\'s Redis, even when named')
+  t.match(userWall('::ffff:10.0.0.5', 6379, parseAllowedList('10.0.0.5'), own), /own endpoint/, 'in any spelling')
+  t.match(userWall('93.184.216.34', 8000, star, own), /own endpoint/, 'the server\'s port on any address when it listens on all')
+  t.equal(userWall('93.184.216.34', 443, star, own), null, 'a public address is the allow list\'s business')
+})
