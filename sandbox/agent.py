@@ -230,7 +230,12 @@ class Kernel:
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
-            pass
+            # Killed a moment after its fork, the kernel may not have its own process group yet (setsid): without this
+            # the SIGKILL went nowhere and kill() waited for it forever (a restart under a running cell wedged the agent).
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill(self):
         """SIGKILL the kernel's whole process group, reap the leader, wait briefly for the rest to go."""
