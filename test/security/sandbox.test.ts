@@ -47,7 +47,7 @@ t.test('1, 4: a directory, the workspace itself or a FIFO read as a file is a 40
 })
 
 /** A Jupyter channels socket on a new kernel, with a helper that sends an execute_request and collects its reply. */
-async function kernelSocket (t: Tap.Test) {
+async function kernelSocket (t: { teardown: (fn: () => unknown) => void }) {
   const created = await app.inject({ method: 'POST', url: '/jupyter/api/kernels', headers: alice, payload: { name: 'python3' } })
   const id = created.json().id
   t.teardown(() => app.inject({ method: 'DELETE', url: `/jupyter/api/kernels/${id}`, headers: alice }))

@@ -1,0 +1,266 @@
+// npm run fuzz [-- --seed N --per-op N]: a seeded, bounded fuzzer over the whole API, on loopback only. It starts the
+// real server (tsx cli.ts serve) against the local Redis and Docker, then sends every OpenAPI operation valid and
+// mutated requests, and malformed frames to the WebSocket, Jupyter channels, MCP and multipart upload. It counts
+// crashes, hangs, 500s and statuses the OpenAPI document does not list, checks health throughout, and prints a table
+// and the server's RSS at start and end. Exit code 1 when anything was found.
+import { spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import WebSocket from 'ws'
+
+const { values } = parseArgs({ options: { seed: { type: 'string', default: '1' }, 'per-op': { type: 'string', default: '25' }, port: { type: 'string', default: '18990' } } })
+const SEED = Number(values.seed)
+const PER_OP = Number(values['per-op'])
+const PORT = Number(values.port)
+const BASE = `http://127.0.0.1:${PORT}`
+const KEY = 'fuzz-user-secret'
+const ADMIN = 'fuzz-admin-secret'
+const HANG_MS = 30_000
+
+/** mulberry32: the same seed gives the same run. */
+let state = SEED >>> 0
+const random = () => {
+  state = (state + 0x6D2B79F5) >>> 0
+  let x = state
+  x = Math.imul(x ^ (x >>> 15), x | 1)
+  x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+  return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+}
+const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)]
+
+interface Tally { requests: number, s5xx: number, undocumented: number, hangs: number, examples: string[] }
+const phases = new Map<string, Tally>()
+const tally = (phase: string): Tally => {
+  if (!phases.has(phase)) phases.set(phase, { requests: 0, s5xx: 0, undocumented: 0, hangs: 0, examples: [] })
+  return phases.get(phase)!
+}
+const note = (t: Tally, what: string) => { if (t.examples.length < 5) t.examples.push(what) }
+
+// --- the server under test ---------------------------------------------------------------------------------------
+const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '--host', '127.0.0.1', '--port', String(PORT)], {
+  env: {
+    ...process.env,
+    API_KEYS: `fuzzadmin:admin:${ADMIN},fuzz:user:${KEY}`,
+    REDIS_URL: process.env.REDIS_URL ?? 'redis://127.0.0.1:6379',
+    REDIS_PREFIX: `fuzz:${SEED}:${Date.now()}:`,
+    SANDBOX_NAMESPACE: `fuzz-${SEED}`,
+    LOG_LEVEL: 'warn',
+    POOL_SIZE: '1',
+    RATE_LIMIT_PER_MINUTE: '100000',
+    SESSION_RATE_LIMIT_PER_MINUTE: '100000',
+    MAX_SANDBOXES_PER_KEY: '4',
+    EXECUTION_TIMEOUT_MS: '5000',
+    MAX_EXECUTION_TIMEOUT_MS: '10000',
+    SANDBOX_KEEP_ON_CLOSE: 'false'
+  },
+  stdio: ['ignore', 'ignore', 'pipe']
+})
+let crashed: string | null = null
+let stderr = ''
+server.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + String(chunk)).slice(-4000) })
+server.on('exit', (code, signal) => { crashed = `the server exited (${code ?? signal})` })
+const rss = () => { try { return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024 } catch { return 0 } }
+
+async function call (method: string, path: string, init: { body?: string, headers?: Record<string, string> } = {}): Promise<{ status: number, text: string } | 'hang' | 'error'> {
+  try {
+    const res = await fetch(`${BASE}${path}`, { method, body: init.body, headers: { authorization: `Bearer ${KEY}`, ...init.headers }, signal: AbortSignal.timeout(HANG_MS) })
+    const text = res.headers.get('content-type')?.startsWith('text/event-stream') ? '' : await res.text()
+    if (res.headers.get('content-type')?.startsWith('text/event-stream')) await res.body?.cancel()
+    return { status: res.status, text }
+  } catch (err) {
+    return (err as Error).name === 'TimeoutError' ? 'hang' : 'error'
+  }
+}
+
+let healthFailures = 0
+const healthy = async () => {
+  const res = await call('GET', '/v1/health')
+  if (typeof res === 'string' || res.status !== 200) healthFailures++
+}
+
+// --- values -----------------------------------------------------------------------------------------------------
+const ODD_IDS = ['', '..', '%2e%2e', '%ff', 'a'.repeat(101), 'a'.repeat(5000), '1e21', '-1', '0', 'null', '%00', 'sbx_' + 'A'.repeat(16), '.', '../etc/passwd', '%2F']
+const ODD_VALUES: unknown[] = [null, true, -1, 0, 1e21, -1e21, 1e-9, 0.001, 16, 2 ** 53, 'x', '', 'x'.repeat(70_000), [], {}, [[[[[]]]]], { toString: 'x' }, { __proto__: { a: 1 } }]
+const deep = (n: number): unknown => n === 0 ? 1 : { a: deep(n - 1) }
+
+type Schema = { type?: string | string[], properties?: Record<string, Schema>, required?: string[], enum?: unknown[], items?: Schema, anyOf?: Schema[], oneOf?: Schema[], const?: unknown, minimum?: number, maximum?: number, default?: unknown }
+
+/** A value the schema accepts, roughly (enough to get past validation into the handler). */
+function valid (s: Schema | undefined, depth = 0): unknown {
+  if (!s || depth > 6) return 'x'
+  if (s.const !== undefined) return s.const
+  if (s.enum) return pick(s.enum)
+  if (s.anyOf || s.oneOf) return valid(pick((s.anyOf ?? s.oneOf)!), depth + 1)
+  const type = Array.isArray(s.type) ? s.type[0] : s.type
+  switch (type) {
+    case 'object': return Object.fromEntries(Object.entries(s.properties ?? {}).filter(([k]) => s.required?.includes(k) || random() < 0.5).map(([k, v]) => [k, valid(v, depth + 1)]))
+    case 'array': return random() < 0.5 ? [] : [valid(s.items, depth + 1)]
+    case 'integer': return s.minimum ?? 1
+    case 'number': return s.minimum ?? 1
+    case 'boolean': return random() < 0.5
+    case 'string': return pick(['print(1)', 'python', 'x', 'a.txt'])
+    default: return 'x'
+  }
+}
+
+/** The valid value, changed: a wrong type, a huge number, a deep or huge value, an unknown field. */
+function mutate (value: unknown): unknown {
+  if (random() < 0.15) return pick(ODD_VALUES)
+  if (random() < 0.05) return deep(pick([50, 5000]))
+  if (value && typeof value === 'object' && !Array.isArray(value)) {
+    const copy: Record<string, unknown> = { ...value as Record<string, unknown> }
+    const keys = Object.keys(copy)
+    if (keys.length && random() < 0.7) { const k = pick(keys); copy[k] = mutate(copy[k]) }
+    if (random() < 0.2) copy[pick(['unknown', '__proto__', 'constructor', 'x'.repeat(100)])] = pick(ODD_VALUES)
+    return copy
+  }
+  return pick(ODD_VALUES)
+}
+
+// --- phases -----------------------------------------------------------------------------------------------------
+async function restPhase (doc: any, ids: Record<string, string>) {
+  const t = tally('REST (OpenAPI)')
+  for (const [path, item] of Object.entries<any>(doc.paths)) {
+    for (const [method, op] of Object.entries<any>(item)) {
+      if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue
+      const documented = new Set(Object.keys(op.responses ?? {}).map(String))
+      const schema = op.requestBody?.content?.['application/json']?.schema as Schema | undefined
+      for (let i = 0; i < PER_OP; i++) {
+        const odd = random() < 0.3
+        let url = path.replace(/\{([^}]+)\}/g, (_m: string, name: string) => {
+          if (name === '*') return odd ? pick(ODD_IDS) : pick(['', '.', 'a.txt', 'dir', 'dir/', 'fifo', 'x/../y'])
+          return odd ? pick(ODD_IDS) : (ids[name] ?? ids.id)
+        })
+        const query = (op.parameters ?? []).filter((p: any) => p.in === 'query')
+        const q = query.filter(() => random() < 0.6).map((p: any) => `${encodeURIComponent(p.name)}=${encodeURIComponent(String(random() < 0.5 ? valid(p.schema) : pick(ODD_VALUES)))}`)
+        if (q.length) url += `?${q.join('&')}`
+        const body = schema ? JSON.stringify(random() < 0.4 ? valid(schema) : mutate(valid(schema))) : undefined
+        const raw = method === 'put' ? 'file content' : body
+        const res = await call(method.toUpperCase(), url, raw === undefined ? {} : { body: raw, headers: { 'content-type': method === 'put' ? 'application/octet-stream' : 'application/json' } })
+        t.requests++
+        if (res === 'hang') { t.hangs++; note(t, `hang: ${method.toUpperCase()} ${url.slice(0, 120)}`); continue }
+        if (res === 'error') { if (crashed) return; continue }
+        if (res.status >= 500 && res.status !== 503) { t.s5xx++; note(t, `${res.status}: ${method.toUpperCase()} ${url.slice(0, 120)} ${res.text.slice(0, 200)}`) }
+        if (!documented.has(String(res.status)) && !documented.has('default')) { t.undocumented++; note(t, `undocumented ${res.status}: ${method.toUpperCase()} ${path} (${url.slice(0, 80)}) ${res.text.slice(0, 160)}`) }
+      }
+      await healthy()
+    }
+  }
+}
+
+async function socketPhase (name: string, url: string, frames: () => Array<string | Buffer>, protocols: string[] = []) {
+  const t = tally(name)
+  for (let round = 0; round < 20; round++) {
+    const ws = new WebSocket(url, protocols, { headers: { authorization: `Bearer ${KEY}` } })
+    const opened = await new Promise<boolean>(resolve => { ws.once('open', () => resolve(true)); ws.once('error', () => resolve(false)); ws.once('unexpected-response', () => resolve(false)) })
+    if (!opened) { t.requests++; continue }
+    let got = 0
+    ws.on('message', () => { got++ })
+    for (const frame of frames()) { ws.send(frame); t.requests++ }
+    await new Promise(resolve => setTimeout(resolve, 300))
+    ws.send(JSON.stringify({ type: 'ping' }))
+    await new Promise(resolve => setTimeout(resolve, 200))
+    if (got === 0 && name === 'WebSocket /v1/ws') { t.hangs++; note(t, 'a socket answered nothing to a ping') }
+    ws.terminate()
+    await healthy()
+  }
+}
+
+const wsFrames = () => Array.from({ length: 10 }, () => pick<string | Buffer>([
+  'not json', '{}', '[]', 'null', JSON.stringify({ type: 'hello' }), JSON.stringify({ type: 'hello', session_id: pick(ODD_IDS) }),
+  JSON.stringify({ type: 'execute', language: 'python', code: 'print(1)' }), JSON.stringify({ type: 'execute', language: 'cobol', code: 1 }),
+  JSON.stringify({ type: 'resume', after: '99999999999999999999-0' }), JSON.stringify({ type: 'resume', after: '0-0' }),
+  JSON.stringify({ type: 'chat', content: 'hi', model: 'nope' }), JSON.stringify({ type: 'confirm', code_id: 'x', approve: true }),
+  JSON.stringify({ type: 'interrupt' }), JSON.stringify(deep(200)), Buffer.from([0, 1, 2, 255])
+]))
+
+const jupyterFrames = () => Array.from({ length: 10 }, () => {
+  const header = { msg_id: String(random()), msg_type: pick(['execute_request', 'kernel_info_request', 'complete_request', 'inspect_request', 'shutdown_request', 'comm_open', 'history_request', 'nonsense', 1]), session: 's', username: 'u', date: '', version: '5.3' }
+  return pick<string | Buffer>([
+    JSON.stringify({ header, parent_header: {}, metadata: {}, content: { code: pick(['1', 'print(2)', 5, null]), restart: random() < 0.5 }, channel: pick(['shell', 'control', 'iopub', 'x']) }),
+    JSON.stringify({ header: null }), 'garbage', Buffer.from([1, 0, 0, 0]), JSON.stringify({ header, content: null })
+  ])
+})
+
+async function mcpPhase () {
+  const t = tally('MCP /mcp')
+  const headers = { 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
+  const init = { method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'fuzz', version: '1' } } }
+  const opened = await fetch(`${BASE}/mcp`, { method: 'POST', headers: { ...headers, authorization: `Bearer ${KEY}` }, body: JSON.stringify({ jsonrpc: '2.0', id: 1, ...init }) })
+  const session = opened.headers.get('mcp-session-id') ?? ''
+  await opened.text()
+  for (let i = 0; i < 150; i++) {
+    const body = pick<unknown>([
+      { ...init }, { id: 1, ...init }, { jsonrpc: '2.0', ...init }, 'not json', [], [{ jsonrpc: '2.0', id: 1, method: 'tools/list' }],
+      { jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: pick(['execute_code', 'read_file', 'write_file', 'list_files', 'nope']), arguments: mutate({ code: 'print(1)', path: '.', content: 'x' }) } },
+      { jsonrpc: '2.0', id: i, method: 'tools/call', params: pick(ODD_VALUES) }, { jsonrpc: '2.0', id: i, method: pick(['resources/list', 'prompts/list', 'x', 'ping']) }
+    ])
+    const res = await call('POST', '/mcp', { body: typeof body === 'string' ? body : JSON.stringify(body), headers: { ...headers, ...(random() < 0.8 && session ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}) } })
+    t.requests++
+    if (res === 'hang') { t.hangs++; note(t, `hang: ${JSON.stringify(body).slice(0, 100)}`) } else if (res !== 'error' && res.status >= 500) { t.s5xx++; note(t, `${res.status}: ${JSON.stringify(body).slice(0, 100)}`) } else if (res !== 'error' && /"code":-32603/.test(res.text)) { t.undocumented++; note(t, `internal error (-32603): ${JSON.stringify(body).slice(0, 100)} ${res.text.slice(0, 160)}`) }
+  }
+  await healthy()
+}
+
+async function multipartPhase () {
+  const t = tally('multipart upload')
+  const variants: Array<[string, string]> = [
+    ['multipart/form-data', '--x\r\ncontent-disposition: form-data; name="file"; filename="a"\r\n\r\nhi\r\n--x--\r\n'],
+    ['multipart/form-data; boundary=', 'anything'],
+    ['multipart/form-data; boundary=x', ''],
+    ['multipart/form-data; boundary=y', '--x\r\ncontent-disposition: form-data; name="file"; filename="a"\r\n\r\nhi\r\n--x--\r\n'],
+    ['multipart/form-data; boundary=x', '--x\r\ncontent-disposition: form-data; name="file"; filename="a"\r\n\r\nhi'],
+    ['multipart/form-data; boundary=x', '--x\r\ncontent-disposition: form-data; name="entity_id"\r\n\r\nabc\r\n--x--\r\n'],
+    ['multipart/form-data; boundary=x', '--x\r\ncontent-disposition: form-data; name="file"; filename="../../etc/passwd"\r\n\r\nhi\r\n--x--\r\n'],
+    ['application/json', '{}']
+  ]
+  for (let i = 0; i < 40; i++) {
+    const [type, body] = pick(variants)
+    const res = await call('POST', '/librechat/v1/upload', { body, headers: { 'content-type': type, 'x-api-key': KEY } })
+    t.requests++
+    if (res === 'hang') { t.hangs++; note(t, `hang: ${type}`) } else if (res !== 'error' && res.status >= 500) { t.s5xx++; note(t, `${res.status}: ${type} ${res.text.slice(0, 120)}`) }
+  }
+  await healthy()
+}
+
+// --- the run ----------------------------------------------------------------------------------------------------
+async function main (): Promise<number> {
+  for (let i = 0; i < 300; i++) {
+    if (crashed) break
+    const res = await call('GET', '/v1/health')
+    if (typeof res !== 'string' && res.status === 200) break
+    await new Promise(resolve => setTimeout(resolve, 200))
+  }
+  if (crashed) throw new Error(`${crashed}\n${stderr}`)
+  const startRss = rss()
+  const doc = JSON.parse(((await call('GET', '/docs/json')) as { text: string }).text)
+  const session = JSON.parse(((await call('POST', '/v1/sessions', { body: '{}', headers: { 'content-type': 'application/json' } })) as { text: string }).text).id
+  const sandbox = JSON.parse(((await call('POST', '/v1/sandboxes', { body: '{}', headers: { 'content-type': 'application/json' } })) as { text: string }).text).id
+  await call('POST', `/v1/sandboxes/${sandbox}/execute`, { body: JSON.stringify({ code: 'import os\nos.makedirs("dir", exist_ok=True)\nos.mkfifo("fifo")\nopen("a.txt","w").write("a")' }), headers: { 'content-type': 'application/json' } })
+  const kernel = JSON.parse(((await call('POST', '/jupyter/api/kernels', { body: '{}', headers: { 'content-type': 'application/json' } })) as { text: string }).text).id
+  const ids: Record<string, string> = { id: sandbox, session_id: session, kernel_id: kernel }
+  const started = Date.now()
+  await restPhase(doc, { ...ids, id: sandbox })
+  await restPhase({ paths: Object.fromEntries(Object.entries(doc.paths).filter(([p]) => p.startsWith('/v1/sessions'))) }, { ...ids, id: session })
+  if (!crashed) await socketPhase('WebSocket /v1/ws', `${BASE.replace('http', 'ws')}/v1/ws`, wsFrames, ['interpreter.v1'])
+  if (!crashed) await socketPhase('Jupyter channels', `${BASE.replace('http', 'ws')}/jupyter/api/kernels/${kernel}/channels`, jupyterFrames)
+  if (!crashed) await mcpPhase()
+  if (!crashed) await multipartPhase()
+  const endRss = rss()
+  await call('DELETE', `/v1/sandboxes/${sandbox}`)
+  await call('DELETE', `/jupyter/api/kernels/${kernel}`)
+  server.kill('SIGTERM')
+
+  const rows = [...phases.entries()]
+  const total = rows.reduce((n, [, r]) => n + r.requests, 0)
+  console.log(`fuzz seed ${SEED}: ${total} requests and frames in ${Math.round((Date.now() - started) / 1000)} s`)
+  console.log('| phase | requests | 5xx (not 503) | undocumented status | hangs |')
+  console.log('| --- | --- | --- | --- | --- |')
+  for (const [name, r] of rows) console.log(`| ${name} | ${r.requests} | ${r.s5xx} | ${r.undocumented} | ${r.hangs} |`)
+  console.log(`process crashes: ${crashed ? 1 : 0}${crashed ? ` (${crashed})` : ''}; health failures: ${healthFailures}; server RSS ${startRss.toFixed(0)} MB -> ${endRss.toFixed(0)} MB`)
+  for (const [name, r] of rows) for (const e of r.examples) console.log(`  ${name}: ${e}`)
+  const bad = Boolean(crashed) || healthFailures > 0 || rows.some(([, r]) => r.s5xx || r.undocumented || r.hangs)
+  return bad ? 1 : 0
+}
+
+main().then(code => { server.kill('SIGTERM'); process.exit(code) }, (err: Error) => { console.error(err.message); server.kill('SIGKILL'); process.exit(2) })
