@@ -109,6 +109,12 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
         }
       : logger,
     bodyLimit: config.BODY_LIMIT,
+    // A long id reaches validation (a 400 naming the field) instead of the router's bare 414.
+    routerOptions: { maxParamLength: 2048 },
+    // Errors raised before routing (a malformed %-escape in the path) get the documented error body too.
+    frameworkErrors: (err, _request, reply) => {
+      void (reply as unknown as { status: (n: number) => { send: (b: unknown) => void } }).status(400).send({ error: { message: err.message, type: 'invalid_request_error', code: 'bad_url' } })
+    },
     // Bounds the time to receive a request (not the response: streams and executions have their own limits);
     // the server checks open requests every second instead of Node's default 30 s.
     requestTimeout: config.REQUEST_TIMEOUT_MS,

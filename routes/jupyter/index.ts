@@ -7,6 +7,15 @@ import type { Language } from '../../schemas/sandboxes.js'
 import { AppError } from '../../services/errors.js'
 import { toAppError } from '../../plugins/errors.js'
 import { runError } from '../../services/interpreter/runs.js'
+import { Type } from 'typebox'
+
+/** Jupyter clients read `message` (ResponseError); our own clients read `error`. */
+const JupyterErrorSchema = Type.Object({
+  message: Type.String(),
+  reason: Type.String(),
+  error: Type.Object({ message: Type.String(), type: Type.String(), code: Type.String() }, { additionalProperties: true })
+}, { description: 'an error, in the shape Jupyter clients read, with our error object beside it' })
+const jupyterErrors = Object.fromEntries([400, 401, 403, 404, 409, 413, 415, 429, 503].map(status => [status, JupyterErrorSchema]))
 import {
   JUPYTER_V1_PROTOCOL, MessageFactory, decodeFrame, encodeFrame, errorContent, fallbackReply, iopubFor, kernelInfo,
   kernelSpecs, specModel, type JupyterHeader, type JupyterMessage, type KernelSpec
@@ -146,41 +155,43 @@ const routes: FastifyPluginAsync = async (app) => {
   }
 
   const schema = { tags: ['jupyter'] }
+  // Every status a route answers, documented: its success (any Jupyter model) and the errors (Jupyter's shape).
+  const answers = (status: 200 | 201 | 204) => ({ response: { [status]: status === 204 ? Type.Null() : Type.Any({ description: 'the Jupyter Server model' }), ...jupyterErrors } })
 
-  app.get('/api', { config, schema: { ...schema, summary: 'Jupyter Server version' } }, async () => ({ version: '2.14.0' }))
-  app.get('/api/status', { config, schema: { ...schema, summary: 'Jupyter Server status' } }, async (request) => {
+  app.get('/api', { config, schema: { ...schema, ...answers(200), summary: 'Jupyter Server version' } }, async () => ({ version: '2.14.0' }))
+  app.get('/api/status', { config, schema: { ...schema, ...answers(200), summary: 'Jupyter Server status' } }, async (request) => {
     const mine = await listKernels(request.principal)
     return { started: new Date(Date.now() - process.uptime() * 1000).toISOString(), last_activity: new Date().toISOString(), connections: [...kernels.values()].reduce((n, k) => n + k.connections.size, 0), kernels: mine.length }
   })
 
-  app.get('/api/kernelspecs', { config, schema: { ...schema, summary: 'The kernels this server starts: one per language of its image' } }, async () => ({
+  app.get('/api/kernelspecs', { config, schema: { ...schema, ...answers(200), summary: 'The kernels this server starts: one per language of its image' } }, async () => ({
     default: defaultSpec.name,
     kernelspecs: Object.fromEntries(specs.map(s => [s.name, specModel(s)]))
   }))
 
-  app.get('/api/kernels', { config, schema: { ...schema, summary: "This key's kernels" } }, async (request) =>
+  app.get('/api/kernels', { config, schema: { ...schema, ...answers(200), summary: "This key's kernels" } }, async (request) =>
     await Promise.all((await listKernels(request.principal)).map(kernelModel)))
 
-  app.post('/api/kernels', { config, preHandler: enabled, schema: { ...schema, summary: 'Start a kernel (a sandbox from the warm pool)' } }, async (request, reply) => {
+  app.post('/api/kernels', { config, preHandler: enabled, schema: { ...schema, ...answers(201), summary: 'Start a kernel (a sandbox from the warm pool)' } }, async (request, reply) => {
     const session = await startKernel(request.principal, body(request).name, clientGone(reply))
     return reply.status(201).header('location', `${request.url.split('?')[0]}/${session.id}`).send(await kernelModel(session))
   })
 
-  app.get('/api/kernels/:id', { config, schema: { ...schema, summary: 'A kernel' } }, async (request) =>
+  app.get('/api/kernels/:id', { config, schema: { ...schema, ...answers(200), summary: 'A kernel' } }, async (request) =>
     await kernelModel(await getKernel((request.params as { id: string }).id, request.principal)))
 
-  app.delete('/api/kernels/:id', { config, schema: { ...schema, summary: 'Shut a kernel down (its sandbox is removed)' } }, async (request, reply) => {
+  app.delete('/api/kernels/:id', { config, schema: { ...schema, ...answers(204), summary: 'Shut a kernel down (its sandbox is removed)' } }, async (request, reply) => {
     await shutdown(await getKernel((request.params as { id: string }).id, request.principal))
     return reply.status(204).send()
   })
 
-  app.post('/api/kernels/:id/interrupt', { config, schema: { ...schema, summary: 'Interrupt the running cell (state is kept)' } }, async (request, reply) => {
+  app.post('/api/kernels/:id/interrupt', { config, schema: { ...schema, ...answers(204), summary: 'Interrupt the running cell (state is kept)' } }, async (request, reply) => {
     const session = await getKernel((request.params as { id: string }).id, request.principal)
     await runs.interrupt(session.id)
     return reply.status(204).send()
   })
 
-  app.post('/api/kernels/:id/restart', { config, preHandler: enabled, schema: { ...schema, summary: 'Restart the kernel: variables are cleared, files are kept' } }, async (request) => {
+  app.post('/api/kernels/:id/restart', { config, preHandler: enabled, schema: { ...schema, ...answers(200), summary: 'Restart the kernel: variables are cleared, files are kept' } }, async (request) => {
     const session = await getKernel((request.params as { id: string }).id, request.principal)
     await restart(session)
     return await kernelModel(session)
@@ -224,13 +235,13 @@ const routes: FastifyPluginAsync = async (app) => {
     await store.saveSession(kernel)
   }
 
-  app.get('/api/sessions', { config, schema: { ...schema, summary: "This key's Jupyter sessions" } }, async (request) =>
+  app.get('/api/sessions', { config, schema: { ...schema, ...answers(200), summary: "This key's Jupyter sessions" } }, async (request) =>
     await Promise.all((await listKernels(request.principal)).filter(k => k.metadata.jupyter_session).map(sessionModel)))
 
-  app.get('/api/sessions/:id', { config, schema: { ...schema, summary: 'A Jupyter session' } }, async (request) =>
+  app.get('/api/sessions/:id', { config, schema: { ...schema, ...answers(200), summary: 'A Jupyter session' } }, async (request) =>
     await sessionModel(await findSession((request.params as { id: string }).id, request.principal)))
 
-  app.post('/api/sessions', { config, preHandler: enabled, schema: { ...schema, summary: 'Create a Jupyter session (with a new or an existing kernel)' } }, async (request, reply) => {
+  app.post('/api/sessions', { config, preHandler: enabled, schema: { ...schema, ...answers(201), summary: 'Create a Jupyter session (with a new or an existing kernel)' } }, async (request, reply) => {
     const b = body(request)
     const fields = sessionFields(b)
     const path = fields.jupyter_path
@@ -250,7 +261,7 @@ const routes: FastifyPluginAsync = async (app) => {
     return reply.status(201).send(await sessionModel(kernel))
   })
 
-  app.patch('/api/sessions/:id', { config, schema: { ...schema, summary: 'Rename a Jupyter session or change its kernel' } }, async (request) => {
+  app.patch('/api/sessions/:id', { config, schema: { ...schema, ...answers(200), summary: 'Rename a Jupyter session or change its kernel' } }, async (request) => {
     const id = (request.params as { id: string }).id
     let kernel = await findSession(id, request.principal)
     const b = body(request)
@@ -268,7 +279,7 @@ const routes: FastifyPluginAsync = async (app) => {
     return await sessionModel(kernel)
   })
 
-  app.delete('/api/sessions/:id', { config, schema: { ...schema, summary: 'End a Jupyter session and shut its kernel down' } }, async (request, reply) => {
+  app.delete('/api/sessions/:id', { config, schema: { ...schema, ...answers(204), summary: 'End a Jupyter session and shut its kernel down' } }, async (request, reply) => {
     await shutdown(await findSession((request.params as { id: string }).id, request.principal))
     return reply.status(204).send()
   })
