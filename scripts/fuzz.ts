@@ -83,6 +83,7 @@ const healthy = async () => {
 // --- values -----------------------------------------------------------------------------------------------------
 const ODD_IDS = ['', '..', '%2e%2e', '%ff', 'a'.repeat(101), 'a'.repeat(5000), '1e21', '-1', '0', 'null', '%00', 'sbx_' + 'A'.repeat(16), '.', '../etc/passwd', '%2F']
 const ODD_VALUES: unknown[] = [null, true, -1, 0, 1e21, -1e21, 1e-9, 0.001, 16, 2 ** 53, 'x', '', 'x'.repeat(70_000), [], {}, [[[[[]]]]], { toString: 'x' }, { __proto__: { a: 1 } }]
+const text = (v: unknown): string => v !== null && typeof v === 'object' ? JSON.stringify(v) : String(v)
 const deep = (n: number): unknown => n === 0 ? 1 : { a: deep(n - 1) }
 
 type Schema = { type?: string | string[], properties?: Record<string, Schema>, required?: string[], enum?: unknown[], items?: Schema, anyOf?: Schema[], oneOf?: Schema[], const?: unknown, minimum?: number, maximum?: number, default?: unknown }
@@ -135,7 +136,7 @@ async function restPhase (doc: any, ids: Record<string, string>) {
         })
         const query = (op.parameters ?? []).filter((p: any) => p.in === 'query')
         // Values are kept under 4 KiB: a longer URL is node:http's 431 before any route runs.
-        const q = query.filter(() => random() < 0.6).map((p: any) => `${encodeURIComponent(p.name)}=${encodeURIComponent(String(random() < 0.5 ? valid(p.schema) : pick(ODD_VALUES)).slice(0, 4096))}`)
+        const q = query.filter(() => random() < 0.6).map((p: any) => `${encodeURIComponent(p.name)}=${encodeURIComponent(text(random() < 0.5 ? valid(p.schema) : pick(ODD_VALUES)).slice(0, 4096))}`)
         if (q.length) url += `?${q.join('&')}`
         const body = schema ? JSON.stringify(random() < 0.4 ? valid(schema) : mutate(valid(schema))) : undefined
         const raw = method === 'put' ? 'file content' : body
