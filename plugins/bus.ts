@@ -13,7 +13,9 @@ export default fp(async (app) => {
   }
   const sub = app.redis.duplicate()
   sub.on('error', () => {}) // the shared connection already reports an outage
-  const bus = new Bus(app.redis, sub, `${app.config.REDIS_PREFIX}bus`, (err) => app.log.warn({ err }, 'a message between server processes failed'))
+  // Pub/sub channels span every database of a Redis: the channel names the database, so two deployments told apart
+  // only by database number never apply each other's messages.
+  const bus = new Bus(app.redis, sub, `${app.config.REDIS_PREFIX}bus:db${app.redis.options.db ?? 0}`, (err) => app.log.warn({ err }, 'a message between server processes failed'))
   await bus.start()
   app.decorate('bus', bus)
   app.addHook('onClose', async () => { await bus.close() })

@@ -18,7 +18,7 @@ export const LanguageInfoSchema = Type.Object({
 export const LanguageListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(LanguageInfoSchema) })
 
 export const ResourcesSchema = Type.Object({
-  cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 16 })),
+  cpus: Type.Optional(Type.Number({ minimum: 0.01, maximum: 16, description: 'Docker gives a container at least 0.01 CPU, and at most the host has' })),
   memory_mb: Type.Optional(Type.Integer({ minimum: 64, maximum: 65536 }))
 }, { additionalProperties: false })
 

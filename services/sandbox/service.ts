@@ -295,7 +295,11 @@ export class SandboxService {
     try {
       if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
         const bytes = memoryMb * 1024 * 1024
-        await handle.container.update({ Memory: bytes, MemorySwap: bytes, NanoCpus: Math.round(cpus * 1e9) })
+        await handle.container.update({ Memory: bytes, MemorySwap: bytes, NanoCpus: Math.round(cpus * 1e9) }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
+          // Docker refuses what the host cannot give (more CPUs than it has): the client's 400, in our words.
+          if (err.statusCode === 400) throw new AppError(400, 'validation_error', `body/resources: this Docker host cannot give ${cpus} CPUs and ${memoryMb} MB`)
+          throw err
+        })
       }
       const id = `sbx_${randomBytes(12).toString('base64url')}`
       let env = spec.env ?? {}

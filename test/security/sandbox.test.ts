@@ -123,3 +123,19 @@ t.test("10: a session's stored messages and event log stay within SESSION_STORED
   const listed = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}/messages`, headers: auth(KEYS.bob) })
   t.equal(listed.statusCode, 200, 'what is kept reads as usual')
 })
+
+t.test('13: CPU shares the host cannot give are 400s with our error body, never a 500 or a silent full CPU', async (t) => {
+  for (const cpus of [0.001, 1e-9, 0]) {
+    const res = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { resources: { cpus } } })
+    t.equal(res.statusCode, 400, `cpus ${cpus}`)
+    t.equal(res.json().error.code, 'validation_error')
+  }
+  const many = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { resources: { cpus: 16 } } })
+  if (many.statusCode === 201) {
+    t.pass('this host has 16 CPUs to give')
+    await app.inject({ method: 'DELETE', url: `/v1/sandboxes/${many.json().id}`, headers: alice })
+  } else {
+    t.equal(many.statusCode, 400, 'more CPUs than the host has')
+    t.match(many.json().error, { code: 'validation_error', message: /cannot give 16 CPUs/ })
+  }
+})
