@@ -25,6 +25,8 @@ export default fp(async (app) => {
     const error = toAppError(err)
     if (error.code === 'capacity_exhausted') {
       request.log.warn({ code: error.code, retryAfter: error.extra.retry_after }, error.message) // overload, not a fault
+    } else if (error.statusCode === 502 || error.statusCode === 504) {
+      request.log.warn({ code: error.code, status: error.statusCode }, error.message) // an upstream model's fault, not ours
     } else if (error.statusCode >= 500) {
       request.log.error({ err }, 'request failed')
       if (error.code === 'redis_unavailable') app.metrics?.redisErrors.inc()

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
+import { ErrorSchema, EventIdSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import { ChatRequestSchema, ConfirmSchema } from '../schemas/chat.js'
 import { MessageSchema, UsageSchema, type Message } from '../schemas/sessions.js'
 import { forwardEvents, openSse } from './sse.js'
@@ -15,7 +15,7 @@ const ChatResponseSchema = Type.Object({
   finish_reason: Type.String({ description: 'stop, step_limit or interrupted' })
 })
 
-const EVENT_ID = /^\d{1,16}-\d{1,16}$/ // what Redis takes as a stream id (each part within 64 bits)
+const EVENT_ID = new RegExp((EventIdSchema as { pattern?: string }).pattern!) // what Redis takes as a stream id (each part within 64 bits)
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { runs, sessions, events } = app

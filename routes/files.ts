@@ -43,7 +43,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.put('/:id/files/*', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: 'Upload a file: the raw body is the content (streamed)', params: FilePathSchema, response: { 201: Type.Object({ path: Type.String(), size: Type.Integer() }), ...errors } }
+    schema: { tags, summary: 'Upload a file: the raw body is the content (streamed); 507 when the workspace is full', params: FilePathSchema, response: { 201: Type.Object({ path: Type.String(), size: Type.Integer() }), 507: ErrorSchema, ...errors } }
   }, async (request, reply) => {
     const path = workspacePath(request.params['*'])
     if (!path) throw new AppError(400, 'invalid_path', 'A file path is required')

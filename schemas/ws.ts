@@ -1,6 +1,7 @@
 import { Type, type Static } from 'typebox'
 import { ChatInputMessageSchema } from './chat.js'
 import { Language } from './sandboxes.js'
+import { EventIdSchema } from './common.js'
 
 /** Messages a client sends on /v1/ws (JSON text frames). */
 export const ClientMessageSchema = Type.Union([
@@ -15,7 +16,7 @@ export const ClientMessageSchema = Type.Union([
   Type.Object({ type: Type.Literal('execute'), language: Language, code: Type.String() }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('confirm'), code_id: Type.String(), approve: Type.Boolean() }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('interrupt') }, { additionalProperties: false }),
-  Type.Object({ type: Type.Literal('resume'), after: Type.String({ pattern: '^\\d+-\\d+$' }) }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('resume'), after: EventIdSchema }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('ping') }, { additionalProperties: false })
 ])
 export type ClientMessage = Static<typeof ClientMessageSchema>

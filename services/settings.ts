@@ -31,7 +31,9 @@ export class LiveSettings extends EventEmitter {
 
   /** Validates the whole patch first (a 400 naming the field), then applies it and emits `change`. */
   update (patch: Partial<Settings>): Settings {
-    const next = { ...this.current, ...patch }
+    // Only the known fields: a stored or broadcast change from elsewhere cannot add others to the live settings.
+    const known = Object.fromEntries(Object.entries(patch).filter(([k]) => k in SettingsSchema.properties))
+    const next = { ...this.current, ...known } as Settings
     const [error] = Value.Errors(SettingsSchema, next)
     if (error) {
       throw new AppError(400, 'validation_error', `body/${error.instancePath.slice(1)} ${error.message}`)
@@ -45,11 +47,13 @@ export class LiveSettings extends EventEmitter {
   }
 }
 
-export const SettingsChangeSchema = Type.Intersect([SettingsPatchSchema, Type.Object({
-  default_model: Type.Optional(Type.String()),
+// One object with every field it takes, so that an unknown field is a 400 (never stored and broadcast).
+export const SettingsChangeSchema = Type.Object({
+  ...SettingsPatchSchema.properties,
+  default_model: Type.Optional(Type.String({ maxLength: 128 })),
   reload_models: Type.Optional(Type.Boolean({ description: 're-read MODELS_FILE' })),
   reset: Type.Optional(Type.Boolean({ description: 'back to the configuration\'s values (applied before the rest of the change)' }))
-})])
+}, { additionalProperties: false })
 export type SettingsChange = Static<typeof SettingsChangeSchema>
 
 /**

@@ -105,8 +105,9 @@ const routes: FastifyPluginAsync = async (app) => {
 
   /** Starts a kernel: a session and its sandbox (from the warm pool); nothing is left behind when the start fails. */
   const startKernel = async (principal: Principal, name: unknown, signal?: AbortSignal, extra: Record<string, string> = {}): Promise<Session> => {
-    const spec = name === undefined || name === null || name === '' ? defaultSpec : specByName.get(String(name))
-    if (!spec) throw new AppError(400, 'no_such_kernel', `No such kernel: ${String(name)} (this server has ${specs.map(s => s.name).join(', ')})`)
+    if (name !== undefined && name !== null && typeof name !== 'string') throw new AppError(400, 'validation_error', 'body/name must be a kernel name (a string)')
+    const spec = name === undefined || name === null || name === '' ? defaultSpec : specByName.get(name)
+    if (!spec) throw new AppError(400, 'no_such_kernel', `No such kernel: ${name} (this server has ${specs.map(s => s.name).join(', ')})`)
     const session = await sessions.create(principal, { title: `Jupyter kernel (${spec.name})`, metadata: { source: SOURCE, jupyter_kernel: spec.name, ...extra } })
     try {
       await runs.sessionSandbox(session, signal)

@@ -6,6 +6,15 @@ import { LibreChatService, fileId, pathOfId, safeName } from '../../services/lib
 import { AppError } from '../../services/errors.js'
 import { toAppError } from '../../plugins/errors.js'
 
+/** The multipart parser's complaints (busboy's plain errors, @fastify/multipart's limits) as the client's 4xx. */
+function multipartError (err: FastifyError): AppError | null {
+  if (err instanceof AppError) return null
+  if (err.code === 'FST_FILES_LIMIT' || err.code === 'FST_FIELDS_LIMIT' || err.code === 'FST_PARTS_LIMIT') return new AppError(413, 'too_many_parts', err.message)
+  if (err.code === 'FST_INVALID_MULTIPART_CONTENT_TYPE' || err.code === 'FST_PROTO_VIOLATION') return new AppError(400, 'invalid_multipart', err.message)
+  if (!err.statusCode && /multipart|boundary|end of form|part header|malformed/i.test(err.message)) return new AppError(400, 'invalid_multipart', `The multipart body is malformed: ${err.message}`)
+  return null
+}
+
 const ErrorBody = Type.Object({ error: Type.String(), code: Type.String(), retry_after_seconds: Type.Optional(Type.Number()) }, { description: "LibreChat's error shape: `error` is shown to the model" })
 const FileRefSchema = Type.Object({ id: Type.String(), name: Type.String(), path: Type.String(), session_id: Type.String(), storage_session_id: Type.String() })
 const InputFileSchema = Type.Object({
@@ -37,15 +46,15 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES })
   const tags = ['librechat']
   const config = { apiKeyHeader: true }
-  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody }
+  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody, 507: ErrorBody }
   // preservePath: LibreChat sends nested names (a/b.csv); they are checked, not stripped.
   await app.register(multipart, { preservePath: true, limits: { fileSize: app.config.MAX_UPLOAD_BYTES, files: 200, fields: 50 } })
 
   // LibreChat shows `error` to the model and reads 429s as {error: 'rate_limited', retry_after_seconds}.
   app.setErrorHandler((err: FastifyError, request, reply) => {
-    const e = err.code === 'FST_REQ_FILE_TOO_LARGE' || err.statusCode === 413
+    const e = err.code === 'FST_REQ_FILE_TOO_LARGE'
       ? new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
-      : toAppError(err)
+      : multipartError(err) ?? toAppError(err)
     if (e.statusCode >= 500 && e.code !== 'capacity_exhausted') request.log.error({ err }, 'librechat request failed')
     const retry = e.extra.retry_after
     if (typeof retry === 'number') reply.header('retry-after', retry)

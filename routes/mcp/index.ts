@@ -12,6 +12,23 @@ const opensSession = (body: unknown): boolean => {
   return isInitializeRequest(body) && b?.jsonrpc === '2.0' && (typeof b.id === 'string' || (typeof b.id === 'number' && Number.isFinite(b.id)))
 }
 
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+
+/**
+ * What is wrong with a request's params, for the JSON-RPC -32602 the client should get (the SDK would answer a
+ * malformed tools/call with -32603 and a validator dump); null when they are fine or it is not a request.
+ */
+function invalidParams (body: unknown): string | null {
+  if (!isObject(body) || typeof body.method !== 'string' || body.id === undefined) return null
+  if (body.params !== undefined && !isObject(body.params)) return 'params must be an object'
+  if (body.method === 'tools/call') {
+    const params = (body.params ?? {}) as Record<string, unknown>
+    if (typeof params.name !== 'string') return 'tools/call needs params.name, the tool\'s name'
+    if (params.arguments !== undefined && !isObject(params.arguments)) return 'params.arguments must be an object'
+  }
+  return null
+}
+
 /** A body that is not JSON: answered with a JSON-RPC parse error, as MCP clients expect. */
 const NOT_JSON = Symbol('not json')
 
@@ -84,6 +101,8 @@ const routes: FastifyPluginAsync = async (app) => {
       return rpcError(reply, 400, -32000, 'Bad Request: send initialize first, then the Mcp-Session-Id it returns')
     }
     entry.lastUsed = Date.now()
+    const invalid = invalidParams(request.body)
+    if (invalid) return reply.status(200).type('application/json').send({ jsonrpc: '2.0', id: (request.body as { id: unknown }).id, error: { code: -32602, message: `Invalid params: ${invalid}` } })
     reply.hijack()
     await entry.transport.handleRequest(request.raw, reply.raw, request.body)
     entry.lastUsed = Date.now()

@@ -124,6 +124,19 @@ t.test("10: a session's stored messages and event log stay within SESSION_STORED
   t.equal(listed.statusCode, 200, 'what is kept reads as usual')
 })
 
+t.test('13: malformed multipart and a kernel name that is not a string are 400s, and leave no sandbox behind', async (t) => {
+  const before = (await app.inject({ method: 'GET', url: '/v1/sandboxes', headers: alice })).json().data.length
+  const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\n\r\nhi'
+  for (const [type, body] of [['multipart/form-data', `${part}\r\n--x--\r\n`], ['multipart/form-data; boundary=', 'x'], ['multipart/form-data; boundary=y', `${part}\r\n--x--\r\n`], ['multipart/form-data; boundary=x', part], ['multipart/form-data; boundary=x', '--x\r\nbroken header\r\n\r\nhi\r\n--x--\r\n']]) {
+    const res = await app.inject({ method: 'POST', url: '/librechat/v1/upload', headers: { 'x-api-key': KEYS.alice, 'content-type': type }, payload: body })
+    t.equal(res.statusCode, 400, `${type}: ${JSON.stringify(body.slice(-12))}`)
+  }
+  const kernel = await app.inject({ method: 'POST', url: '/jupyter/api/kernels', headers: alice, payload: { name: { toString: 'x' } } })
+  t.equal(kernel.statusCode, 400)
+  t.match(kernel.json(), { reason: 'validation_error', message: /body\/name/ })
+  t.equal((await app.inject({ method: 'GET', url: '/v1/sandboxes', headers: alice })).json().data.length, before, 'no sandbox was left behind')
+})
+
 t.test('13: CPU shares the host cannot give are 400s with our error body, never a 500 or a silent full CPU', async (t) => {
   for (const cpus of [0.001, 1e-9, 0]) {
     const res = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { resources: { cpus } } })

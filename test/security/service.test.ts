@@ -162,3 +162,49 @@ t.test('11: the user wall knows every spelling of loopback, metadata and the ser
   t.match(userWall('93.184.216.34', 8000, star, own), /own endpoint/, 'the server\'s port on any address when it listens on all')
   t.equal(userWall('93.184.216.34', 443, star, own), null, 'a public address is the allow list\'s business')
 })
+
+t.test('13: odd input the router, the settings and MCP see gets the documented 4xx', async (t) => {
+  const config = testConfig()
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  const badEscape = await app.inject({ method: 'GET', url: '/v1/sessions/%ff', headers: alice })
+  t.equal(badEscape.statusCode, 400)
+  t.match(badEscape.json(), { error: { code: 'bad_url', type: 'invalid_request_error' } }, 'a malformed escape gets our error body')
+  const longId = await app.inject({ method: 'GET', url: `/v1/sessions/${'a'.repeat(500)}`, headers: alice })
+  t.equal(longId.statusCode, 400, 'a long id is a validation error, not the router\'s 414')
+  t.match(longId.json().error, { code: 'validation_error', message: /id/ })
+  const unknown = await app.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { nope: { deep: 1 } } })
+  t.equal(unknown.statusCode, 400, 'an unknown settings field is refused')
+  t.notOk('nope' in (await app.inject({ method: 'GET', url: '/v1/settings', headers: auth(KEYS.admin) })).json(), 'and never stored')
+  app.settings.update({ nope: 1 } as never)
+  t.notOk('nope' in app.settings.get(), 'a stored or broadcast change cannot add a field either')
+
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const headers = { ...alice, 'content-type': 'application/json', accept: 'application/json, text/event-stream' }
+  const opened = await fetch(`${base}/mcp`, { method: 'POST', headers, body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }) })
+  const session = { 'mcp-session-id': opened.headers.get('mcp-session-id')!, 'mcp-protocol-version': '2025-06-18' }
+  await opened.text()
+  for (const params of [5, null, { arguments: {} }, { name: 'execute_code', arguments: 'print(1)' }]) {
+    const res = await fetch(`${base}/mcp`, { method: 'POST', headers: { ...headers, ...session }, body: JSON.stringify({ jsonrpc: '2.0', id: 7, method: 'tools/call', params }) })
+    const body = await res.json() as { id: number, error: { code: number, message: string } }
+    t.equal(body.error.code, -32602, `tools/call params ${JSON.stringify(params)}: invalid params`)
+    t.equal(body.id, 7)
+  }
+})
+
+t.test('14: the pub/sub channel names the Redis database, so deployments on one Redis do not share it', async (t) => {
+  const one = testConfig({ REDIS_URL: `${REDIS_URL}/1`, REDIS_PREFIX: 'same:' })
+  const two = testConfig({ REDIS_URL: `${REDIS_URL}/2`, REDIS_PREFIX: 'same:' })
+  const a = await build(t, one)
+  const b = await build(t, two)
+  const channel = (app: typeof a) => (app.bus as unknown as { channel: string }).channel
+  t.not(channel(a), channel(b))
+  t.match(channel(a), /db1$/)
+  const seen: unknown[] = []
+  b.bus!.on('settings', (change: unknown) => seen.push(change))
+  await a.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { auto_run: false } })
+  await sleep(300)
+  t.same(seen, [], "the other deployment did not apply the first one's settings")
+  t.equal(b.settings.get().auto_run, true)
+  await a.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { reset: true } })
+})
