@@ -28,13 +28,14 @@ const random = () => {
 }
 const pick = <T>(items: T[]): T => items[Math.floor(random() * items.length)]
 
-interface Tally { requests: number, s5xx: number, undocumented: number, hangs: number, examples: string[] }
+interface Tally { requests: number, s5xx: number, undocumented: number, hangs: number, examples: string[], statuses: Map<number, number> }
 const phases = new Map<string, Tally>()
 const tally = (phase: string): Tally => {
-  if (!phases.has(phase)) phases.set(phase, { requests: 0, s5xx: 0, undocumented: 0, hangs: 0, examples: [] })
+  if (!phases.has(phase)) phases.set(phase, { requests: 0, s5xx: 0, undocumented: 0, hangs: 0, examples: [], statuses: new Map() })
   return phases.get(phase)!
 }
 const note = (t: Tally, what: string) => { if (t.examples.length < 5) t.examples.push(what) }
+const seen = (t: Tally, status: number) => t.statuses.set(status, (t.statuses.get(status) ?? 0) + 1)
 
 // --- the server under test ---------------------------------------------------------------------------------------
 const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '--host', '127.0.0.1', '--port', String(PORT)], {
@@ -128,8 +129,10 @@ async function restPhase (doc: any, ids: Record<string, string>) {
       if (!['get', 'post', 'put', 'patch', 'delete'].includes(method)) continue
       const documented = new Set(Object.keys(op.responses ?? {}).map(String))
       const schema = op.requestBody?.content?.['application/json']?.schema as Schema | undefined
+      // Deleting the shared sandbox, session or kernel would turn every later request into a 404: those get odd ids.
+      const destroys = method === 'delete' && /\}$/.test(path) && !path.includes('{*}')
       for (let i = 0; i < PER_OP; i++) {
-        const odd = random() < 0.3
+        const odd = destroys || random() < 0.3
         let url = path.replace(/\{([^}]+)\}/g, (_m: string, name: string) => {
           if (name === '*') return odd ? pick(ODD_IDS) : pick(['', '.', 'a.txt', 'dir', 'dir/', 'fifo', 'x/../y'])
           return odd ? pick(ODD_IDS) : (ids[name] ?? ids.id)
@@ -144,6 +147,7 @@ async function restPhase (doc: any, ids: Record<string, string>) {
         t.requests++
         if (res === 'hang') { t.hangs++; note(t, `hang: ${method.toUpperCase()} ${url.slice(0, 120)}`); continue }
         if (res === 'error') { if (crashed) return; continue }
+        seen(t, res.status)
         if (res.status >= 500 && res.status !== 503) { t.s5xx++; note(t, `${res.status}: ${method.toUpperCase()} ${url.slice(0, 120)} ${res.text.slice(0, 200)}`) }
         if (!documented.has(String(res.status)) && !documented.has('default')) {
           t.undocumented++
@@ -185,8 +189,9 @@ const wsFrames = () => Array.from({ length: 10 }, () => pick<string | Buffer>([
 
 const jupyterFrames = () => Array.from({ length: 10 }, () => {
   const header = { msg_id: String(random()), msg_type: pick(['execute_request', 'kernel_info_request', 'complete_request', 'inspect_request', 'shutdown_request', 'comm_open', 'history_request', 'nonsense', 1]), session: 's', username: 'u', date: '', version: '5.3' }
+  // shutdown_request always restarts: a real shutdown would end the kernel every later round needs.
   return pick<string | Buffer>([
-    JSON.stringify({ header, parent_header: {}, metadata: {}, content: { code: pick(['1', 'print(2)', 5, null]), restart: random() < 0.5 }, channel: pick(['shell', 'control', 'iopub', 'x']) }),
+    JSON.stringify({ header, parent_header: {}, metadata: {}, content: { code: pick(['1', 'print(2)', 5, null]), restart: true }, channel: pick(['shell', 'control', 'iopub', 'x']) }),
     JSON.stringify({ header: null }), 'garbage', Buffer.from([1, 0, 0, 0]), JSON.stringify({ header, content: null })
   ])
 })
@@ -206,6 +211,7 @@ async function mcpPhase () {
     ])
     const res = await call('POST', '/mcp', { body: typeof body === 'string' ? body : JSON.stringify(body), headers: { ...headers, ...(random() < 0.8 && session ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}) } })
     t.requests++
+    if (typeof res !== 'string') seen(t, res.status)
     if (res === 'hang') { t.hangs++; note(t, `hang: ${JSON.stringify(body).slice(0, 100)}`) } else if (res !== 'error' && res.status >= 500) { t.s5xx++; note(t, `${res.status}: ${JSON.stringify(body).slice(0, 100)}`) } else if (res !== 'error' && /"code":-32603/.test(res.text)) { t.undocumented++; note(t, `internal error (-32603): ${JSON.stringify(body).slice(0, 100)} ${res.text.slice(0, 160)}`) }
   }
   await healthy()
@@ -225,8 +231,10 @@ async function multipartPhase () {
   ]
   for (let i = 0; i < 40; i++) {
     const [type, body] = pick(variants)
-    const res = await call('POST', '/librechat/v1/upload', { body, headers: { 'content-type': type, 'x-api-key': KEY } })
+    // The admin key: the REST phase may have used the user key's whole sandbox allowance.
+    const res = await call('POST', '/librechat/v1/upload', { body, headers: { 'content-type': type, 'x-api-key': ADMIN, authorization: `Bearer ${ADMIN}` } })
     t.requests++
+    if (typeof res !== 'string') seen(t, res.status)
     if (res === 'hang') { t.hangs++; note(t, `hang: ${type}`) } else if (res !== 'error' && res.status >= 500) { t.s5xx++; note(t, `${res.status}: ${type} ${res.text.slice(0, 120)}`) }
   }
   await healthy()
@@ -267,6 +275,7 @@ async function main (): Promise<number> {
   console.log('| --- | --- | --- | --- | --- |')
   for (const [name, r] of rows) console.log(`| ${name} | ${r.requests} | ${r.s5xx} | ${r.undocumented} | ${r.hangs} |`)
   console.log(`process crashes: ${crashed ? 1 : 0}${crashed ? ` (${crashed})` : ''}; health failures: ${healthFailures}; server RSS ${startRss.toFixed(0)} MB -> ${endRss.toFixed(0)} MB`)
+  for (const [name, r] of rows) if (r.statuses.size) console.log(`  statuses, ${name}: ${[...r.statuses].sort((a, b) => a[0] - b[0]).map(([s, n]) => `${s}x${n}`).join(' ')}`)
   for (const [key, n] of undocumented) console.log(`  undocumented: ${key} (${n}x)`)
   for (const [name, r] of rows) for (const e of r.examples) console.log(`  ${name}: ${e.slice(0, 300)}`)
   const bad = Boolean(crashed) || healthFailures > 0 || rows.some(([, r]) => r.s5xx || r.undocumented || r.hangs)
