@@ -119,9 +119,14 @@ export class LeasedRedisStore {
     })
   }
 
-  /** A route's own limiter: the same counters under the route's prefix (as @fastify/rate-limit's RedisStore does). */
+  /**
+   * A route's own limiter: the same counters under the route's prefix (as @fastify/rate-limit's RedisStore does). A
+   * limiter made with createRateLimit has no route: it shares these counters, so that an action over a socket and a
+   * request count against one budget per key.
+   */
   child (options: object): LeasedRedisStore {
     const route = (options as { routeInfo?: { method?: string, url?: string } }).routeInfo
+    if (!route?.url) return this
     return new LeasedRedisStore(this.redis, `${this.prefix}${route?.method ?? ''}${route?.url ?? ''}-`, this.pruneAt)
   }
 
