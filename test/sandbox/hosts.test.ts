@@ -5,8 +5,8 @@ import type { FastifyInstance } from 'fastify'
 import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
-// Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, started by .ci/run),
-// two server replicas sharing one Redis, sandboxes spread over both hosts.
+// Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, which this test
+// starts when it is not running and stops again after), two server replicas sharing one Redis, sandboxes spread over both hosts.
 const SECOND = '/run/is-docker2/docker.sock'
 const hostsSpec = `one=unix:///var/run/docker.sock,two=unix://${SECOND}`
 const dockers = { one: new Docker(), two: new Docker({ socketPath: SECOND }) }
@@ -15,7 +15,17 @@ let config: Config
 const apps: FastifyInstance[] = []
 const daemon = (action: 'start' | 'stop') => execFileSync('bash', ['scripts/second-dockerd.sh', action], { stdio: 'ignore' })
 
+let startedHere = false
+
 t.before(async () => {
+  if (!(await dockers.two.ping().then(() => true, () => false))) {
+    try {
+      daemon('start')
+      startedHere = true
+    } catch {
+      throw new Error(`these tests need a second Docker daemon at ${SECOND} and could not start it (root, dockerd and iproute2 are needed): bash scripts/second-dockerd.sh start, and see /var/log/is-docker2.log`)
+    }
+  }
   await dockers.two.ping().catch(() => { throw new Error(`these tests need a second Docker daemon at ${SECOND}: bash scripts/second-dockerd.sh start`) })
   config = await sandboxConfig({ SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '40', SANDBOX_KEEP_ON_CLOSE: 'true' })
   apps.push(await build(t, config), await build(t, config))
@@ -28,6 +38,7 @@ t.teardown(async () => {
     }
   }
   await flushPrefix(REDIS_URL, config.REDIS_PREFIX)
+  if (startedHere) daemon('stop') // left as it was found
 })
 
 const calls = (i: number) => sandboxCalls(() => apps[i])
