@@ -39,7 +39,31 @@ export async function runChat (options: TerminalOptions): Promise<number> {
   const socket = await client.connect(options.session)
   const images = mkdtempSync(join(tmpdir(), 'interpreter-images-'))
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY })
-  const ask = (question: string) => new Promise<string>(resolve => rl.question(question, resolve))
+  // Lines typed while a run streams are kept for the next question (rl.question would drop them: a user typing
+  // ahead, or `exit` sent a moment before the prompt came back, lost their input).
+  const typed: string[] = []
+  let waiting: ((line: string | null) => void) | null = null
+  let ended = false
+  rl.on('line', (line: string) => {
+    if (waiting) {
+      const answer = waiting
+      waiting = null
+      answer(line)
+    } else typed.push(line)
+  })
+  rl.on('close', () => { ended = true; waiting?.(null) })
+  /** The next line the user typed (already, or once asked), or null once input has ended. */
+  const ask = (question: string): Promise<string | null> => {
+    const early = typed.shift()
+    if (early !== undefined) {
+      process.stdout.write(`${question}${early}\n`)
+      return Promise.resolve(early)
+    }
+    if (ended) return Promise.resolve(null)
+    rl.setPrompt(question)
+    rl.prompt()
+    return new Promise(resolve => { waiting = resolve })
+  }
   process.stdout.write(dim(`session ${socket.sessionId}${options.model ? `, model ${options.model}` : ''}; Ctrl-C interrupts a run, twice exits\n`))
   let running = false
   let interrupts = 0
@@ -74,7 +98,7 @@ export async function runChat (options: TerminalOptions): Promise<number> {
       process.stdout.write(`\n[image saved: ${path}]\n`)
     } else if (chunk.type === 'confirmation') {
       const answer = await ask('\nRun this code? [y/N] ')
-      await socket.confirm(chunk.content.id, /^y(es)?$/i.test(answer.trim()))
+      await socket.confirm(chunk.content.id, /^y(es)?$/i.test((answer ?? '').trim()))
     }
   }
 
@@ -96,7 +120,7 @@ export async function runChat (options: TerminalOptions): Promise<number> {
   }
 
   for (;;) {
-    const line = await ask('> ').catch(() => null)
+    const line = await ask('> ')
     if (line === null) break
     if (line.trim() === '') continue
     if (['exit', 'quit'].includes(line.trim())) break

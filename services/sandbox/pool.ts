@@ -88,6 +88,8 @@ export class SandboxPool {
   private target: number
   private readonly acquired: number[] = []
   private lastAcquireAt = 0
+  /** When the warm pool last reached its target: a quiet spell starts no earlier (spares still starting are demand). */
+  private filledAt = 0
   private avgStartMs = 1000 // a guess until the first start is measured
   private measured = false
   private shrinkTimer: NodeJS.Timeout | null = null
@@ -202,6 +204,7 @@ export class SandboxPool {
       waiter.resolve(handle)
     } else if (!this.closed && this.warm.length < this.target) {
       this.warm.push(handle)
+      if (this.warm.length >= this.target) this.filledAt = Date.now()
     } else {
       this.discard(handle)
     }
@@ -222,8 +225,14 @@ export class SandboxPool {
     void this.fill()
   }
 
+  /**
+   * Back to the floor after `idleShrinkMs` without an acquisition, counted from when the grown pool was full: on a
+   * loaded host its spares can take longer to start than the quiet spell, and it would shrink before it ever served.
+   */
   private shrinkIfIdle (idleShrinkMs: number): void {
-    if (this.target <= this.opts.size || Date.now() - this.lastAcquireAt < idleShrinkMs) return
+    if (this.target <= this.opts.size) return
+    if (this.warm.length < this.target && this.starting > 0) return // still filling toward the burst's target
+    if (Date.now() - Math.max(this.lastAcquireAt, this.filledAt) < idleShrinkMs) return
     this.log.info({ from: this.target, to: this.opts.size }, 'warm pool shrinks after a quiet spell')
     this.target = this.opts.size
     for (const handle of this.warm.splice(this.target)) this.discard(handle)
