@@ -275,6 +275,7 @@ async function main (): Promise<number> {
   console.log('| --- | --- | --- | --- | --- |')
   for (const [name, r] of rows) console.log(`| ${name} | ${r.requests} | ${r.s5xx} | ${r.undocumented} | ${r.hangs} |`)
   console.log(`process crashes: ${crashed ? 1 : 0}${crashed ? ` (${crashed})` : ''}; health failures: ${healthFailures}; server RSS ${startRss.toFixed(0)} MB -> ${endRss.toFixed(0)} MB`)
+  if (crashed) console.log(`  the server's last words: ${(stderr.match(/^.*(Error|error).*$/m)?.[0] ?? stderr.slice(-300)).trim().slice(0, 300)}`)
   for (const [name, r] of rows) if (r.statuses.size) console.log(`  statuses, ${name}: ${[...r.statuses].sort((a, b) => a[0] - b[0]).map(([s, n]) => `${s}x${n}`).join(' ')}`)
   for (const [key, n] of undocumented) console.log(`  undocumented: ${key} (${n}x)`)
   for (const [name, r] of rows) for (const e of r.examples) console.log(`  ${name}: ${e.slice(0, 300)}`)
