@@ -1,12 +1,11 @@
 // Security regressions of issue 20 that need Redis but no sandbox: one request must not take the service down, flap it
-// for other keys, or slip past a limit. Each test names the numbered finding it guards.
+// for other keys, or slip past a limit. Each test names the numbered finding it guards (11, the egress wall: its address
+// arithmetic in test/unit/egress.test.ts, the proxy in test/sandbox/network.test.ts).
 import t from 'tap'
 import WebSocket from 'ws'
 import { connect } from 'node:net'
 import { Writable } from 'node:stream'
 import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
-import { redactUrl } from '../../plugins/request-log.js'
-import { canonicalAddress, embeddedV4, forbiddenAddress, parseAllowedList, userWall } from '../../services/sandbox/egress.js'
 import type { RunEvent } from '../../schemas/chat.js'
 
 const alice = auth(KEYS.alice)
@@ -136,31 +135,6 @@ t.test('12: a key in the query string is redacted in the access log however it i
   }
   t.notMatch(logged, KEYS.alice, 'the key is in no log line')
   t.equal(logged.match(/\[redacted\]/g)?.length, 3)
-  t.equal(redactUrl('/x?a=1&%74oken=s3cret&b=2'), '/x?a=1&%74oken=[redacted]&b=2')
-  t.equal(redactUrl('/x?api%5Fkey=s3cret'), '/x?api%5Fkey=[redacted]')
-  t.equal(redactUrl('/x?tokenish=1'), '/x?tokenish=1', 'other names are left alone')
-})
-
-t.test('11: the user wall knows every spelling of loopback, metadata and the server\'s own endpoints', async (t) => {
-  for (const a of ['127.0.0.1', '::1', '::ffff:127.0.0.1', '::ffff:7f00:1', '::127.0.0.1', '64:ff9b::7f00:1', '2002:7f00:1::', '0.0.0.0', '::']) {
-    t.ok(['loopback', 'unspecified'].includes(forbiddenAddress(a) ?? ''), `${a} is loopback or unspecified`)
-  }
-  t.equal(forbiddenAddress('169.254.169.254'), 'metadata')
-  t.equal(forbiddenAddress('fd00:ec2:0::254'), 'metadata')
-  t.equal(forbiddenAddress('::ffff:169.254.169.254'), 'metadata')
-  t.equal(embeddedV4('2002:0a00:0001::1'), '10.0.0.1')
-  t.equal(canonicalAddress('::ffff:10.1.2.3'), '10.1.2.3')
-  const star = parseAllowedList('*')
-  const own = [{ address: '10.0.0.5', port: 6379 }, { address: '*', port: 8000 }]
-  t.match(userWall('127.0.0.1', 80, parseAllowedList('127.0.0.1'), own), /loopback/, 'loopback even where the operator lists it')
-  t.match(userWall('169.254.169.254', 80, star, own), /metadata/)
-  t.match(userWall('fd00:ec2::254', 80, star, own), /metadata/)
-  t.match(userWall('10.1.1.1', 443, star, own), /private/, 'a private address needs the operator to name it')
-  t.equal(userWall('10.1.1.1', 443, parseAllowedList('10.1.1.1'), own), null, 'named: allowed')
-  t.match(userWall('10.0.0.5', 6379, parseAllowedList('10.0.0.5'), own), /own endpoint/, 'the server\'s Redis, even when named')
-  t.match(userWall('::ffff:10.0.0.5', 6379, parseAllowedList('10.0.0.5'), own), /own endpoint/, 'in any spelling')
-  t.match(userWall('93.184.216.34', 8000, star, own), /own endpoint/, 'the server\'s port on any address when it listens on all')
-  t.equal(userWall('93.184.216.34', 443, star, own), null, 'a public address is the allow list\'s business')
 })
 
 t.test('13: odd input the router, the settings and MCP see gets the documented 4xx', async (t) => {
