@@ -165,8 +165,13 @@ async function socketPhase (name: string, url: string, frames: () => Array<strin
   const t = tally(name)
   for (let round = 0; round < 20; round++) {
     const ws = new WebSocket(url, protocols, { headers: { authorization: `Bearer ${KEY}` } })
-    const opened = await new Promise<boolean>(resolve => { ws.once('open', () => resolve(true)); ws.once('error', () => resolve(false)); ws.once('unexpected-response', () => resolve(false)) })
+    const opened = await new Promise<boolean>(resolve => {
+      ws.once('open', () => resolve(true))
+      ws.once('error', () => resolve(false))
+      ws.once('unexpected-response', (_req, res) => { seen(t, res.statusCode ?? 0); resolve(false) })
+    })
     if (!opened) { t.requests++; continue }
+    seen(t, 101)
     let got = 0
     ws.on('message', () => { got++ })
     for (const frame of frames()) { ws.send(frame); t.requests++ }
