@@ -54,7 +54,7 @@ function toHistory (messages: Array<{ role: string, content: string | Array<{ ty
 }
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const { runs, sessions, events } = app
+  const { runs, sessions } = app
 
   app.get('/models', {
     schema: { tags: ['openai'], summary: 'The configured models, in OpenAI\'s format', response: { 200: ModelListSchema, ...commonErrors } }
@@ -84,11 +84,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     if (sessionId) reply.header('x-session-id', sessionId)
     const release = async () => {
       if (sessionId) return
-      const fresh = await app.store.getSession(session.id)
-      const sandbox = fresh?.sandbox_id ? await app.store.getSandbox(fresh.sandbox_id) : null
-      if (sandbox) await app.sandboxes.destroy(sandbox).catch(() => {})
-      await app.store.deleteSession(fresh ?? session).catch(() => {})
-      await events.delete(session.id).catch(() => {})
+      await runs.endSession(session).catch(() => {})
     }
 
     const chunk = (delta: Record<string, unknown>, finishReason: string | null = null) =>

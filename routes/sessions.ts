@@ -45,11 +45,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     preHandler: app.limitPerTarget,
     schema: { tags, summary: 'Delete a session, its history and its sandbox', params: IdParamsSchema, response: { 204: Type.Null(), 404: ErrorSchema, ...commonErrors } }
   }, async (request, reply) => {
-    const session = await sessions.delete(request.params.id, request.principal)
-    if (session.sandbox_id) {
-      const record = await app.store.getSandbox(session.sandbox_id)
-      if (record) await app.sandboxes.destroy(record)
-    }
+    await app.runs.endSession(await sessions.get(request.params.id, request.principal))
     return reply.status(204).send(null)
   })
 

@@ -50,12 +50,6 @@ export class SessionService {
     return session
   }
 
-  async delete (id: string, principal: Principal): Promise<Session> {
-    const session = await this.get(id, principal)
-    await this.store.deleteSession(session)
-    return session
-  }
-
   async messages (id: string, principal: Principal, page: PageRequest): Promise<Page<Message>> {
     await this.get(id, principal)
     return this.store.listMessages(id, page)

@@ -123,9 +123,7 @@ const routes: FastifyPluginAsync = async (app) => {
     const local = kernels.get(session.id)
     kernels.delete(session.id)
     for (const c of local?.connections ?? []) c.socket.close(1000, 'kernel shut down')
-    await store.deleteSession(session)
-    const record = session.sandbox_id ? await store.getSandbox(session.sandbox_id) : null
-    if (record) await sandboxes.destroy(record).catch((err: Error) => app.log.warn({ err: err.message, kernel: session.id }, 'could not remove a kernel\'s sandbox'))
+    await runs.endSession(session)
   }
 
   /** Fresh kernel processes in the same sandbox (files kept), as Jupyter's restart. */

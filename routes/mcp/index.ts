@@ -80,10 +80,7 @@ const routes: FastifyPluginAsync = async (app) => {
   const endSession = async (id: string) => {
     live.delete(id)
     const session = await app.store.getSession(id)
-    if (!session) return
-    await app.store.deleteSession(session)
-    const record = session.sandbox_id ? await app.store.getSandbox(session.sandbox_id) : null
-    if (record) await app.sandboxes.destroy(record).catch((err: Error) => app.log.warn({ err: err.message, session: id }, 'could not remove an MCP session\'s sandbox'))
+    if (session) await app.runs.endSession(session)
   }
 
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {

@@ -299,6 +299,19 @@ export class RunManager {
     return record
   }
 
+  /**
+   * Ends a session everywhere: its record and messages, its event log and its sandbox. Every protocol that ends a
+   * session (REST, OpenAI-compatible, MCP, Jupyter) calls this, so none can forget a part.
+   */
+  async endSession (session: Session): Promise<void> {
+    const { store, sandboxes, events, log } = this.deps
+    const fresh = await store.getSession(session.id) ?? session
+    const record = fresh.sandbox_id ? await store.getSandbox(fresh.sandbox_id) : null
+    await store.deleteSession(fresh)
+    await events.delete(session.id).catch((err: Error) => log.warn({ err: err.message, session: session.id }, 'could not delete a session\'s event log'))
+    if (record) await sandboxes.destroy(record).catch((err: Error) => log.warn({ err: err.message, session: session.id }, 'could not remove a session\'s sandbox'))
+  }
+
   /** Replaces the session's sandbox with nothing (the next run gets a fresh one); 409 while a run holds the session. */
   async resetSandbox (session: Session): Promise<void> {
     const { store, sandboxes } = this.deps

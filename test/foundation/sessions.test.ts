@@ -28,7 +28,9 @@ t.test('a session is created, listed newest first with pagination, read, updated
   const messages = await app.inject({ method: 'GET', url: `/v1/sessions/${ids[0]}/messages`, headers: alice })
   t.same(messages.json(), { object: 'list', data: [], has_more: false, next_offset: null })
 
+  await app.events.append(ids[0], { type: 'run_start', run_id: 'r1', model: 'gpt-4o' } as never)
   t.equal((await app.inject({ method: 'DELETE', url: `/v1/sessions/${ids[0]}`, headers: alice })).statusCode, 204)
+  t.equal(await app.events.lastId(ids[0]), null, 'its event log went with it')
   const gone = await app.inject({ method: 'GET', url: `/v1/sessions/${ids[0]}`, headers: alice })
   t.equal(gone.statusCode, 404)
   t.equal(gone.json().error.code, 'session_not_found')
