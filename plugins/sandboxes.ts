@@ -62,6 +62,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     ownEndpoints: ownEndpoints(c, hosts)
   })
   const service = new SandboxService(pools, app.store, {
+    enabled: c.SANDBOX_ENABLED,
     egress,
     egressAllowed,
     networkDefault: parseAllowedList(c.SANDBOX_NETWORK_DEFAULT, 'SANDBOX_NETWORK_DEFAULT'),

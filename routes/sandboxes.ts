@@ -5,7 +5,7 @@ import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema } from '../schemas/sandboxes.js'
 import type { ExecutionEvent } from '../schemas/sandboxes.js'
 import { openSse, type SseStream } from './sse.js'
-import { AppError } from '../services/errors.js'
+import { AppError, SandboxesDisabled } from '../services/errors.js'
 import fileRoutes from './files.js'
 
 /** Aborts when the client closes the connection before its answer is sent (a queued create then leaves the queue). */
@@ -22,7 +22,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   const tags = ['sandboxes']
   const errors = { 404: ErrorSchema, 409: ErrorSchema, 410: ErrorSchema, 413: ErrorSchema, ...commonErrors }
   const enabled = async () => {
-    if (!app.config.SANDBOX_ENABLED) throw new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
+    if (!app.config.SANDBOX_ENABLED) throw SandboxesDisabled()
   }
 
   app.post('', {

@@ -24,6 +24,8 @@ function typeForStatus (status: number): string {
 }
 
 export const SessionNotFound = () => new AppError(404, 'session_not_found', 'Session not found', 'session_error')
+/** SANDBOX_ENABLED=false: whichever protocol asks for a sandbox gets this, from the one place that makes sandboxes. */
+export const SandboxesDisabled = () => new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
 export const SandboxNotFound = () => new AppError(404, 'sandbox_not_found', 'Sandbox not found', 'sandbox_error')
 /** Overload or a host-wide limit: a documented 503 whose Retry-After says when to come back. */
 export const CapacityExhausted = (message: string, retryAfterS: number) =>

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import type { Principal } from '../../services/auth.js'
 import type { Session } from '../../schemas/sessions.js'
 import type { Language } from '../../schemas/sandboxes.js'
-import { AppError } from '../../services/errors.js'
+import { AppError, SandboxesDisabled } from '../../services/errors.js'
 import { toAppError } from '../../plugins/errors.js'
 import { runError } from '../../services/interpreter/runs.js'
 import { Type } from 'typebox'
@@ -80,7 +80,7 @@ const routes: FastifyPluginAsync = async (app) => {
   })
 
   const enabled = async () => {
-    if (!app.config.SANDBOX_ENABLED) throw new AppError(503, 'sandboxes_disabled', 'Sandboxes are disabled on this server (SANDBOX_ENABLED=false)')
+    if (!app.config.SANDBOX_ENABLED) throw SandboxesDisabled()
   }
 
   const specOf = (session: Session): KernelSpec => specByName.get(session.metadata.jupyter_kernel ?? '') ?? defaultSpec

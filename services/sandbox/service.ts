@@ -4,7 +4,7 @@ import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, type AllowR
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
-import { AppError, CapacityExhausted, DependencyError, SandboxNotFound } from '../errors.js'
+import { AppError, CapacityExhausted, DependencyError, SandboxNotFound, SandboxesDisabled } from '../errors.js'
 import type { SandboxPool, Logger } from './pool.js'
 import type { SandboxHandle } from './sandbox.js'
 import type { ImageProfile } from './image.js'
@@ -25,6 +25,8 @@ const PROXY_ENV: Record<string, string> = {
 }
 
 export interface SandboxServiceOptions {
+  /** SANDBOX_ENABLED: false refuses every new sandbox (503 sandboxes_disabled), whichever protocol asks. */
+  enabled?: boolean
   /** How often each Docker host is pinged (a host that does not answer is marked down). */
   hostCheckMs?: number
   /** The egress proxies of sandboxes with a network policy (needs the agent directories); without it, no network. */
@@ -273,6 +275,7 @@ export class SandboxService {
    * and the start queue (503 when it cannot serve in time). An aborted `signal` (the client left) gives up.
    */
   async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal, trustedNetwork = false): Promise<SandboxRecord> {
+    if (this.opts.enabled === false) throw SandboxesDisabled()
     const timeoutS = spec.timeout_s ?? this.opts.defaultTimeoutS
     if (timeoutS > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)

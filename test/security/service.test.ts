@@ -182,3 +182,28 @@ t.test('14: the pub/sub channel names the Redis database, so deployments on one 
   t.equal(b.settings.get().auto_run, true)
   await a.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { reset: true } })
 })
+
+t.test('SANDBOX_ENABLED=false refuses a sandbox to every protocol, from the one place that makes them', async (t) => {
+  const config = testConfig({ SANDBOX_ENABLED: 'false' })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await build(t, config)
+  const direct = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })
+  t.match(direct.json(), { error: { code: 'sandboxes_disabled' } })
+  const librechat = await app.inject({ method: 'POST', url: '/librechat/v1/exec', headers: { 'x-api-key': KEYS.alice }, payload: { lang: 'py', code: 'print(1)' } })
+  t.equal(librechat.statusCode, 503)
+  t.match(librechat.json(), { code: 'sandboxes_disabled' })
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
+  const run = await app.runs.executeDirect(session, 'python', 'print(1)')
+  const outcome = await run.done
+  t.match(outcome.error, { code: 'sandboxes_disabled' }, 'a run (WebSocket, chat, MCP, Jupyter) ends with the same 503')
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const ws = new WebSocket(`${base.replace('http', 'ws')}/v1/ws`, ['interpreter.v1'], { headers: alice })
+  const frames: any[] = []
+  ws.on('message', (data) => frames.push(JSON.parse(String(data))))
+  await new Promise(resolve => ws.once('open', resolve))
+  ws.send(JSON.stringify({ type: 'hello' }))
+  ws.send(JSON.stringify({ type: 'execute', language: 'python', code: 'print(1)' }))
+  for (let i = 0; i < 100 && !frames.some(f => JSON.stringify(f).includes('sandboxes_disabled')); i++) await sleep(50)
+  ws.close()
+  t.ok(frames.some(f => JSON.stringify(f).includes('sandboxes_disabled')), 'over the WebSocket too')
+})
