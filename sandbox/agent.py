@@ -388,6 +388,12 @@ class Agent:
         cur = self.current
         if cur is None or cur['kernel'] is not k:
             return
+        if kind == 'running':
+            cur['running'] = True
+            if cur['sigint_pending']:
+                cur['sigint_pending'] = False
+                k.signal(signal.SIGINT)
+            return
         if kind == 'error' and cur['interrupted'] == 'timeout' and ev.get('name') in ('KeyboardInterrupt', 'Interrupted'):
             ev = self.timeout_error(cur, state_lost=False)
         if kind == 'end':
@@ -526,7 +532,10 @@ class Agent:
         self.current = {'id': rid, 'kernel': k, 'count': self.count, 'started': now, 'timeout_ms': timeout,
                         'deadline': now + timeout / 1000, 'kill_at': None, 'interrupted': None,
                         'errored': False, 'bytes': 0, 'cap': int(req.get('max_output_bytes') or DEFAULT_OUTPUT_CAP),
-                        'truncated': False}
+                        'truncated': False,
+                        # The python kernel says `running` once it holds the code: an interrupt before that waits for it
+                        # (a SIGINT while it still read its pipe was taken for an idle one, and the run went on).
+                        'running': language != 'python', 'sigint_pending': False}
         emit({'id': rid, 'type': 'start', 'execution_count': self.count})
         # Most runs end within a millisecond: the start then leaves in one write with the output and the end.
         self.hold = time.monotonic() + START_HOLD_S
@@ -544,9 +553,16 @@ class Agent:
         cur = self.current
         if cur is not None:
             cur['interrupted'] = cur['interrupted'] or 'request'
-            cur['kernel'].signal(signal.SIGINT)
+            self.interrupt_kernel(cur)
             cur['kill_at'] = time.monotonic() + GRACE_S
         emit({'id': rid, 'type': 'done', 'interrupted': cur is not None})
+
+    def interrupt_kernel(self, cur):
+        """SIGINT to the run's kernel now, or once it says it is running the code."""
+        if cur['running']:
+            cur['kernel'].signal(signal.SIGINT)
+        else:
+            cur['sigint_pending'] = True
 
     def op_egress(self, rid, req):
         """Starts (once) the relay that offers the server's egress proxy on 127.0.0.1:3128 (see egress_relay.py)."""
@@ -587,7 +603,7 @@ class Agent:
         now = time.monotonic()
         if cur['interrupted'] is None and now >= cur['deadline']:
             cur['interrupted'] = 'timeout'
-            cur['kernel'].signal(signal.SIGINT)
+            self.interrupt_kernel(cur)
             cur['kill_at'] = now + GRACE_S
         elif cur['kill_at'] is not None and now >= cur['kill_at']:
             if cur['interrupted'] != 'timeout':

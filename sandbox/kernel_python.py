@@ -113,6 +113,7 @@ def main():
             request = json.loads(line)
             status = 'ok'
             try:
+                emit({'type': 'running'})  # from here an interrupt stops this run (the agent holds one sent earlier)
                 run(request['code'])
             except BaseException as exc:  # KeyboardInterrupt and SystemExit included: the kernel lives on
                 leave_if_forked()
