@@ -197,7 +197,7 @@ const jupyterFrames = () => Array.from({ length: 10 }, () => {
   // shutdown_request always restarts: a real shutdown would end the kernel every later round needs.
   return pick<string | Buffer>([
     JSON.stringify({ header, parent_header: {}, metadata: {}, content: { code: pick(['1', 'print(2)', 5, null]), restart: true }, channel: pick(['shell', 'control', 'iopub', 'x']) }),
-    JSON.stringify({ header: null }), 'garbage', Buffer.from([1, 0, 0, 0]), JSON.stringify({ header, content: null })
+    JSON.stringify({ header: null }), 'garbage', Buffer.from([1, 0, 0, 0]), JSON.stringify({ header: { ...header, msg_type: 'kernel_info_request' }, content: null })
   ])
 })
 

@@ -9,12 +9,24 @@ import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '..
 import type { RunEvent } from '../../schemas/chat.js'
 
 const alice = auth(KEYS.alice)
+
+/** The whole app on a test config with `overrides`, its Redis keys removed after the test. */
+async function appWith (t: { teardown: (fn: () => unknown) => void, after: (fn: () => unknown) => void }, overrides: Record<string, string> = {}) {
+  const config = testConfig(overrides)
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  return await build(t, config)
+}
+
+/** The same, listening on a loopback port. */
+async function listeningWith (t: Parameters<typeof appWith>[0], overrides: Record<string, string> = {}) {
+  const app = await appWith(t, overrides)
+  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  return { app, base, port: (app.server.address() as { port: number }).port }
+}
 const bob = auth(KEYS.bob)
 
 t.test('2: an offset or event id Redis would reject is a 400 naming the field, and other keys never see a 503', async (t) => {
-  const config = testConfig()
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
+  const app = await appWith(t)
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: bob, payload: {} })).json()
   const bad = ['/v1/sessions?offset=1e21', '/v1/sessions?offset=99999999999999999999', `/v1/sessions/${session.id}/messages?offset=1e21`]
   const others = Array.from({ length: 24 }, () => app.inject({ method: 'GET', url: `/v1/sessions/${session.id}`, headers: bob }))
@@ -32,10 +44,7 @@ t.test('2: an offset or event id Redis would reject is a 400 naming the field, a
 })
 
 t.test('5: an MCP initialize that is not a JSON-RPC request with an id opens nothing; idle MCP sessions end', async (t) => {
-  const config = testConfig({ MCP_SESSION_IDLE_S: '1' })
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
-  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const { app, base } = await listeningWith(t, { MCP_SESSION_IDLE_S: '1' })
   const init = { method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'x', version: '1' } } }
   const post = (body: object, headers: Record<string, string> = {}) => fetch(`${base}/mcp`, { method: 'POST', headers: { ...alice, 'content-type': 'application/json', accept: 'application/json, text/event-stream', ...headers }, body: JSON.stringify(body) })
   const count = async () => (await app.inject({ method: 'GET', url: '/v1/sessions', headers: alice })).json().data.length
@@ -57,11 +66,7 @@ t.test('5: an MCP initialize that is not a JSON-RPC request with an id opens not
 })
 
 t.test('6: an SSE follower that does not read holds one buffer, and is let go after WS_SLOW_CLOSE_MS', async (t) => {
-  const config = testConfig({ WS_SLOW_CLOSE_MS: '300' })
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  const port = (app.server.address() as { port: number }).port
+  const { app, port } = await listeningWith(t, { WS_SLOW_CLOSE_MS: '300' })
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
   const text = 'x'.repeat(64 * 1024)
   const events: RunEvent[] = Array.from({ length: 200 }, () => ({ type: 'chunk', run_id: 'r', chunk: { role: 'computer', type: 'console', format: 'output', content: text } }) as RunEvent)
@@ -83,11 +88,7 @@ t.test('6: an SSE follower that does not read holds one buffer, and is let go af
 })
 
 t.test('7: a request body trickled slower than REQUEST_TIMEOUT_MS is cut off with 408', async (t) => {
-  const config = testConfig({ REQUEST_TIMEOUT_MS: '1000' })
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
-  await app.listen({ host: '127.0.0.1', port: 0 })
-  const port = (app.server.address() as { port: number }).port
+  const { port } = await listeningWith(t, { REQUEST_TIMEOUT_MS: '1000' })
   const socket = connect(port, '127.0.0.1')
   let answer = ''
   socket.setEncoding('utf8')
@@ -103,10 +104,7 @@ t.test('7: a request body trickled slower than REQUEST_TIMEOUT_MS is cut off wit
 })
 
 t.test('8: WebSocket messages count against the key\'s rate limit like requests do', async (t) => {
-  const config = testConfig({ RATE_LIMIT_PER_MINUTE: '6' })
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
-  const base = await app.listen({ host: '127.0.0.1', port: 0 })
+  const { app, base } = await listeningWith(t, { RATE_LIMIT_PER_MINUTE: '6' })
   const ws = new WebSocket(`${base.replace('http', 'ws')}/v1/ws`, ['interpreter.v1'], { headers: alice })
   const frames: any[] = []
   ws.on('message', (data) => frames.push(JSON.parse(String(data))))
@@ -138,9 +136,7 @@ t.test('12: a key in the query string is redacted in the access log however it i
 })
 
 t.test('13: odd input the router, the settings and MCP see gets the documented 4xx', async (t) => {
-  const config = testConfig()
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
+  const app = await appWith(t)
   const badEscape = await app.inject({ method: 'GET', url: '/v1/sessions/%ff', headers: alice })
   t.equal(badEscape.statusCode, 400)
   t.match(badEscape.json(), { error: { code: 'bad_url', type: 'invalid_request_error' } }, 'a malformed escape gets our error body')
@@ -184,9 +180,7 @@ t.test('14: the pub/sub channel names the Redis database, so deployments on one 
 })
 
 t.test('SANDBOX_ENABLED=false refuses a sandbox to every protocol, from the one place that makes them', async (t) => {
-  const config = testConfig({ SANDBOX_ENABLED: 'false' })
-  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
-  const app = await build(t, config)
+  const app = await appWith(t, { SANDBOX_ENABLED: 'false' })
   const direct = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })
   t.match(direct.json(), { error: { code: 'sandboxes_disabled' } })
   const librechat = await app.inject({ method: 'POST', url: '/librechat/v1/exec', headers: { 'x-api-key': KEYS.alice }, payload: { lang: 'py', code: 'print(1)' } })
