@@ -17,7 +17,7 @@ async function idleMemoryMb (namespace: string): Promise<number> {
 const SETUPS = {
   'runc (agent socket)': {},
   'runsc (docker attach)': { SANDBOX_RUNTIME: 'runsc', SANDBOX_AGENT_CHANNEL: 'attach' },
-  'runsc (agent socket, --host-uds)': { SANDBOX_RUNTIME: 'runsc', SANDBOX_RUNSC_HOST_UDS: 'true' }
+  'runsc (agent socket, --host-uds)': { SANDBOX_RUNTIME: 'runsc' }
 }
 
 async function measure (runtime: keyof typeof SETUPS, n: number): Promise<string> {

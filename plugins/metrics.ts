@@ -6,7 +6,7 @@ export interface Metrics {
   requests: Counter<'method' | 'route' | 'status'>
   duration: Histogram<'method' | 'route'>
   redisErrors: Counter
-  executions: Counter<'language' | 'status'>
+  executions: Counter<'language' | 'status' | 'protocol'>
   executionDuration: Histogram<'language'>
   sandboxStarts: Histogram
   sandboxStartFailures: Counter
@@ -26,7 +26,7 @@ export default fp(async (app) => {
     requests: new Counter({ name: 'http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] }),
     duration: new Histogram({ name: 'http_request_duration_seconds', help: 'HTTP request durations', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
     redisErrors: new Counter({ name: 'redis_errors_total', help: 'Requests that failed because Redis was unavailable', registers: [registry] }),
-    executions: new Counter({ name: 'sandbox_executions_total', help: 'Code executions by language and outcome', labelNames: ['language', 'status'], registers: [registry] }),
+    executions: new Counter({ name: 'sandbox_executions_total', help: 'Code executions by language, outcome (ok, error: the code raised or timed out, failed: no result) and the protocol that asked', labelNames: ['language', 'status', 'protocol'], registers: [registry] }),
     executionDuration: new Histogram({ name: 'sandbox_execution_duration_seconds', help: 'Code execution durations', labelNames: ['language'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
     sandboxStarts: new Histogram({ name: 'sandbox_start_duration_seconds', help: 'Container starts, from create to the agent being ready (queue time not included)', buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [registry] }),
     sandboxStartFailures: new Counter({ name: 'sandbox_start_failures_total', help: 'Container starts that failed (the container is removed)', registers: [registry] }),

@@ -29,10 +29,11 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     idleShrinkMs: c.POOL_IDLE_SHRINK_MS,
     startConcurrency: c.SANDBOX_START_CONCURRENCY ?? Math.max(2, availableParallelism()),
     queueTimeoutMs: c.SANDBOX_QUEUE_TIMEOUT_MS,
-    // gVisor keeps a socket made inside the sandbox inside its own kernel unless runsc runs with --host-uds: without
-    // it runsc sandboxes are attached to. The socket channel needs the daemon on this machine (the agent directory is
-    // bind-mounted from here).
-    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && (c.SANDBOX_RUNTIME !== 'runsc' || c.SANDBOX_RUNSC_HOST_UDS) && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
+    // The socket channel needs the daemon on this machine (the agent directory is bind-mounted from here). gVisor keeps
+    // a socket made inside the sandbox inside its own kernel unless runsc runs with --host-uds: the pool reads that
+    // from the engine unless SANDBOX_RUNSC_HOST_UDS says it.
+    ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
+    ...(c.SANDBOX_RUNSC_HOST_UDS !== undefined ? { runtimeHostSockets: c.SANDBOX_RUNSC_HOST_UDS } : {}),
     observe: {
       started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
       failed: () => app.metrics.sandboxStartFailures.inc(),
@@ -78,6 +79,10 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     memoryMb: c.SANDBOX_MEMORY_MB,
     maxSandboxes: c.MAX_SANDBOXES,
     imageProfile: c.SANDBOX_IMAGE_PROFILE,
+    observeExecution: ({ language, status, protocol, seconds }) => {
+      app.metrics.executions.inc({ language, status, protocol })
+      app.metrics.executionDuration.observe({ language }, seconds)
+    },
     memoryBudgetMb: c.SANDBOX_MEMORY_BUDGET_MB ?? Math.floor(totalmem() / 1024 / 1024 * 0.75),
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
     onRejected: (reason) => app.metrics.capacityRejections.inc({ reason }),

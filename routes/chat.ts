@@ -39,7 +39,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       : await sessions.create(request.principal, { settings: { ...(llm.model ? { model: llm.model } : {}), ...(body.auto_run !== undefined ? { auto_run: body.auto_run } : {}) } })
     reply.header('x-session-id', session.id)
     const input: Message[] = body.messages.map(m => ({ role: m.role, type: m.type ?? 'message', content: m.content, ...(m.format ? { format: m.format } : {}) }))
-    const run = await runs.start(session, input, { model: llm.model, temperature: llm.temperature, maxTokens: llm.max_tokens, autoRun: body.auto_run })
+    const run = await runs.start(session, input, { model: llm.model, temperature: llm.temperature, maxTokens: llm.max_tokens, autoRun: body.auto_run, via: 'chat' })
 
     if (!body.stream) {
       const outcome = await run.done

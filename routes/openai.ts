@@ -76,7 +76,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const session = sessionId ? await sessions.get(sessionId, request.principal) : await sessions.create(request.principal, { title: 'chat.completions' })
     const history = toHistory(body.messages)
     if (!history.some(m => m.role === 'user')) throw new AppError(400, 'validation_error', 'body/messages must contain a user message')
-    const run = await runs.start(session, [], { model: body.model, temperature: body.temperature, maxTokens: body.max_completion_tokens ?? body.max_tokens, autoRun: true, history })
+    const run = await runs.start(session, [], { model: body.model, temperature: body.temperature, maxTokens: body.max_completion_tokens ?? body.max_tokens, autoRun: true, history, via: 'openai' })
     const id = `chatcmpl-${randomBytes(12).toString('hex')}`
     const created = Math.floor(Date.now() / 1000)
     const renderer = new MarkdownRenderer()

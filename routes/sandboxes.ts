@@ -76,9 +76,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       ? (event: ExecutionEvent) => { sse ??= openSse(reply); sse.send(event.type, event, String(++seq)) }
       : undefined
     try {
-      const execution = await sandboxes.execute(record, request.body, onEvent)
-      app.metrics.executions.inc({ language: execution.language, status: execution.error ? 'error' : 'ok' })
-      app.metrics.executionDuration.observe({ language: execution.language }, execution.duration_ms / 1000)
+      const execution = await sandboxes.execute(record, request.body, onEvent, { via: 'rest' })
       if (!sse) return execution
     } catch (err) {
       if (!sse) throw err

@@ -93,11 +93,11 @@ const routes: FastifyPluginAsync = async (app) => {
           const input = message.messages ?? (message.content !== undefined ? [{ role: 'user' as const, content: message.content }] : [])
           if (!input.length) throw new AppError(400, 'invalid_message', 'chat: send content or messages')
           app.models.get(message.model ?? current.settings.model)
-          const run = await runs.start(current, input.map(m => ({ role: m.role, type: m.type ?? 'message', content: m.content, ...(m.format ? { format: m.format } : {}) })), { model: message.model, autoRun: message.auto_run })
+          const run = await runs.start(current, input.map(m => ({ role: m.role, type: m.type ?? 'message', content: m.content, ...(m.format ? { format: m.format } : {}) })), { model: message.model, autoRun: message.auto_run, via: 'websocket' })
           return send({ type: 'ack', of: 'chat', run_id: run.id })
         }
         case 'execute': {
-          const run = await runs.executeDirect(needSession(), message.language, message.code)
+          const run = await runs.executeDirect(needSession(), message.language, message.code, { via: 'websocket' })
           return send({ type: 'ack', of: 'execute', run_id: run.id })
         }
         case 'confirm':

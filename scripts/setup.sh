@@ -31,7 +31,7 @@ if [ "${SANDBOX_RUNSC:-0}" = "1" ]; then
   # Merged into daemon.json (other settings kept); a running daemon re-reads its runtimes on SIGHUP.
   mkdir -p /etc/docker
   # --host-uds=all: a unix socket made inside gVisor is a host socket, so the server reaches the agent over its socket
-  # and the egress relay reaches the server's proxy (SANDBOX_RUNSC_HOST_UDS=true tells the server so).
+  # and the egress relay reaches the server's proxy (the server reads these arguments from docker info).
   changed=$(python3 - <<'PY'
 import json, os
 path = '/etc/docker/daemon.json'

@@ -58,7 +58,7 @@ export class LibreChatService {
     const execution = await this.sandboxes.execute(record, {
       language: 'shell',
       code: freshProcess(language, req.code, args, '/mnt/data')
-    }, (e) => { if (e.type === 'end' && typeof e.exit_code === 'number') exitCode = e.exit_code })
+    }, (e) => { if (e.type === 'end' && typeof e.exit_code === 'number') exitCode = e.exit_code }, { via: 'librechat', label: language.id })
     if (execution.error) { // a timeout or a killed kernel: said on stderr, as a process would
       execution.stderr += `${execution.error.name}: ${execution.error.value}\n`
       exitCode ||= 1

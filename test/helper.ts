@@ -76,10 +76,9 @@ export async function sandboxConfig (overrides: Record<string, string | undefine
     const { Runtimes } = await docker.info() as { Runtimes?: Record<string, unknown> }
     if (!Runtimes?.[runtime]) throw new Error(`these tests need the ${runtime} runtime registered with Docker: run SANDBOX_RUNSC=1 bash scripts/setup.sh`)
   }
-  // Under runsc the socket channel needs runsc's --host-uds (setup.sh registers it so): TEST_AGENT_CHANNEL=attach
-  // runs a runsc suite the way a server without it works.
-  const hostUds = runtime === 'runsc' && process.env.TEST_AGENT_CHANNEL !== 'attach' ? { SANDBOX_RUNSC_HOST_UDS: 'true' } : {}
-  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...(runtime ? { SANDBOX_RUNTIME: runtime } : {}), ...hostUds, ...overrides })
+  // Under runsc the server reads from the engine that runsc has --host-uds (setup.sh registers it so) and uses the
+  // socket channel: TEST_AGENT_CHANNEL=attach runs a runsc suite the way a server without it works.
+  return testConfig({ SANDBOX_ENABLED: 'true', POOL_SIZE: '1', SANDBOX_KEEP_ON_CLOSE: 'false', EXECUTION_TIMEOUT_MS: '20000', ...channel, ...(runtime ? { SANDBOX_RUNTIME: runtime } : {}), ...overrides })
 }
 
 /** Containers Docker still has in a namespace (running or not). */
@@ -145,7 +144,34 @@ export function cliArgs (...args: string[]): string[] {
   return [...(loaders.length ? loaders : ['--import', 'tsx']), 'cli.ts', ...args]
 }
 
+/**
+ * The environment for the tools a test runs that are not our code (npm, tsc, docker builds): without the test
+ * runner's loaders and coverage hooks, which every Node process they start would otherwise load and record.
+ */
+export function toolEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra }
+  for (const name of Object.keys(env)) {
+    if (name === 'NODE_OPTIONS' || name === 'NODE_V8_COVERAGE' || name.startsWith('_TAPJS_')) delete env[name]
+  }
+  return env
+}
+
 export const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
+
+/**
+ * Waits for a state rather than for a time: polls `check` until it returns something truthy and returns that, or
+ * throws naming `what` after `ms` (30 s by default: long enough for a loaded 2-core machine; the wait itself ends as
+ * soon as the state is there, so a generous deadline costs nothing when things are fast).
+ */
+export async function waitFor<T> (what: string, check: () => T | Promise<T>, { ms = 30_000, every = 50 } = {}): Promise<NonNullable<T>> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await check()
+    if (value) return value as NonNullable<T>
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting until ${what}`)
+    await sleep(every)
+  }
+}
 
 /** A models.yaml pointing at a fake LLM server; keys come from the environment through ${VAR}. */
 export function writeModelsFile (fakeUrl: string): string {

@@ -309,7 +309,7 @@ interface ChannelDeps {
 
 /** One channels socket: shell and control requests in, their replies back to this socket, iopub to every socket of the kernel. */
 function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequest, deps: ChannelDeps): void {
-  const { runs, metrics, sandboxes, store } = app
+  const { runs, sandboxes, store } = app
   const id = (request.params as { id: string }).id
   const principal = request.principal
   const log = request.log.child({ kernel: id })
@@ -348,6 +348,7 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
       const current = await session()
       const language = deps.specOf(current).language.id as Language
       const run = await runs.executeDirect(current, language, code, {
+        via: 'jupyter',
         timeoutMs,
         onEvent: (e) => {
           if (e.type === 'start') count = e.execution_count
@@ -356,7 +357,6 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
         }
       })
       const outcome = await run.done
-      if (outcome.execution) metrics.executions.inc({ language, status: outcome.execution.error ? 'error' : 'ok' })
       if (outcome.error && !failure) {
         failure = { ename: outcome.error.code, evalue: outcome.error.message, traceback: [`${outcome.error.code}: ${outcome.error.message}`] }
         publish('error', failure, parent)

@@ -44,7 +44,7 @@ export function mcpServer (app: FastifyInstance, session: Session): McpServer {
       timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
     }
   }, async ({ language, code, timeout_ms: timeoutMs }) => tool(async () => {
-    const run = await runs.executeDirect(session, language as Language, code, timeoutMs ? { timeoutMs } : {})
+    const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', ...(timeoutMs ? { timeoutMs } : {}) })
     const outcome = await run.done
     if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
     const ex = outcome.execution!

@@ -6,7 +6,7 @@ import type { Execution, ExecutionEvent, Language, SandboxRecord } from '../../s
 import type { SessionService } from '../sessions.js'
 import { OrderedAppender, type EventLog } from '../events.js'
 import type { ModelRegistry } from '../llm/registry.js'
-import type { SandboxService } from '../sandbox/service.js'
+import type { Protocol, SandboxService } from '../sandbox/service.js'
 import type { Store } from '../store/types.js'
 import type { Logger } from '../sandbox/pool.js'
 import type { Bus } from '../bus.js'
@@ -22,6 +22,8 @@ export interface RunRequest {
   autoRun?: boolean
   /** The conversation to use instead of the stored history (the OpenAI-compatible route sends it whole). */
   history?: Message[]
+  /** The protocol the turn came through (execution metrics). */
+  via: Protocol
 }
 export interface RunOutcome {
   runId: string
@@ -111,14 +113,14 @@ export class RunManager {
   }
 
   /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
-  async executeDirect (session: Session, language: Language, code: string, opts: { timeoutMs?: number, onEvent?: (e: ExecutionEvent) => void } = {}): Promise<ActiveRun> {
+  async executeDirect (session: Session, language: Language, code: string, opts: { via: Protocol, timeoutMs?: number, onEvent?: (e: ExecutionEvent) => void }): Promise<ActiveRun> {
     const run = await this.open(session, 'direct')
     run.done = (async () => {
       const messages: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id: run.id }]
       let outcome: RunOutcome = { runId: run.id, usage: noUsage(), finishReason: 'stop', messages }
       try {
         const emit = (chunk: Chunk) => run.append({ type: 'chunk', run_id: run.id, chunk })
-        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session, opts.timeoutMs, opts.onEvent) }, run.id, language, code)
+        const { execution, messages: results } = await streamExecution({ emit, execute: this.executor(run, session, opts.via, opts.timeoutMs, opts.onEvent) }, run.id, language, code)
         outcome.execution = execution
         messages.push(...results)
         await this.deps.sessions.append(session, messages)
@@ -199,7 +201,7 @@ export class RunManager {
   }
 
   /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
-  private executor (run: ActiveRun, session: Session, timeoutMs?: number, also?: (e: ExecutionEvent) => void): TurnDeps['execute'] {
+  private executor (run: ActiveRun, session: Session, via: Protocol, timeoutMs?: number, also?: (e: ExecutionEvent) => void): TurnDeps['execute'] {
     return async (language, code, ownEvent) => {
       const onEvent = also ? (e: ExecutionEvent) => { ownEvent?.(e); also(e) } : ownEvent
       const before = session.sandbox_id
@@ -209,7 +211,7 @@ export class RunManager {
         // The session had a sandbox that is gone (lost with its host, or reaped): this run has a fresh one, and says so.
         const note = before && before !== record.id ? '[this session\'s sandbox was lost (reaped, or its host came back without it); this run has a fresh one and earlier variables and files are gone]\n' : ''
         if (note) onEvent?.({ type: 'stderr', text: note })
-        const execution = await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent)
+        const execution = await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent, { via })
         return note ? { ...execution, stderr: note + execution.stderr, state_lost: true } : execution
       } finally {
         run.executing = null
@@ -238,7 +240,7 @@ export class RunManager {
           stored.push(...messages)
         },
         confirm: (codeId) => this.waitForDecision(run, codeId),
-        execute: this.executor(run, session)
+        execute: this.executor(run, session, request.via)
       }, {
         model,
         temperature: request.temperature ?? session.settings.temperature ?? entry.temperature ?? settings.defaultTemperature,

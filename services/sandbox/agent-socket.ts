@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import { watch } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -22,10 +22,38 @@ export async function removeAgentDir (dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true })
 }
 
-/** The directories under `base` that no container in `inUse` references (left by containers removed by hand). */
-export async function staleAgentDirs (base: string, inUse: Set<string>): Promise<string[]> {
+/**
+ * Where one deployment (namespace) keeps the agent directories of its containers on one Docker host: each sweeps only
+ * its own, so neither another host's sweep nor another deployment sharing the base directory removes them.
+ */
+export function agentDirBase (base: string, namespace: string, host: string): string {
+  const safe = (part: string) => part.replace(/[^A-Za-z0-9_.-]/g, '_')
+  return join(base, safe(namespace), safe(host))
+}
+
+/** A directory younger than this is never stale: its container may be being created, by this process or another. */
+export const AGENT_DIR_GRACE_MS = 5 * 60_000
+
+/**
+ * The directories under `base` that no container in `inUse` references (left by containers removed by hand), made
+ * more than `graceMs` ago.
+ */
+export async function staleAgentDirs (base: string, inUse: Set<string>, graceMs = AGENT_DIR_GRACE_MS, now = Date.now()): Promise<string[]> {
   const names = await readdir(base).catch(() => [] as string[])
-  return names.map(n => join(base, n)).filter(dir => dir.startsWith(join(base, 'sbx-')) && !inUse.has(dir))
+  const candidates = names.map(n => join(base, n)).filter(dir => dir.startsWith(join(base, 'sbx-')) && !inUse.has(dir))
+  const stale: string[] = []
+  for (const dir of candidates) {
+    const made = await stat(dir).then(s => s.birthtimeMs || s.ctimeMs, () => now)
+    if (now - made > graceMs) stale.push(dir)
+  }
+  return stale
+}
+
+/** Whether a runtime, as the engine reports it registered, lets a socket made inside a sandbox be reached outside. */
+export function runtimeKeepsHostSockets (registration: { path?: string, runtimeArgs?: string[] } | undefined, name: string): boolean {
+  const gvisor = name === 'runsc' || /(^|\/)runsc$/.test(registration?.path ?? '')
+  if (!gvisor) return true
+  return (registration?.runtimeArgs ?? []).some(arg => /^--host-uds=(all|create)$/.test(arg))
 }
 
 function tryConnect (path: string): Promise<Socket> {

@@ -2,7 +2,7 @@ import type Docker from 'dockerode'
 import type { Duplex } from 'node:stream'
 import { AgentClient } from './agent-client.js'
 import { containerSpec, LABEL, NAMESPACE_LABEL, INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
-import { connectAgentSocket, makeAgentDir, removeAgentDir, staleAgentDirs } from './agent-socket.js'
+import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs } from './agent-socket.js'
 import { SandboxHandle } from './sandbox.js'
 import { AppError, CapacityExhausted, DependencyError } from '../errors.js'
 
@@ -35,6 +35,11 @@ export interface PoolOptions {
    * as the Docker daemon, runc); unset: over `docker attach`.
    */
   agentSocketDir?: string
+  /**
+   * Whether the sandbox runtime lets the host reach a socket made inside (runsc registered with --host-uds); unset:
+   * read from how the engine reports the runtime registered. Without it, the pool attaches to its agents.
+   */
+  runtimeHostSockets?: boolean
   /** Told of each start (its duration) and each failed start, for metrics. */
   observe?: { started (ms: number): void, failed (): void, rejected (reason: 'queue_full' | 'queue_timeout'): void }
 }
@@ -82,6 +87,13 @@ export class SandboxPool {
   private readonly removing = new Set<Promise<void>>()
   /** Agent directories of the containers this process made or adopted. */
   private readonly dirs = new Map<string, string>()
+  /** Agent directories whose containers are being created now (no container lists them yet). */
+  private readonly making = new Set<string>()
+  /**
+   * This deployment's agent directories on this host, when agents are reached over their sockets; decided in the
+   * constructor, or in start() when it depends on how the engine registered the runtime.
+   */
+  private agentBase: string | undefined
   private closed = false
   private fillError: string | null = null
   private spareBackoffUntil = 0
@@ -96,6 +108,24 @@ export class SandboxPool {
 
   constructor (readonly docker: Docker, private readonly opts: PoolOptions, private readonly log: Logger) {
     this.target = opts.size
+    const runtime = opts.limits.runtime
+    const decided = opts.runtimeHostSockets ?? (runtime && runtime !== 'runc' ? undefined : true)
+    if (decided) this.agentBase = this.socketBase()
+  }
+
+  private socketBase (): string | undefined {
+    return this.opts.agentSocketDir ? agentDirBase(this.opts.agentSocketDir, this.opts.namespace, this.host) : undefined
+  }
+
+  /** Reads how the engine registered a runtime other than runc: under gVisor the socket channel needs --host-uds. */
+  private async decideChannel (): Promise<void> {
+    const runtime = this.opts.limits.runtime
+    if (!this.opts.agentSocketDir || this.opts.runtimeHostSockets !== undefined || !runtime || runtime === 'runc') return
+    const info = await this.docker.info() as { Runtimes?: Record<string, { path?: string, runtimeArgs?: string[] }> }
+    const registration = info.Runtimes?.[runtime]
+    this.agentBase = runtimeKeepsHostSockets(registration, runtime) ? this.socketBase() : undefined
+    this.log.info({ runtime, runtimeArgs: registration?.runtimeArgs ?? [], agent_channel: this.agentBase ? 'socket' : 'attach' },
+      this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
   }
 
   get limits (): SandboxLimits { return this.opts.limits }
@@ -115,7 +145,7 @@ export class SandboxPool {
       queued: this.waiters.length,
       concurrency: this.concurrency,
       avg_start_ms: Math.round(this.avgStartMs),
-      agent_channel: this.opts.agentSocketDir ? 'socket' : 'attach'
+      agent_channel: this.agentBase ? 'socket' : 'attach'
     }
   }
 
@@ -141,6 +171,7 @@ export class SandboxPool {
       this.log.warn({ health }, 'sandbox pool not started')
       return
     }
+    await this.decideChannel().catch((err: Error) => this.log.warn({ err: err.message }, 'could not read the runtime\'s registration: attaching to agents'))
     const idleShrinkMs = this.opts.idleShrinkMs ?? 60_000
     this.shrinkTimer = setInterval(() => this.shrinkIfIdle(idleShrinkMs), Math.max(50, Math.min(5000, idleShrinkMs / 4)))
     this.shrinkTimer.unref()
@@ -300,8 +331,17 @@ export class SandboxPool {
   }
 
   private async create (): Promise<SandboxHandle> {
-    const base = this.opts.agentSocketDir
+    const base = this.agentBase
     const dir = base ? await makeAgentDir(base) : undefined
+    if (dir) this.making.add(dir)
+    try {
+      return await this.createIn(dir)
+    } finally {
+      if (dir) this.making.delete(dir)
+    }
+  }
+
+  private async createIn (dir: string | undefined): Promise<SandboxHandle> {
     let container: Docker.Container
     try {
       container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace, this.opts.instance, dir))
@@ -317,7 +357,7 @@ export class SandboxPool {
         const socket = await connectAgentSocket(dir, timeoutMs).catch((err: Error) => {
           // The one likely cause under gVisor: a runsc registered without --host-uds keeps the socket inside.
           throw this.opts.limits.runtime === 'runsc'
-            ? new Error(`${err.message}: under runsc the socket needs runsc registered with --host-uds=all (SANDBOX_RUNSC_HOST_UDS=true says it is)`)
+            ? new Error(`${err.message}: under runsc the socket needs runsc registered with --host-uds=all (SANDBOX_RUNSC_HOST_UDS=false makes the server attach instead)`)
             : err
         })
         agent = AgentClient.overSocket(socket, this.agentLog(container.id))
@@ -395,7 +435,7 @@ export class SandboxPool {
 
   /** Whether sandboxes get an agent directory (the socket channel): the egress proxy lives there. */
   get hasAgentDirs (): boolean {
-    return Boolean(this.opts.agentSocketDir)
+    return Boolean(this.agentBase)
   }
 
   /** Why a container stopped: Docker's OOM flag and exit code; null when it is running or gone. */
@@ -427,7 +467,7 @@ export class SandboxPool {
   async remove (containerId: string, dir?: string): Promise<void> {
     const container = this.docker.getContainer(containerId)
     dir ??= this.dirs.get(containerId)
-    if (!dir && this.opts.agentSocketDir) {
+    if (!dir && this.agentBase) {
       dir = await container.inspect().then(info => info.Config.Labels?.[AGENT_DIR_LABEL], () => undefined)
     }
     try {
@@ -439,12 +479,16 @@ export class SandboxPool {
     if (dir) await removeAgentDir(dir).catch(() => {})
   }
 
-  /** Removes agent directories under the socket base that no container of any namespace references any more. */
+  /**
+   * Removes this deployment's agent directories on this host that no container references any more (left by
+   * containers removed by hand), except those being made now or too young to tell.
+   */
   async removeStaleAgentDirs (): Promise<number> {
-    const base = this.opts.agentSocketDir
+    const base = this.agentBase
     if (!base) return 0
     const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`] } })
-    const stale = await staleAgentDirs(base, new Set(list.map(c => c.Labels?.[AGENT_DIR_LABEL]).filter((d): d is string => !!d)))
+    const inUse = new Set([...this.making, ...this.dirs.values(), ...list.map(c => c.Labels?.[AGENT_DIR_LABEL]).filter((d): d is string => !!d)])
+    const stale = await staleAgentDirs(base, inUse)
     await Promise.all(stale.map(removeAgentDir))
     return stale.length
   }

@@ -24,6 +24,17 @@ const PROXY_ENV: Record<string, string> = {
   PIP_DISABLE_PIP_VERSION_CHECK: '1'
 }
 
+/** The ways in: each execution is counted under the protocol that asked for it. */
+export const PROTOCOLS = ['rest', 'chat', 'websocket', 'openai', 'librechat', 'mcp', 'jupyter'] as const
+export type Protocol = typeof PROTOCOLS[number]
+export interface ExecutionObservation {
+  language: string
+  /** ok: the code ran (whatever it printed); error: it raised, timed out or was interrupted; failed: no result. */
+  status: 'ok' | 'error' | 'failed'
+  protocol: Protocol
+  seconds: number
+}
+
 export interface SandboxServiceOptions {
   /** SANDBOX_ENABLED: false refuses every new sandbox (503 sandboxes_disabled), whichever protocol asks. */
   enabled?: boolean
@@ -51,6 +62,8 @@ export interface SandboxServiceOptions {
   memoryBudgetMb: number
   /** Which languages the image has (GET /v1/languages). */
   imageProfile?: ImageProfile
+  /** Told of every execution, whichever protocol asked for it (metrics). */
+  observeExecution?: (e: ExecutionObservation) => void
   /** Containers re-adopted (or removed) at once during start-up's recovery. */
   recoveryConcurrency?: number
   reapIntervalMs?: number
@@ -352,7 +365,7 @@ export class SandboxService {
     const rules = parsePolicy(policy)
     checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
     if (rules.length && !(this.opts.egress && this.pools.some(p => p.hasAgentDirs))) {
-      throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, SANDBOX_RUNSC_HOST_UDS=true)')
+      throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, runsc registered with --host-uds=all)')
     }
     return rules
   }
@@ -545,7 +558,11 @@ export class SandboxService {
     return ms
   }
 
-  async execute (record: SandboxRecord, req: { code: string, language?: Language, timeout_ms?: number }, onEvent?: (e: ExecutionEvent) => void): Promise<Execution> {
+  /**
+   * Runs code in a sandbox: every protocol's executions come through here, and each is observed once (by language,
+   * outcome and the protocol that asked, `via`; `label` names the language when the code is a wrapper around it).
+   */
+  async execute (record: SandboxRecord, req: { code: string, language?: Language, timeout_ms?: number }, onEvent?: (e: ExecutionEvent) => void, context: { via: Protocol, label?: string } = { via: 'rest' }): Promise<Execution> {
     if (Buffer.byteLength(req.code) > this.opts.maxCodeSize) {
       throw new AppError(413, 'code_too_large', `Code is limited to ${this.opts.maxCodeSize} bytes`)
     }
@@ -555,6 +572,9 @@ export class SandboxService {
     const handle = await this.handle(record)
     // Touched when the run ends, and meanwhile every half idle timeout, so that no reaper (of any replica) takes it.
     const renewal = setInterval(() => { this.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
+    const began = Date.now()
+    const observe = (status: ExecutionObservation['status']) =>
+      this.opts.observeExecution?.({ language: context.label ?? language, status, protocol: context.via, seconds: (Date.now() - began) / 1000 })
     try {
       const result = await handle.execute({
         kernel: spec.kernel ?? 'shell',
@@ -563,8 +583,10 @@ export class SandboxService {
         timeoutMs,
         maxOutputBytes: this.opts.outputLimit
       }, onEvent)
+      observe(result.error ? 'error' : 'ok')
       return { sandbox_id: record.id, ...result }
     } catch (err) {
+      observe('failed')
       if (err instanceof AgentGone) throw await this.lost(record)
       throw err
     } finally {

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { build, testConfig, auth, KEYS, RedisProcess, freePort, sleep } from '../helper.js'
+import { build, testConfig, auth, KEYS, RedisProcess, freePort, waitFor } from '../helper.js'
 
 const alice = auth(KEYS.alice)
 
@@ -27,11 +27,10 @@ t.test('Redis stopped mid-test: 503 at once; service resumes by itself when Redi
   t.equal((await app.inject({ method: 'GET', url: '/v1/health' })).statusCode, 200, 'liveness does not depend on Redis')
 
   await redis.start()
-  let back = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}`, headers: alice })
-  for (let i = 0; i < 100 && back.statusCode === 503; i++) {
-    await sleep(100)
-    back = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}`, headers: alice })
-  }
+  const back = await waitFor('requests reach Redis again', async () => {
+    const res = await app.inject({ method: 'GET', url: `/v1/sessions/${session.id}`, headers: alice })
+    return res.statusCode !== 503 ? res : undefined
+  }, { every: 100 })
   t.equal(back.statusCode, 200, 'requests succeed again without a restart')
   t.equal(back.json().title, 'acknowledged', 'the session written before the crash survived (AOF)')
   t.equal((await app.inject({ method: 'GET', url: '/v1/ready' })).statusCode, 200)

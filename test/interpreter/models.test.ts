@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { parseModelsFile, ModelRegistry } from '../../services/llm/registry.js'
 import { ConfigError } from '../../services/config.js'
 import { FakeLlm } from '../fake-llm.js'
-import { build, testConfig, fakeLlmConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { build, testConfig, fakeLlmConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
 
 const parse = (yaml: string, env: Record<string, string> = {}) => parseModelsFile(yaml, 'models.yaml', env)
 
@@ -54,7 +54,7 @@ t.test('GET /v1/models, and reloading the file through the admin settings route 
 
   writeFileSync(file, 'models:\n  - { name: fourth, provider: openai, model: m, api_key: k }')
   process.kill(process.pid, 'SIGHUP')
-  for (let i = 0; i < 100 && app.models.list()[0]?.name !== 'fourth'; i++) await sleep(20)
+  await waitFor('SIGHUP reloaded the models file', () => app.models.list()[0]?.name === 'fourth', { every: 20 })
   t.same(app.models.list().map(m => m.name), ['fourth'], 'SIGHUP reloads')
 })
 

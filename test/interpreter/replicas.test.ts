@@ -3,7 +3,7 @@ import t from 'tap'
 import Docker from 'dockerode'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { auth, KEYS, readSse, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, type SseEvent } from '../helper.js'
+import { auth, KEYS, readSse, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, type SseEvent, waitFor } from '../helper.js'
 import { containerSpec } from '../../services/sandbox/container.js'
 import type { Config } from '../../services/config.js'
 
@@ -30,13 +30,7 @@ const followOnB = async (session: string, stop: (e: SseEvent) => boolean) =>
   readSse(await fetch(`${bBase}/v1/sessions/${session}/events`, { headers: alice }), stop)
 const confirmOn = (app: FastifyInstance, session: string, codeId: string, approve = true) =>
   app.inject({ method: 'POST', url: `/v1/sessions/${session}/confirm`, headers: alice, payload: { code_id: codeId, approve } })
-const until = async (what: string, check: () => Promise<boolean>) => {
-  for (let i = 0; i < 200; i++) {
-    if (await check()) return
-    await sleep(50)
-  }
-  throw new Error(`never happened: ${what}`)
-}
+const until = (what: string, check: () => Promise<boolean>) => waitFor(what, check)
 
 t.test('a run on one process is confirmed and interrupted through another', async (t) => {
   const session = await newSession()

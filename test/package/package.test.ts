@@ -1,15 +1,18 @@
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, writeFileSync, existsSync } from 'node:fs'
+import { mkdtempSync, readdirSync, writeFileSync, existsSync, statSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import Docker from 'dockerode'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { freePort, sleep } from '../helper.js'
+import { freePort, toolEnv, waitFor, REDIS_URL, flushPrefix } from '../helper.js'
 
 // What a stranger gets from `npm pack`: install the tarball elsewhere, import the client from plain Node and from
-// TypeScript with its types, and start the server with the package's own command (compiled, no tsx).
+// TypeScript with its types, and start the server with the package's own command (compiled, no tsx). The server's
+// image below is in the same file so that the two builds (both write dist/) never run at once.
 const root = resolve(import.meta.dirname, '..', '..')
 const work = mkdtempSync(join(tmpdir(), 'pack-'))
-const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_loglevel: 'error' } })
+const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: toolEnv({ npm_config_loglevel: 'error' }) })
 
 t.test('the packed package installs, its client imports with types, and its command serves', async (t) => {
   npm(['pack', '--pack-destination', work], root) // prepack compiles to dist/
@@ -25,14 +28,14 @@ t.test('the packed package installs, its client imports with types, and its comm
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'stranger', version: '1.0.0', type: 'module', private: true }))
   npm(['install', '--prefer-offline', '--no-audit', '--no-fund', join(work, tarball)], app)
 
-  const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8' })
+  const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8', env: toolEnv() })
   t.equal(imported, 'function function\n', 'plain Node ESM imports the client')
 
   writeFileSync(join(app, 'use.ts'), "import { InterpreterClient } from 'interpreter-server/client'\nconst c: InterpreterClient = new InterpreterClient({ url: 'http://x', apiKey: 'k' })\nconst n: number = c.models\nexport { n }\n")
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['use.ts'] }))
   let typeErrors = ''
   try {
-    execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app], { cwd: app, encoding: 'utf8' })
+    execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app], { cwd: app, encoding: 'utf8', env: toolEnv() })
   } catch (err) {
     typeErrors = String((err as { stdout?: string }).stdout)
   }
@@ -42,15 +45,70 @@ t.test('the packed package installs, its client imports with types, and its comm
   const port = await freePort()
   const bin = join(app, 'node_modules', '.bin', 'interpreter-server')
   t.ok(existsSync(bin))
-  const child = spawn(bin, ['serve'], { cwd: app, env: { ...process.env, API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn', NODE_OPTIONS: '' }, stdio: 'ignore' })
+  const child = spawn(bin, ['serve'], { cwd: app, env: { ...toolEnv(), API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn' }, stdio: 'ignore' })
   t.teardown(() => { child.kill('SIGTERM') })
-  let health: { status?: string, version?: string } = {}
-  for (let i = 0; i < 100 && health.status !== 'ok'; i++) {
-    await sleep(100)
-    health = await fetch(`http://127.0.0.1:${port}/v1/health`).then(r => r.json() as Promise<typeof health>, () => ({}))
-  }
+  const health = await waitFor('the packaged server answers', () => fetch(`http://127.0.0.1:${port}/v1/health`).then(r => r.json() as Promise<{ status?: string, version?: string }>, () => null), { every: 100 })
   t.match(health, { status: 'ok', version: '0.1.0' }, 'npx interpreter-server serve answers')
   t.equal((await fetch(`http://127.0.0.1:${port}/ui/`)).status, 200, 'with its web monitor')
   const languages = await fetch(`http://127.0.0.1:${port}/v1/languages`, { headers: { authorization: 'Bearer stranger-secret-key' } })
   t.equal(languages.status, 200)
+})
+
+// The server's container image, built here without a registry, started as an operator would: Docker socket mounted,
+// the socket's group added, Redis at REDIS_URL. It must become ready and run code in a sandbox. Then the README's
+// compose quick start with both images (server and Redis).
+const tag = 'interpreter-server:latest'
+const name = `is-server-image-${process.pid}`
+const namespace = `server-image-${process.pid}`
+const prefix = `test:server-image:${randomBytes(4).toString('hex')}:`
+const docker = new Docker()
+const project = `is${process.pid}`
+const composePort = String(20000 + (process.pid % 20000))
+const composeEnv = { ...process.env, API_KEYS: 'ops:admin:compose-test-key-0123', SERVER_PORT: composePort, SANDBOX_NAMESPACE: namespace, DOCKER_GID: String(statSync('/var/run/docker.sock').gid) }
+
+t.teardown(async () => {
+  execFileSync('docker', ['rm', '-f', name], { stdio: 'ignore' })
+  execFileSync('docker-compose', ['-p', project, 'down', '-v'], { stdio: 'ignore', env: composeEnv })
+  for (const c of await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${namespace}`] } })) {
+    await docker.getContainer(c.Id).remove({ force: true }).catch(() => {})
+  }
+  await flushPrefix(REDIS_URL, prefix)
+})
+
+t.test('the server image builds, runs as its own user, becomes ready and runs code', async (t) => {
+  // Without the test runner's coverage hooks: the script is a few lines around npm, tsc and docker, and every Node
+  // process those start would load and record them.
+  const built = execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build-server-image.ts', tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: toolEnv() })
+  t.equal(built.trim(), `${tag}\ninterpreter-server-redis:latest`)
+  const port = await freePort()
+  const key = 'image-test-key-0123456789'
+  execFileSync('docker', ['run', '-d', '--name', name, '--network', 'host',
+    '-v', '/var/run/docker.sock:/var/run/docker.sock', '--group-add', String(statSync('/var/run/docker.sock').gid),
+    '-e', `PORT=${port}`, '-e', 'HOST=127.0.0.1', '-e', `REDIS_URL=${REDIS_URL}`, '-e', `REDIS_PREFIX=${prefix}`,
+    '-e', `API_KEYS=ops:admin:${key}`, '-e', `SANDBOX_NAMESPACE=${namespace}`, '-e', 'SANDBOX_KEEP_ON_CLOSE=false', '-e', 'POOL_SIZE=1',
+    tag], { stdio: 'ignore' })
+  await waitFor('the containerized server is ready', () => fetch(`http://127.0.0.1:${port}/v1/ready`).then(r => r.status === 200, () => false), { ms: 90_000, every: 200 })
+  t.pass('/v1/ready answers 200 (Redis, Docker and the sandbox image reachable from the container)')
+  t.equal(execFileSync('docker', ['exec', name, 'id', '-u'], { encoding: 'utf8' }).trim(), '10001', 'the server runs as its own user, not root')
+  const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' }
+  const created = await fetch(`http://127.0.0.1:${port}/v1/sandboxes`, { method: 'POST', headers, body: '{}' })
+  t.equal(created.status, 201)
+  const { id } = await created.json() as { id: string }
+  const ran = await fetch(`http://127.0.0.1:${port}/v1/sandboxes/${id}/execute`, { method: 'POST', headers, body: JSON.stringify({ code: 'print(6 * 7)' }) })
+  t.match(await ran.json(), { stdout: '42\n' }, 'code runs in a sandbox the containerized server started')
+})
+
+t.test('docker-compose up: Redis and the server from the images, ready, running code', async (t) => {
+  execFileSync('docker-compose', ['-p', project, 'up', '-d'], { stdio: 'ignore', env: composeEnv })
+  const base = `http://127.0.0.1:${composePort}`
+  const ready = await waitFor('the compose deployment is ready', () => fetch(`${base}/v1/ready`).then(r => r.json() as Promise<{ status?: string }>, () => ({ status: 'down' })).then(r => r.status === 'ready' && r), { ms: 90_000, every: 200 })
+  t.match(ready, { status: 'ready' }, 'ready through compose, with its Redis')
+  const headers = { authorization: 'Bearer compose-test-key-0123', 'content-type': 'application/json' }
+  const session = await fetch(`${base}/v1/sessions`, { method: 'POST', headers, body: '{}' }).then(r => r.json()) as { id: string }
+  const stored = await fetch(`${base}/v1/sessions/${session.id}`, { headers })
+  t.equal(stored.status, 200, 'sessions live in the compose Redis')
+  const created = await fetch(`${base}/v1/sandboxes`, { method: 'POST', headers, body: '{}' })
+  const { id } = await created.json() as { id: string }
+  const ran = await fetch(`${base}/v1/sandboxes/${id}/execute`, { method: 'POST', headers, body: JSON.stringify({ code: 'print(6 * 7)' }) })
+  t.match(await ran.json(), { stdout: '42\n' })
 })

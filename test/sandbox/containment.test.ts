@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { sandboxConfig, sandboxCalls, auth, KEYS } from '../helper.js'
+import { sandboxConfig, sandboxCalls, auth, KEYS, waitFor } from '../helper.js'
 import { buildApp } from '../../app.js'
 import Docker from 'dockerode'
 
@@ -70,9 +70,7 @@ t.test('allocating 1 GiB gives a clear out-of-memory error', async (t) => {
 t.test('a sandbox killed by hand during a run: 410 sandbox_lost saying it stopped, not that it ran out of memory', async (t) => {
   const id = await newSandbox()
   const running = app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'import time\ntime.sleep(30)' } })
-  for (let i = 0; i < 200 && (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json().status !== 'busy'; i++) {
-    await new Promise(resolve => setTimeout(resolve, 25))
-  }
+  await waitFor('the sandbox is busy with the run', async () => (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json().status === 'busy', { every: 25 })
   const record = await app.store.getSandbox(id)
   await new Docker().getContainer(record!.container_id).kill() // SIGKILL, exit 137: what gVisor's memory limit does too
   const res = await running

@@ -1,8 +1,9 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import Docker from 'dockerode'
 import type { FastifyInstance } from 'fastify'
-import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 // Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, which this test
@@ -27,7 +28,7 @@ t.before(async () => {
     }
   }
   await dockers.two.ping().catch(() => { throw new Error(`these tests need a second Docker daemon at ${SECOND}: bash scripts/second-dockerd.sh start`) })
-  config = await sandboxConfig({ SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '40', SANDBOX_KEEP_ON_CLOSE: 'true' })
+  config = await sandboxConfig({ SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '60', SANDBOX_KEEP_ON_CLOSE: 'true' })
   apps.push(await build(t, config), await build(t, config))
 })
 t.teardown(async () => {
@@ -47,13 +48,7 @@ const status = async (app: FastifyInstance, id: string, code: string) => {
   const res = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code } })
   return { status: res.statusCode, body: res.json() }
 }
-async function until (what: string, check: () => Promise<boolean>, ms = 20000): Promise<void> {
-  const end = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting until ${what}`)
-    await sleep(200)
-  }
-}
+const until = (what: string, check: () => Promise<boolean>, ms = 30_000) => waitFor(what, check, { ms, every: 200 })
 const ids: string[] = []
 
 t.test('20 sandboxes created through two replicas land on both hosts by capacity, each keeps its state', async (t) => {
@@ -75,6 +70,40 @@ t.test('20 sandboxes created through two replicas land on both hosts by capacity
   t.match(ready.hosts, [{ name: 'one', status: 'up', live: 10 }, { name: 'two', status: 'up', live: 10 }], '/v1/ready shows each host')
   const metrics = (await apps[0].inject({ method: 'GET', url: '/metrics', headers: auth(KEYS.admin) })).body
   t.match(metrics, /sandbox_docker_host_up\{host="two"\} 1/)
+})
+
+t.test('agent directories: 30 creates while every host\'s pool, in this and another deployment sharing the directory, sweeps; none fails, none loses its directory', async (t) => {
+  // Before, each pool swept the whole shared directory and kept only what its own host listed: host two's sweep
+  // removed host one's directories (and those of containers still being created), and a create failed with "error
+  // mounting ... no such file or directory".
+  const other = await build(t, { ...config, SANDBOX_NAMESPACE: `${config.SANDBOX_NAMESPACE}-other`, REDIS_PREFIX: `${config.REDIS_PREFIX}other:` })
+  const pools = [...apps, other].flatMap(app => app.sandboxes.pools)
+  t.equal(pools.length, 6)
+  const state = { sweeping: true, sweeps: 0 }
+  const sweeper = (async () => {
+    while (state.sweeping) {
+      await Promise.all(pools.map(pool => pool.removeStaleAgentDirs()))
+      state.sweeps++
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
+  })()
+  const made = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => calls(i % 2).newSandbox()))
+  state.sweeping = false
+  await sweeper
+  const sweeps = state.sweeps
+  const failures = made.filter(m => m.status === 'rejected').map(m => String((m as PromiseRejectedResult).reason))
+  t.same(failures, [], `30 creates, no failure, during ${sweeps} rounds of six sweeps`)
+  const created = made.flatMap(m => m.status === 'fulfilled' ? [m.value] : [])
+  for (const docker of Object.values(dockers)) {
+    for (const c of await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${config.SANDBOX_NAMESPACE}`] } })) {
+      const dir = c.Labels['dev.interpreter-server.agent-dir']
+      t.ok(dir && existsSync(dir), `${c.Id.slice(0, 12)} keeps its agent directory`)
+    }
+  }
+  for (const [i, id] of created.entries()) {
+    t.equal((await calls(i % 2).run(id, 'print("ok")')).stdout, 'ok\n')
+    await apps[i % 2].inject({ method: 'DELETE', url: `/v1/sandboxes/${id}`, headers: alice })
+  }
 })
 
 t.test('a host that goes down: its sandboxes are 503s, the other host serves and takes new ones; back with state when it returns', async (t) => {
@@ -112,16 +141,16 @@ t.test('a host that comes back without a sandbox: 410 sandbox_lost; a session th
   t.equal((await apps[1].inject({ method: 'GET', url: `/v1/sandboxes/${victim}`, headers: alice })).statusCode, 404, 'its record is gone')
 
   const session = (await apps[0].inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
-  const first = await (await apps[0].runs.executeDirect(session, 'python', 'y = 5\nprint(y)')).done
+  const first = await (await apps[0].runs.executeDirect(session, 'python', 'y = 5\nprint(y)', { via: 'rest' })).done
   t.equal(first.execution?.stdout, '5\n')
   const stored = (await apps[0].store.getSession(session.id))!
   const sandbox = (await apps[0].store.getSandbox(stored.sandbox_id!))!
   await dockers[(sandbox.host ?? 'one') as 'one' | 'two'].getContainer(sandbox.container_id).remove({ force: true })
   await until('the loss is seen', async () => {
-    const run = await (await apps[1].runs.executeDirect(stored, 'python', 'print(1)')).done
+    const run = await (await apps[1].runs.executeDirect(stored, 'python', 'print(1)', { via: 'rest' })).done
     return run.error?.code === 'sandbox_lost'
   })
-  const again = await (await apps[1].runs.executeDirect((await apps[1].store.getSession(session.id))!, 'python', 'print("y" in globals())')).done
+  const again = await (await apps[1].runs.executeDirect((await apps[1].store.getSession(session.id))!, 'python', 'print("y" in globals())', { via: 'rest' })).done
   t.equal(again.execution?.stdout, 'False\n', 'a fresh sandbox')
   t.equal(again.execution?.state_lost, true, 'and the run says its state was lost')
   t.match(again.execution?.stderr, /sandbox was lost/)

@@ -2,7 +2,7 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import Docker from 'dockerode'
 import { unlinkSync } from 'node:fs'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, sleep } from '../helper.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, waitFor } from '../helper.js'
 import { buildApp } from '../../app.js'
 import { containerSpec } from '../../services/sandbox/container.js'
 
@@ -74,12 +74,7 @@ t.test('interrupt stops a running execution and keeps state; a concurrent execut
   const app = await build(t, await sandboxConfig())
   const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })).json().id
   const running = app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'import time\nprogress = "started"\ntime.sleep(30)' } })
-  let view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json()
-  for (let i = 0; i < 50 && view.status !== 'busy'; i++) {
-    await sleep(20)
-    view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json()
-  }
-  t.equal(view.status, 'busy')
+  await waitFor('the sandbox is busy with the run', async () => (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json().status === 'busy', { every: 20 })
   const second = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code: 'print(1)' } })
   t.equal(second.statusCode, 409)
   t.equal(second.json().error.code, 'sandbox_busy')
@@ -96,12 +91,8 @@ t.test('an idle sandbox is removed after its timeout', async (t) => {
   const app = await build(t, config)
   const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { timeout_s: 1 } })).json().id
   const record = await app.store.getSandbox(id)
-  let status = 200
-  for (let i = 0; i < 60 && status === 200; i++) {
-    await sleep(100)
-    status = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).statusCode
-  }
-  t.equal(status, 404, 'the idle sandbox is gone')
+  await waitFor('the idle sandbox is gone', async () => (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).statusCode === 404, { every: 100 })
+  t.pass('the idle sandbox is gone')
   await t.rejects(new Docker().getContainer(record!.container_id).inspect(), 'with its container')
 })
 
@@ -162,7 +153,7 @@ t.test('containers are hardened as documented', async (t) => {
   const binds = host.Binds ?? []
   if (app.sandboxes.pool.stats.agent_channel === 'socket') {
     t.equal(binds.length, 1, 'one host mount: the agent socket directory')
-    t.match(binds[0], /^\/run\/interpreter-server\/agents\/sbx-[^:]+:\/run\/agent:rw$/)
+    t.match(binds[0], new RegExp(`^/run/interpreter-server/agents/${app.config.SANDBOX_NAMESPACE}/local/sbx-[^:]+:/run/agent:rw$`), 'in the deployment\'s own directory on this host')
   } else {
     t.same(binds, [], 'no host mounts')
   }

@@ -190,7 +190,7 @@ t.test("a session's policy reaches the sandbox it gets, behind the user wall", a
   const created = await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { settings: { network: { allow: [`127.0.0.1:${allowedPort}`] } } } })
   t.equal(created.statusCode, 201)
   const session = created.json()
-  const ran = await app.runs.executeDirect(session, 'python', fetchIn(`http://127.0.0.1:${allowedPort}/hello`))
+  const ran = await app.runs.executeDirect(session, 'python', fetchIn(`http://127.0.0.1:${allowedPort}/hello`), { via: 'rest' })
   const outcome = await ran.done
   t.equal(outcome.execution?.stdout, 'HTTP 403 egress refused: 127.0.0.1 is a loopback address\n', 'the sandbox has the proxy (the policy arrived), and the proxy keeps a session\'s sandbox off loopback')
 })

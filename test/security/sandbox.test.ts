@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
 
 const alice = auth(KEYS.alice)
 let app: FastifyInstance
@@ -54,8 +54,10 @@ async function kernelSocket (t: { teardown: (fn: () => unknown) => void }) {
   const ws = new WebSocket(`${base.replace('http', 'ws')}/jupyter/api/kernels/${id}/channels?token=${KEYS.alice}`)
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
   const replies = new Map<string, (content: any) => void>()
+  let printed = ''
   ws.on('message', (data) => {
     const m = JSON.parse(String(data))
+    if (m.msg_type === 'stream') printed += m.content.text
     if (m.msg_type.endsWith('_reply')) replies.get(m.parent_header.msg_id)?.(m.content)
   })
   const send = (type: string, content: object, channel = 'shell'): Promise<any> => {
@@ -66,14 +68,14 @@ async function kernelSocket (t: { teardown: (fn: () => unknown) => void }) {
   }
   const execute = (code: string) => send('execute_request', { code, silent: false, stop_on_error: false })
   t.teardown(() => ws.close())
-  return { id, ws, send, execute }
+  return { id, ws, send, execute, printed: () => printed }
 }
 
 t.test('3: restarting a kernel while a cell runs, even several times at once, leaves it working', async (t) => {
-  const { id, send, execute } = await kernelSocket(t)
+  const { id, send, execute, printed } = await kernelSocket(t)
   t.equal((await execute('x = 1')).status, 'ok')
-  const long = execute('import time\ntime.sleep(30)')
-  await sleep(500)
+  const long = execute('import time\nprint("sleeping", flush=True)\ntime.sleep(30)')
+  await waitFor('the cell runs', () => printed().includes('sleeping'))
   const restarts = await Promise.all([
     app.inject({ method: 'POST', url: `/jupyter/api/kernels/${id}/restart`, headers: alice }),
     app.inject({ method: 'POST', url: `/jupyter/api/kernels/${id}/restart`, headers: alice }),
@@ -107,7 +109,7 @@ t.test('8, 9: Jupyter cells count against the session limit; channels count agai
 t.test("10: a session's stored messages and event log stay within SESSION_STORED_BYTES", async (t) => {
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.bob), payload: {} })).json()
   for (let i = 0; i < 5; i++) {
-    const run = await app.runs.executeDirect(session, 'python', 'print("y" * 40000)')
+    const run = await app.runs.executeDirect(session, 'python', 'print("y" * 40000)', { via: 'rest' })
     const outcome = await run.done
     t.equal(outcome.execution?.stdout.length, 40001, `run ${i} printed its output`)
   }

@@ -5,7 +5,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import { connect } from 'node:net'
 import { Writable } from 'node:stream'
-import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep } from '../helper.js'
+import { build, testConfig, auth, KEYS, REDIS_URL, flushPrefix, sleep, waitFor } from '../helper.js'
 import type { RunEvent } from '../../schemas/chat.js'
 
 const alice = auth(KEYS.alice)
@@ -59,7 +59,7 @@ t.test('5: an MCP initialize that is not a JSON-RPC request with an id opens not
   const id = opened.headers.get('mcp-session-id')!
   await opened.text()
   t.equal(await count(), 1)
-  await sleep(2600)
+  await waitFor('the idle sweep ended the MCP session', async () => await count() === 0, { every: 200 })
   const later = await post({ jsonrpc: '2.0', id: 2, method: 'tools/list' }, { 'mcp-session-id': id, 'mcp-protocol-version': '2025-06-18' })
   t.equal(later.status, 404, 'the idle MCP session ended')
   t.equal(await count(), 0, 'and its session with it')
@@ -76,11 +76,14 @@ t.test('6: an SSE follower that does not read holds one buffer, and is let go af
   socket.write(`GET /v1/sessions/${session.id}/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEYS.alice}\r\n\r\n`)
   await sleep(1500)
   let received = ''
-  const ended = new Promise<void>(resolve => { socket.on('end', resolve); socket.on('close', () => resolve()) })
+  let ended = false
+  socket.on('end', () => { ended = true })
+  socket.on('close', () => { ended = true })
   socket.setEncoding('utf8')
   socket.on('data', (chunk: string) => { received += chunk })
   socket.resume()
-  await Promise.race([ended, sleep(5000)])
+  // The stream's last chunk, or the connection's end.
+  await waitFor('the server ended the stream', () => ended || received.endsWith('0\r\n\r\n'))
   socket.destroy()
   const got = received.split('\nevent: message\n').length - 1
   t.ok(got < 150, `the server stopped pulling the log for a client that did not read (it got ${got} of 200 events)`)
@@ -96,7 +99,7 @@ t.test('7: a request body trickled slower than REQUEST_TIMEOUT_MS is cut off wit
   const closed = new Promise<number>(resolve => { const at = Date.now(); socket.on('close', () => resolve(Date.now() - at)) })
   socket.write(`POST /v1/sessions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEYS.alice}\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{`)
   const trickle = setInterval(() => { if (!socket.destroyed) socket.write(' ') }, 200)
-  const ms = await Promise.race([closed, sleep(8000).then(() => -1)])
+  const ms = await Promise.race([closed, sleep(30_000).then(() => -1)])
   clearInterval(trickle)
   socket.destroy()
   t.not(ms, -1, 'the server closed the connection')
@@ -110,7 +113,7 @@ t.test('8: WebSocket messages count against the key\'s rate limit like requests 
   ws.on('message', (data) => frames.push(JSON.parse(String(data))))
   await new Promise(resolve => ws.once('open', resolve))
   for (let i = 0; i < 10; i++) ws.send(JSON.stringify({ type: 'hello' }))
-  for (let i = 0; i < 100 && frames.length < 10; i++) await sleep(50)
+  await waitFor('ten answers came', () => frames.length >= 10)
   ws.close()
   const hellos = frames.filter(f => f.type === 'hello').length
   const limited = frames.filter(f => f.type === 'error' && f.error.code === 'rate_limit_exceeded')
@@ -173,10 +176,15 @@ t.test('14: the pub/sub channel names the Redis database, so deployments on one 
   const seen: unknown[] = []
   b.bus!.on('settings', (change: unknown) => seen.push(change))
   await a.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { auto_run: false } })
-  await sleep(300)
-  t.same(seen, [], "the other deployment did not apply the first one's settings")
+  // A change on b's own database, published after a's: Redis delivers in publish order, so once b has it, a's change
+  // would have come first had it been on b's channel.
+  const c = await build(t, testConfig({ REDIS_URL: `${REDIS_URL}/2`, REDIS_PREFIX: 'same:' }))
+  await c.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { execution_timeout_ms: 12345 } })
+  await waitFor('b heard its own deployment', () => seen.length > 0)
+  t.match(seen, [{ execution_timeout_ms: 12345 }], "the other deployment did not apply the first one's settings")
   t.equal(b.settings.get().auto_run, true)
   await a.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { reset: true } })
+  await c.inject({ method: 'PATCH', url: '/v1/settings', headers: auth(KEYS.admin), payload: { reset: true } })
 })
 
 t.test('SANDBOX_ENABLED=false refuses a sandbox to every protocol, from the one place that makes them', async (t) => {
@@ -187,7 +195,7 @@ t.test('SANDBOX_ENABLED=false refuses a sandbox to every protocol, from the one 
   t.equal(librechat.statusCode, 503)
   t.match(librechat.json(), { code: 'sandboxes_disabled' })
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json()
-  const run = await app.runs.executeDirect(session, 'python', 'print(1)')
+  const run = await app.runs.executeDirect(session, 'python', 'print(1)', { via: 'rest' })
   const outcome = await run.done
   t.match(outcome.error, { code: 'sandboxes_disabled' }, 'a run (WebSocket, chat, MCP, Jupyter) ends with the same 503')
   const base = await app.listen({ host: '127.0.0.1', port: 0 })
@@ -197,7 +205,7 @@ t.test('SANDBOX_ENABLED=false refuses a sandbox to every protocol, from the one 
   await new Promise(resolve => ws.once('open', resolve))
   ws.send(JSON.stringify({ type: 'hello' }))
   ws.send(JSON.stringify({ type: 'execute', language: 'python', code: 'print(1)' }))
-  for (let i = 0; i < 100 && !frames.some(f => JSON.stringify(f).includes('sandboxes_disabled')); i++) await sleep(50)
+  await waitFor('the socket was told sandboxes are disabled', () => frames.some(f => JSON.stringify(f).includes('sandboxes_disabled')))
   ws.close()
   t.ok(frames.some(f => JSON.stringify(f).includes('sandboxes_disabled')), 'over the WebSocket too')
 })

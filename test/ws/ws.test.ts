@@ -2,7 +2,7 @@ import t from 'tap'
 import WebSocket from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { FakeLlm } from '../fake-llm.js'
-import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp } from '../helper.js'
+import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, waitFor } from '../helper.js'
 import type { Config } from '../../services/config.js'
 
 const fake = new FakeLlm()
@@ -129,7 +129,7 @@ t.test('invalid messages get an error naming the problem, and the socket stays o
 t.test('limits: a frame over WS_MAX_MESSAGE_BYTES closes the socket with 1009; open sockets per key are capped', async (t) => {
   const big = await Client.open()
   big.send('x'.repeat(config.WS_MAX_MESSAGE_BYTES + 1))
-  for (let i = 0; i < 50 && !big.closed; i++) await sleep(50)
+  await waitFor('the server closed the socket', () => big.closed)
   t.equal(big.closed?.code, 1009, 'message too big')
 
   const capped = await fakeLlmApp({ ...config, WS_MAX_SOCKETS_PER_KEY: 2 }, { waitWarm: false })
@@ -145,14 +145,12 @@ t.test('limits: a frame over WS_MAX_MESSAGE_BYTES closes the socket with 1009; o
   }), 429, 'a third socket for the key is refused')
   t.ok(await Client.open(cappedUrl, KEYS.bob), 'another key is not affected')
   first.ws.close()
-  for (let i = 0; i < 50 && !first.closed; i++) await sleep(20)
-  await sleep(50)
-  t.ok(await Client.open(cappedUrl), 'a closed socket frees its place')
+  t.ok(await waitFor('a closed socket frees its place', () => Client.open(cappedUrl).catch(() => null)), 'a closed socket frees its place')
 })
 
 t.test('a silent client is dropped by the heartbeat', async (t) => {
   const client = await Client.open(url, KEYS.alice, { autoPong: false })
-  for (let i = 0; i < 50 && !client.closed; i++) await sleep(50)
+  await waitFor('the server closed the connection', () => client.closed)
   t.ok(client.closed, 'the server closed the connection')
   t.equal(client.closed?.code, 1006, 'terminated, not a polite close')
 })
