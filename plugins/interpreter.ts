@@ -9,7 +9,7 @@ declare module 'fastify' {
 /** The event log (Redis Streams or memory) and the run manager that drives chat turns. */
 export default fp(async (app) => {
   const c = app.config
-  const events: EventLog = app.redis ? new RedisEventLog(app.redis, 10_000, c.SESSION_TTL_S, c.SESSION_STORED_BYTES) : new MemoryEventLog(c.SESSION_STORED_BYTES)
+  const events: EventLog = app.redis ? new RedisEventLog(app.redis, 10_000, c.SESSION_TTL_S, c.SESSION_STORED_BYTES) : new MemoryEventLog(c.SESSION_STORED_BYTES, c.SESSION_TTL_S * 1000)
   const runs = new RunManager({
     sessions: app.sessions,
     store: app.store,

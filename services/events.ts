@@ -120,12 +120,41 @@ export class RedisEventLog implements EventLog {
 export class MemoryEventLog implements EventLog {
   private readonly logs = new Map<string, LoggedEvent[]>()
   private readonly sizes = new Map<string, number>()
+  /** When each log was last appended to: a log untouched for the TTL goes, as the Redis log's key expires. */
+  private readonly touched = new Map<string, number>()
   private readonly bus = new EventEmitter().setMaxListeners(0)
   private counter = 0
+  private sweptAt = Date.now()
 
-  constructor (private readonly maxBytes = 16 * 1024 * 1024) {}
+  constructor (private readonly maxBytes = 16 * 1024 * 1024, private readonly ttlMs = 7 * 24 * 3600 * 1000) {}
+
+  /** The session's log, or nothing when it has expired (then it is dropped). */
+  private live (sessionId: string): LoggedEvent[] | undefined {
+    const at = this.touched.get(sessionId)
+    if (at !== undefined && Date.now() - at >= this.ttlMs) this.drop(sessionId)
+    return this.logs.get(sessionId)
+  }
+
+  private sweep (now: number): void {
+    if (now - this.sweptAt < Math.min(60_000, this.ttlMs)) return
+    this.sweptAt = now
+    for (const [sessionId, at] of this.touched) if (now - at >= this.ttlMs) this.drop(sessionId)
+  }
+
+  private drop (sessionId: string): void {
+    this.logs.delete(sessionId)
+    this.sizes.delete(sessionId)
+    this.touched.delete(sessionId)
+  }
+
+  /** Sessions with a log in memory (for tests and the monitor). */
+  get size (): number { return this.logs.size }
 
   async append (sessionId: string, event: RunEvent): Promise<string> {
+    const now = Date.now()
+    this.sweep(now)
+    this.live(sessionId)
+    this.touched.set(sessionId, now)
     const entry = { id: `${Date.now()}-${++this.counter}`, event }
     const log = this.logs.get(sessionId) ?? []
     log.push(entry)
@@ -139,7 +168,7 @@ export class MemoryEventLog implements EventLog {
 
   async * follow (sessionId: string, after: string | undefined, signal: AbortSignal): AsyncIterable<LoggedEvent> {
     const live = on(this.bus, sessionId, { signal })
-    const log = this.logs.get(sessionId) ?? []
+    const log = this.live(sessionId) ?? []
     const start = after === undefined ? 0 : log.findIndex(e => e.id === after) + 1
     let last = after
     for (const entry of log.slice(start)) {
@@ -163,12 +192,11 @@ export class MemoryEventLog implements EventLog {
   }
 
   async delete (sessionId: string): Promise<void> {
-    this.logs.delete(sessionId)
-    this.sizes.delete(sessionId)
+    this.drop(sessionId)
   }
 
   async lastId (sessionId: string): Promise<string | null> {
-    return this.logs.get(sessionId)?.at(-1)?.id ?? null
+    return this.live(sessionId)?.at(-1)?.id ?? null
   }
 }
 

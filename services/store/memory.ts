@@ -9,8 +9,17 @@ export class MemoryStore implements Store {
   readonly kind = 'memory'
   private readonly sessions = new Map<string, Entry>()
   private readonly sandboxes = new Map<string, SandboxRecord>()
+  private sweptAt = Date.now()
 
   constructor (private readonly ttlMs: number, private readonly maxMessageBytes = 16 * 1024 * 1024) {}
+
+  /** Drops expired sessions nobody asks for again (as Redis's TTL would), at most once per sweep interval. */
+  private sweep (): void {
+    const now = Date.now()
+    if (now - this.sweptAt < Math.min(60_000, this.ttlMs)) return
+    this.sweptAt = now
+    for (const [id, entry] of this.sessions) if (entry.expiresAt <= now) this.sessions.delete(id)
+  }
 
   async ping (): Promise<void> {}
 
@@ -26,6 +35,7 @@ export class MemoryStore implements Store {
   }
 
   async saveSession (session: Session): Promise<void> {
+    this.sweep()
     const messages = this.live(session.id)?.messages ?? []
     this.sessions.set(session.id, { session: structuredClone(session), messages, expiresAt: Date.now() + this.ttlMs })
   }
