@@ -29,7 +29,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const sum = (name: string, metricName = name) => metrics.find(m => m.name === name)?.values.filter(v => (v.metricName ?? name) === metricName).reduce((s, v) => s + v.value, 0) ?? 0
     const admin = request.principal.role === 'admin'
     const sessions = await app.sessions.list(request.principal, { limit: 1000, offset: 0 }, admin)
-    const all = await app.store.listSandboxes()
+    const all = await app.sandboxes.list(request.principal, true)
     await app.sandboxes.refreshCounts(all) // one listing serves the host counts and the count shown
     const sandboxes = admin ? all : all.filter(r => r.owner === request.principal.name)
     return {

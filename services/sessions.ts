@@ -34,6 +34,18 @@ export class SessionService {
     return session
   }
 
+  /** The session, whoever owns it, or null: for protocols that hold a session id they checked when it was made. */
+  find (id: string): Promise<Session | null> {
+    return this.store.getSession(id)
+  }
+
+  /** Merges `fields` into the session's metadata. */
+  async setMetadata (session: Session, fields: Record<string, string>): Promise<void> {
+    session.metadata = { ...session.metadata, ...fields }
+    session.updated_at = new Date().toISOString()
+    await this.store.saveSession(session)
+  }
+
   /** This key's sessions; with `all`, every key's (admin keys only). */
   list (principal: Principal, page: PageRequest, all = false): Promise<Page<Session>> {
     if (all && principal.role !== 'admin') throw new AppError(403, 'admin_required', 'Listing every key\'s sessions needs an admin key')

@@ -43,7 +43,7 @@ const ALL = { offset: 0, limit: 10_000 }
  * started again, state lost, if the kernel is used after that). Jupyter sessions are kept in the kernel's metadata.
  */
 const routes: FastifyPluginAsync = async (app) => {
-  const { sessions, runs, sandboxes, store } = app
+  const { sessions, runs, sandboxes } = app
   const specs = kernelSpecs(sandboxes.languages())
   const specByName = new Map(specs.map(s => [s.name, s]))
   const defaultSpec = specs[0]
@@ -112,7 +112,7 @@ const routes: FastifyPluginAsync = async (app) => {
     try {
       await runs.sessionSandbox(session, signal)
     } catch (err) {
-      await store.deleteSession(session).catch(() => {})
+      await runs.endSession(session).catch(() => {})
       throw err
     }
     return session
@@ -228,11 +228,7 @@ const routes: FastifyPluginAsync = async (app) => {
     return { ...(typeof id === 'string' ? { id } : {}), ...(typeof name === 'string' ? { name } : {}) }
   }
   /** Gives the Jupyter session's fields to a kernel (and takes them from the one it had). */
-  const attach = async (kernel: Session, fields: Record<string, string>) => {
-    kernel.metadata = { ...kernel.metadata, ...fields }
-    kernel.updated_at = new Date().toISOString()
-    await store.saveSession(kernel)
-  }
+  const attach = (kernel: Session, fields: Record<string, string>) => sessions.setMetadata(kernel, fields)
 
   app.get('/api/sessions', { config, schema: { ...schema, ...answers(200), summary: "This key's Jupyter sessions" } }, async (request) =>
     await Promise.all((await listKernels(request.principal)).filter(k => k.metadata.jupyter_session).map(sessionModel)))
@@ -309,7 +305,7 @@ interface ChannelDeps {
 
 /** One channels socket: shell and control requests in, their replies back to this socket, iopub to every socket of the kernel. */
 function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequest, deps: ChannelDeps): void {
-  const { runs, sandboxes, store } = app
+  const { runs } = app
   const id = (request.params as { id: string }).id
   const principal = request.principal
   const log = request.log.child({ kernel: id })
@@ -444,11 +440,7 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
     }
     alive = false
     socket.ping()
-    void (async () => {
-      const current = await store.getSession(id)
-      const record = current?.sandbox_id ? await store.getSandbox(current.sandbox_id) : null
-      if (record) await sandboxes.touch(record)
-    })().catch(() => {})
+    runs.keepAlive(id).catch(() => {})
   }, app.config.WS_PING_INTERVAL_MS)
 
   socket.on('close', () => {

@@ -56,7 +56,7 @@ const routes: FastifyPluginAsync = async (app) => {
   const existing = async (request: FastifyRequest, id: string): Promise<McpSession | null> => {
     const entry = live.get(id)
     if (!entry || entry.owner !== request.principal.name) return null
-    if (!(await app.store.getSession(id))) { // deleted through the REST API: the MCP session ends with it
+    if (!(await app.sessions.find(id))) { // deleted through the REST API: the MCP session ends with it
       await entry.transport.close().catch(() => {})
       return null
     }
@@ -79,7 +79,7 @@ const routes: FastifyPluginAsync = async (app) => {
   /** Ends an MCP session: our session and its sandbox go with it. */
   const endSession = async (id: string) => {
     live.delete(id)
-    const session = await app.store.getSession(id)
+    const session = await app.sessions.find(id)
     if (session) await app.runs.endSession(session)
   }
 

@@ -314,6 +314,14 @@ export class RunManager {
     if (record) await sandboxes.destroy(record).catch((err: Error) => log.warn({ err: err.message, session: session.id }, 'could not remove a session\'s sandbox'))
   }
 
+  /** Keeps the session's sandbox from being reaped while a client holds a connection to it (a heartbeat). */
+  async keepAlive (sessionId: string): Promise<void> {
+    const { store, sandboxes } = this.deps
+    const session = await store.getSession(sessionId)
+    const record = session?.sandbox_id ? await store.getSandbox(session.sandbox_id) : null
+    if (record) await sandboxes.touch(record)
+  }
+
   /** Replaces the session's sandbox with nothing (the next run gets a fresh one); 409 while a run holds the session. */
   async resetSandbox (session: Session): Promise<void> {
     const { store, sandboxes } = this.deps

@@ -451,9 +451,10 @@ export class SandboxService {
     return record
   }
 
-  async list (principal: Principal): Promise<SandboxRecord[]> {
-    const all = await this.store.listSandboxes(principal.name)
-    return all.sort((a, b) => b.created_at.localeCompare(a.created_at))
+  /** This key's sandboxes, newest first; with `all`, every key's (the caller checks the key may see them). */
+  async list (principal: Principal, all = false): Promise<SandboxRecord[]> {
+    const records = await this.store.listSandboxes(all ? undefined : principal.name)
+    return records.sort((a, b) => b.created_at.localeCompare(a.created_at))
   }
 
   /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
