@@ -1,21 +1,12 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
-import type { FastifyReply } from 'fastify'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema } from '../schemas/sandboxes.js'
 import type { ExecutionEvent } from '../schemas/sandboxes.js'
 import { openSse, type SseStream } from './sse.js'
 import { AppError, SandboxesDisabled } from '../services/errors.js'
 import fileRoutes from './files.js'
-
-/** Aborts when the client closes the connection before its answer is sent (a queued create then leaves the queue). */
-function clientGone (reply: FastifyReply): AbortSignal {
-  const controller = new AbortController()
-  reply.raw.on('close', () => {
-    if (!reply.raw.writableFinished) controller.abort(new AppError(499, 'client_closed', 'The client closed the connection'))
-  })
-  return controller.signal
-}
+import { clientGone } from '../plugins/route-kit.js'
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app

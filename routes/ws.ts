@@ -4,6 +4,7 @@ import Value from 'typebox/value'
 import { ClientMessageSchema, type ClientMessage, type ServerMessage } from '../schemas/ws.js'
 import type { Session } from '../schemas/sessions.js'
 import { sseEvents } from './sse.js'
+import { heartbeat } from '../plugins/route-kit.js'
 import { AppError } from '../services/errors.js'
 import { runError } from '../services/interpreter/runs.js'
 
@@ -32,7 +33,6 @@ const routes: FastifyPluginAsync = async (app) => {
     const log = request.log.child({ ws: true })
     let session: Session | null = null
     let follower: AbortController | null = null
-    let alive = true
     let queue: Promise<void> = Promise.resolve()
 
     const send = (message: ServerMessage) => {
@@ -120,21 +120,8 @@ const routes: FastifyPluginAsync = async (app) => {
       queue = queue.then(() => handle(message)).catch((err) => fail(err, message.type))
     })
 
-    socket.on('pong', () => { alive = true })
-    const heartbeat = setInterval(() => {
-      if (!alive) {
-        log.info('dropping a WebSocket peer that stopped answering pings')
-        socket.terminate()
-        return
-      }
-      alive = false
-      socket.ping()
-    }, c.WS_PING_INTERVAL_MS)
-
-    socket.on('close', () => {
-      clearInterval(heartbeat)
-      follower?.abort()
-    })
+    heartbeat(socket, c.WS_PING_INTERVAL_MS, { onDead: () => log.info('dropping a WebSocket peer that stopped answering pings') })
+    socket.on('close', () => { follower?.abort() })
   })
 }
 

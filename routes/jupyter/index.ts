@@ -1,11 +1,11 @@
-import type { FastifyError, FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyPluginAsync, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { randomUUID } from 'node:crypto'
 import type { Principal } from '../../services/auth.js'
 import type { Session } from '../../schemas/sessions.js'
 import type { Language } from '../../schemas/sandboxes.js'
 import { AppError, SandboxesDisabled } from '../../services/errors.js'
-import { toAppError } from '../../plugins/errors.js'
+import { clientGone, heartbeat, protocolErrors } from '../../plugins/route-kit.js'
 import { runError } from '../../services/interpreter/runs.js'
 import { Type } from 'typebox'
 
@@ -71,13 +71,7 @@ const routes: FastifyPluginAsync = async (app) => {
   })
 
   // Jupyter clients show `message` (ResponseError); our own clients read `error`.
-  app.setErrorHandler((err: FastifyError, request, reply) => {
-    const e = toAppError(err)
-    if (e.statusCode >= 500 && e.code !== 'capacity_exhausted') request.log.error({ err }, 'jupyter request failed')
-    const retry = e.extra.retry_after
-    if (typeof retry === 'number') reply.header('retry-after', retry)
-    return reply.status(e.statusCode).send({ message: e.message, reason: e.code, error: { message: e.message, type: e.type, code: e.code, ...e.extra } })
-  })
+  app.setErrorHandler(protocolErrors(e => ({ message: e.message, reason: e.code, error: { message: e.message, type: e.type, code: e.code, ...e.extra } })))
 
   const enabled = async () => {
     if (!app.config.SANDBOX_ENABLED) throw SandboxesDisabled()
@@ -130,12 +124,6 @@ const routes: FastifyPluginAsync = async (app) => {
   const restart = async (session: Session) => {
     const record = await runs.sessionSandbox(session)
     await (await sandboxes.handle(record)).restart(specOf(session).language.kernel ?? 'python')
-  }
-
-  const clientGone = (reply: FastifyReply): AbortSignal => {
-    const controller = new AbortController()
-    reply.raw.on('close', () => { if (!reply.raw.writableFinished) controller.abort(new AppError(499, 'client_closed', 'The client closed the connection')) })
-    return controller.signal
   }
 
   /** The JSON body as an object ({} when there is none); @jupyterlab/services sends its JSON as text/plain (fetch's default). */
@@ -431,22 +419,8 @@ function channels (app: FastifyInstance, socket: WebSocket, request: FastifyRequ
   })
 
   // Keep the sandbox from being reaped while a client is connected; drop peers that stop answering pings.
-  let alive = true
-  socket.on('pong', () => { alive = true })
-  const heartbeat = setInterval(() => {
-    if (!alive) {
-      socket.terminate()
-      return
-    }
-    alive = false
-    socket.ping()
-    runs.keepAlive(id).catch(() => {})
-  }, app.config.WS_PING_INTERVAL_MS)
-
-  socket.on('close', () => {
-    clearInterval(heartbeat)
-    kernel.connections.delete(conn)
-  })
+  heartbeat(socket, app.config.WS_PING_INTERVAL_MS, { onBeat: () => { runs.keepAlive(id).catch(() => {}) } })
+  socket.on('close', () => { kernel.connections.delete(conn) })
 }
 
 export default routes

@@ -4,7 +4,7 @@ import multipart from '@fastify/multipart'
 import { Type } from 'typebox'
 import { LibreChatService, fileId, pathOfId, safeName } from '../../services/librechat.js'
 import { AppError } from '../../services/errors.js'
-import { toAppError } from '../../plugins/errors.js'
+import { clientGone, protocolErrors } from '../../plugins/route-kit.js'
 
 /** The multipart parser's complaints (busboy's plain errors, @fastify/multipart's limits) as the client's 4xx. */
 function multipartError (err: FastifyError): AppError | null {
@@ -51,17 +51,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   await app.register(multipart, { preservePath: true, limits: { fileSize: app.config.MAX_UPLOAD_BYTES, files: 200, fields: 50 } })
 
   // LibreChat shows `error` to the model and reads 429s as {error: 'rate_limited', retry_after_seconds}.
-  app.setErrorHandler((err: FastifyError, request, reply) => {
-    const e = err.code === 'FST_REQ_FILE_TOO_LARGE'
-      ? new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
-      : multipartError(err) ?? toAppError(err)
-    if (e.statusCode >= 500 && e.code !== 'capacity_exhausted') request.log.error({ err }, 'librechat request failed')
+  app.setErrorHandler(protocolErrors((e) => {
     const retry = e.extra.retry_after
-    if (typeof retry === 'number') reply.header('retry-after', retry)
-    return reply.status(e.statusCode).send(e.statusCode === 429
+    return e.statusCode === 429
       ? { error: 'rate_limited', code: e.code, retry_after_seconds: retry as number }
-      : { error: e.message, code: e.code, ...(typeof retry === 'number' ? { retry_after_seconds: retry } : {}) })
-  })
+      : { error: e.message, code: e.code, ...(typeof retry === 'number' ? { retry_after_seconds: retry } : {}) }
+  }, (err: FastifyError) => err.code === 'FST_REQ_FILE_TOO_LARGE'
+    ? new AppError(413, 'file_too_large', `File size limit exceeded (${app.config.MAX_UPLOAD_BYTES} bytes)`)
+    : multipartError(err)))
 
   app.post('/exec', {
     config,
@@ -73,9 +70,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       response: { 200: ExecResultSchema, ...errors }
     }
   }, async (request, reply) => {
-    const controller = new AbortController()
-    reply.raw.on('close', () => { if (!reply.raw.writableFinished) controller.abort(new AppError(499, 'client_closed', 'The client closed the connection')) })
-    return await service.exec(request.principal, request.body, controller.signal)
+    return await service.exec(request.principal, request.body, clientGone(reply))
   })
 
   app.post('/upload', {
