@@ -78,7 +78,7 @@ say "sandbox image: $(npx --no-install tsx scripts/build-image.ts)"
 if [ "${CI:-}" != "true" ] && [ ! -f .env ]; then
   key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
   cat > .env <<ENV
-# written by npm run setup; see README.md for every setting
+# written by npm run setup; see docs/configuration.md for every setting
 API_KEYS=admin:admin:${key}
 REDIS_URL=redis://127.0.0.1:6379
 ENV
