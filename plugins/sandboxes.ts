@@ -3,6 +3,7 @@ import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
 import { availableParallelism, totalmem } from 'node:os'
 import { SandboxPool } from '../services/sandbox/pool.js'
+import { DockerDriver } from '../services/sandbox/driver.js'
 import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
 import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
@@ -22,7 +23,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const hosts = parseDockerHosts(c.SANDBOX_DOCKER_HOSTS, c.DOCKER_SOCKET)
   const instance = app.bus?.id ?? randomUUID()
   const log = app.log.child({ component: 'sandbox' })
-  const pools = hosts.map(({ name, docker, local }) => new SandboxPool(docker, {
+  const pools = hosts.map(({ name, docker, local }) => new SandboxPool(new DockerDriver(docker), {
     host: name,
     size: c.POOL_SIZE,
     max: c.POOL_MAX ?? c.POOL_SIZE * 4,

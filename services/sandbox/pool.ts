@@ -1,7 +1,6 @@
-import type Docker from 'dockerode'
-import type { Duplex } from 'node:stream'
 import { AgentClient } from './agent-client.js'
-import { containerSpec, LABEL, NAMESPACE_LABEL, INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
+import { INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
+import type { SandboxDriver } from './driver.js'
 import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs } from './agent-socket.js'
 import { SandboxHandle } from './sandbox.js'
 import { AppError, CapacityExhausted, DependencyError } from '../errors.js'
@@ -106,7 +105,7 @@ export class SandboxPool {
   private measured = false
   private shrinkTimer: NodeJS.Timeout | null = null
 
-  constructor (readonly docker: Docker, private readonly opts: PoolOptions, private readonly log: Logger) {
+  constructor (readonly driver: SandboxDriver, private readonly opts: PoolOptions, private readonly log: Logger) {
     this.target = opts.size
     const runtime = opts.limits.runtime
     const decided = opts.runtimeHostSockets ?? (runtime && runtime !== 'runc' ? undefined : true)
@@ -121,8 +120,7 @@ export class SandboxPool {
   private async decideChannel (): Promise<void> {
     const runtime = this.opts.limits.runtime
     if (!this.opts.agentSocketDir || this.opts.runtimeHostSockets !== undefined || !runtime || runtime === 'runc') return
-    const info = await this.docker.info() as { Runtimes?: Record<string, { path?: string, runtimeArgs?: string[] }> }
-    const registration = info.Runtimes?.[runtime]
+    const registration = await this.driver.runtime(runtime)
     this.agentBase = runtimeKeepsHostSockets(registration, runtime) ? this.socketBase() : undefined
     this.log.info({ runtime, runtimeArgs: registration?.runtimeArgs ?? [], agent_channel: this.agentBase ? 'socket' : 'attach' },
       this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
@@ -152,13 +150,11 @@ export class SandboxPool {
   /** Whether Docker answers and the image is there; strings other than 'ok' say what is wrong. */
   async health (): Promise<PoolHealth> {
     try {
-      await this.docker.ping()
+      await this.driver.ping()
     } catch (err) {
       return { docker: `down: ${(err as Error).message}`, image: 'unknown' }
     }
-    try {
-      await this.docker.getImage(this.opts.limits.image).inspect()
-    } catch {
+    if (!(await this.driver.hasImage(this.opts.limits.image))) {
       return { docker: 'ok', image: `missing: ${this.opts.limits.image} (run npm run image)` }
     }
     return { docker: 'ok', image: this.fillError ? `failing: ${this.fillError}` : 'ok' }
@@ -342,9 +338,9 @@ export class SandboxPool {
   }
 
   private async createIn (dir: string | undefined): Promise<SandboxHandle> {
-    let container: Docker.Container
+    let id: string
     try {
-      container = await this.docker.createContainer(containerSpec(this.opts.limits, this.opts.namespace, this.opts.instance, dir))
+      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir })
     } catch (err) {
       if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('create', err)
@@ -353,26 +349,26 @@ export class SandboxPool {
     try {
       let agent: AgentClient
       if (dir) {
-        await container.start()
+        await this.driver.start(id)
         const socket = await connectAgentSocket(dir, timeoutMs).catch((err: Error) => {
           // The one likely cause under gVisor: a runsc registered without --host-uds keeps the socket inside.
           throw this.opts.limits.runtime === 'runsc'
             ? new Error(`${err.message}: under runsc the socket needs runsc registered with --host-uds=all (SANDBOX_RUNSC_HOST_UDS=false makes the server attach instead)`)
             : err
         })
-        agent = AgentClient.overSocket(socket, this.agentLog(container.id))
+        agent = AgentClient.overSocket(socket, this.agentLog(id))
         await agent.waitReady(timeoutMs)
-        this.dirs.set(container.id, dir)
+        this.dirs.set(id, dir)
       } else {
-        agent = await this.attach(container)
+        agent = await this.driver.attach(id, this.agentLog(id))
         const ready = agent.waitReady(timeoutMs) // before the start, so that the ready event cannot be missed
         ready.catch(() => {}) // awaited below; a start slower than the timeout must not leave it unhandled
-        await container.start()
+        await this.driver.start(id)
         await ready
       }
-      return new SandboxHandle(container.id, container, agent)
+      return new SandboxHandle(id, agent)
     } catch (err) {
-      await container.remove({ force: true }).catch(() => {})
+      await this.driver.remove(id).catch(() => {})
       if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('start', err)
     }
@@ -382,41 +378,35 @@ export class SandboxPool {
     return (line) => this.log.debug({ container: containerId.slice(0, 12), agent: line.trimEnd() }, 'agent log')
   }
 
-  private async attach (container: Docker.Container): Promise<AgentClient> {
-    const stream = await container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true }) as unknown as Duplex
-    return AgentClient.overAttach(stream, this.docker.modem, this.agentLog(container.id))
-  }
-
   /** The agent's socket when the container has one that answers, else its attach stream. */
-  private async connect (container: Docker.Container, dir: string | undefined): Promise<AgentClient> {
+  private async connect (id: string, dir: string | undefined): Promise<AgentClient> {
     if (dir) {
       try {
-        const agent = AgentClient.overSocket(await connectAgentSocket(dir, 1000), this.agentLog(container.id))
-        this.dirs.set(container.id, dir)
+        const agent = AgentClient.overSocket(await connectAgentSocket(dir, 1000), this.agentLog(id))
+        this.dirs.set(id, dir)
         return agent
       } catch (err) {
-        this.log.debug({ container: container.id.slice(0, 12), err: (err as Error).message }, 'agent socket unreachable; attaching')
+        this.log.debug({ container: id.slice(0, 12), err: (err as Error).message }, 'agent socket unreachable; attaching')
       }
     }
-    return await this.attach(container)
+    return await this.driver.attach(id, this.agentLog(id))
   }
 
   /** Connects to a running container (after a restart, or one another server process started); null if it is gone. */
   async adopt (containerId: string): Promise<SandboxHandle | null> {
-    const container = this.docker.getContainer(containerId)
     let dir: string | undefined
     try {
-      const info = await container.inspect()
-      dir = info.Config.Labels?.[AGENT_DIR_LABEL]
-      if (!info.State.Running) {
+      const state = await this.driver.inspect(containerId)
+      if (!state) return null
+      dir = state.labels[AGENT_DIR_LABEL]
+      if (!state.running) {
         await this.remove(containerId, dir)
         return null
       }
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode === 404) return null
       throw this.dockerError('inspect', err)
     }
-    const agent = await this.connect(container, dir)
+    const agent = await this.connect(containerId, dir)
     try {
       await Promise.race([agent.call('ping'), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
     } catch {
@@ -424,7 +414,7 @@ export class SandboxPool {
       await this.remove(containerId, dir).catch(() => {})
       return null
     }
-    return new SandboxHandle(containerId, container, agent)
+    return new SandboxHandle(containerId, agent)
   }
 
   /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
@@ -441,39 +431,28 @@ export class SandboxPool {
   /** Why a container stopped: Docker's OOM flag and exit code; null when it is running or gone. */
   async endState (containerId: string): Promise<{ oomKilled: boolean, exitCode: number } | null> {
     try {
-      const { State } = await this.docker.getContainer(containerId).inspect()
-      if (State.Running) return null
+      const state = await this.driver.inspect(containerId)
+      if (!state || state.running) return null
       // Under gVisor the memory limit kills the whole sandbox (SIGKILL, exit 137) and Docker does not always flag it
       // (OOMKilled was false for 1 of 3 runsc OOM kills here). A SIGKILL nobody sent through Docker (no `kill` event:
       // `docker kill`, `docker rm -f` and this server's removals all make one) is the memory limit.
-      const oomKilled = State.OOMKilled || (this.opts.limits.runtime === 'runsc' && State.ExitCode === 137 &&
-        !(await this.killEvents(containerId, State.StartedAt)))
-      return { oomKilled, exitCode: State.ExitCode }
+      const oomKilled = state.oomKilled || (this.opts.limits.runtime === 'runsc' && state.exitCode === 137 &&
+        !(await this.driver.killedSince(containerId, state.startedAt)))
+      return { oomKilled, exitCode: state.exitCode }
     } catch {
       return null
     }
   }
 
-  /** Whether Docker has a `kill` event for the container since `startedAt`. */
-  private async killEvents (containerId: string, startedAt: string): Promise<boolean> {
-    const now = Math.ceil(Date.now() / 1000)
-    const since = Math.floor(Date.parse(startedAt) / 1000) || now - 3600
-    const stream = await this.docker.getEvents({ since, until: now, filters: { container: [containerId], event: ['kill'] } }) as unknown as AsyncIterable<Buffer | string>
-    let text = ''
-    for await (const chunk of stream) text += String(chunk)
-    return text.trim() !== ''
-  }
-
   async remove (containerId: string, dir?: string): Promise<void> {
-    const container = this.docker.getContainer(containerId)
     dir ??= this.dirs.get(containerId)
     if (!dir && this.agentBase) {
-      dir = await container.inspect().then(info => info.Config.Labels?.[AGENT_DIR_LABEL], () => undefined)
+      dir = await this.driver.inspect(containerId).then(state => state?.labels[AGENT_DIR_LABEL], () => undefined)
     }
     try {
-      await container.remove({ force: true })
+      await this.driver.remove(containerId)
     } catch (err) {
-      if ((err as { statusCode?: number }).statusCode !== 404) throw this.dockerError('remove', err)
+      throw this.dockerError('remove', err)
     }
     this.dirs.delete(containerId)
     if (dir) await removeAgentDir(dir).catch(() => {})
@@ -486,8 +465,8 @@ export class SandboxPool {
   async removeStaleAgentDirs (): Promise<number> {
     const base = this.agentBase
     if (!base) return 0
-    const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`] } })
-    const inUse = new Set([...this.making, ...this.dirs.values(), ...list.map(c => c.Labels?.[AGENT_DIR_LABEL]).filter((d): d is string => !!d)])
+    const list = await this.driver.list()
+    const inUse = new Set([...this.making, ...this.dirs.values(), ...list.map(c => c.labels[AGENT_DIR_LABEL]).filter((d): d is string => !!d)])
     const stale = await staleAgentDirs(base, inUse)
     await Promise.all(stale.map(removeAgentDir))
     return stale.length
@@ -496,8 +475,8 @@ export class SandboxPool {
   /** Containers of this namespace that Docker knows, with the process that made them (null when unlabelled). */
   async containers (): Promise<Array<{ id: string, instance: string | null, dir?: string }>> {
     try {
-      const list = await this.docker.listContainers({ all: true, filters: { label: [`${LABEL}=true`, `${NAMESPACE_LABEL}=${this.opts.namespace}`] } })
-      return list.map(c => ({ id: c.Id, instance: c.Labels?.[INSTANCE_LABEL] ?? null, dir: c.Labels?.[AGENT_DIR_LABEL] }))
+      const list = await this.driver.list(this.opts.namespace)
+      return list.map(c => ({ id: c.id, instance: c.labels[INSTANCE_LABEL] ?? null, dir: c.labels[AGENT_DIR_LABEL] }))
     } catch (err) {
       throw this.dockerError('list', err)
     }

@@ -1,5 +1,4 @@
 import { PassThrough, type Readable } from 'node:stream'
-import type Docker from 'dockerode'
 import type { AgentClient, AgentEvent } from './agent-client.js'
 import type { Execution, ExecutionEvent, FileEntry, KernelLanguage, Language } from '../../schemas/sandboxes.js'
 import { AppError } from '../errors.js'
@@ -38,7 +37,7 @@ const EXECUTE_SLACK_MS = 30_000
 export class SandboxHandle {
   busy = false
 
-  constructor (readonly containerId: string, readonly container: Docker.Container, readonly agent: AgentClient) {}
+  constructor (readonly containerId: string, readonly agent: AgentClient) {}
 
   /** Runs code; `onEvent` sees each event as it arrives; resolves with the whole execution. */
   async execute (opts: ExecuteOptions, onEvent: (e: ExecutionEvent) => void = () => {}): Promise<Omit<Execution, 'sandbox_id'>> {

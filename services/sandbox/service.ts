@@ -137,7 +137,7 @@ export class SandboxService {
   private async checkHosts (first = false): Promise<void> {
     await Promise.all(this.pools.map(async (pool) => {
       const up = await Promise.race([
-        pool.docker.ping().then(() => true, () => false),
+        pool.driver.ping().then(() => true, () => false),
         new Promise<boolean>(resolve => setTimeout(() => resolve(false), 3000).unref())
       ])
       const misses = up ? 0 : (this.misses.get(pool.host) ?? 0) + 1
@@ -310,8 +310,7 @@ export class SandboxService {
     }
     try {
       if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
-        const bytes = memoryMb * 1024 * 1024
-        await handle.container.update({ Memory: bytes, MemorySwap: bytes, NanoCpus: Math.round(cpus * 1e9) }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
+        await pool.driver.update(handle.containerId, { memoryMb, cpus }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
           // Docker refuses what the host cannot give (more CPUs than it has): the client's 400, in our words.
           if (err.statusCode === 400) throw new AppError(400, 'validation_error', `body/resources: this Docker host cannot give ${cpus} CPUs and ${memoryMb} MB`)
           throw err
