@@ -5,7 +5,6 @@ import type { FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import type { Principal } from '../services/auth.js'
 import { AppError } from '../services/errors.js'
-import { JUPYTER_V1_PROTOCOL } from '../services/jupyter.js'
 
 export const WS_PROTOCOL = 'interpreter.v1'
 
@@ -21,13 +20,17 @@ export interface SocketCap {
   check: (request: FastifyRequest) => Promise<void>
   /** Counts an open socket of the key until it closes. */
   hold: (principal: Principal, socket: WebSocket) => void
+  /** A subprotocol a route speaks for the URLs `where` accepts (chosen when the client offers it; ours otherwise). */
+  offer: (protocol: string, where: (url: string) => boolean) => void
 }
 
 /** @fastify/websocket with a message size limit; the server speaks the `interpreter.v1` subprotocol. */
 export default fp(async (app) => {
   const max = app.config.WS_MAX_SOCKETS_PER_KEY
   const open = new Map<string, number>()
+  const offered: Array<{ protocol: string, where: (url: string) => boolean }> = []
   app.decorate('sockets', {
+    offer: (protocol: string, where: (url: string) => boolean) => { offered.push({ protocol, where }) },
     check: async (request: FastifyRequest) => {
       if ((open.get(request.principal.name) ?? 0) >= max) {
         throw new AppError(429, 'too_many_sockets', `This key already has ${max} open WebSockets`)
@@ -46,9 +49,11 @@ export default fp(async (app) => {
     options: {
       maxPayload: app.config.WS_MAX_MESSAGE_BYTES,
       // Browsers cannot set headers: they send the key as a `bearer.<key>` subprotocol next to ours; we only ever echo ours.
-      // Jupyter's kernel channels speak the binary v1 framing when the client offers it (JSON text frames otherwise).
+      // Other protocols' routes offer their own subprotocols (Jupyter's binary v1 framing) for their URLs.
       handleProtocols: (protocols: Set<string>, request: IncomingMessage) => {
-        if (protocols.has(JUPYTER_V1_PROTOCOL) && request.url?.startsWith('/jupyter/')) return JUPYTER_V1_PROTOCOL
+        const url = request.url ?? ''
+        const theirs = offered.find(o => protocols.has(o.protocol) && o.where(url))
+        if (theirs) return theirs.protocol
         return protocols.has(WS_PROTOCOL) ? WS_PROTOCOL : false
       }
     }

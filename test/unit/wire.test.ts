@@ -1,7 +1,7 @@
 // Wire formats without Docker or Redis: Jupyter's two framings (and what a hostile frame gets), and the access log's
 // redaction of keys in query strings (issue 20, item 12).
 import t from 'tap'
-import { JUPYTER_V1_PROTOCOL, MessageFactory, decodeFrame, encodeFrame } from '../../services/jupyter.js'
+import { JUPYTER_V1_PROTOCOL, MessageFactory, decodeFrame, encodeFrame } from '../../services/jupyter/messages.js'
 import { redactUrl } from '../../plugins/request-log.js'
 
 t.test('Jupyter messages survive both framings; anything else decodes to null, never a throw', async (t) => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
-import type { LanguageSpec } from './sandbox/languages.js'
-import type { ExecutionEvent } from '../schemas/sandboxes.js'
+import type { LanguageSpec } from '../sandbox/languages.js'
+import type { ExecutionEvent } from '../../schemas/sandboxes.js'
 
 /**
  * The Jupyter messaging protocol (5.3, JSON form) over our executions: kernel specs for the image's languages, the
