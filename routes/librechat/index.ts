@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyError } from 'fastify'
 import multipart from '@fastify/multipart'
 import { Type } from 'typebox'
-import { LibreChatService, fileId, pathOfId, safeName } from '../../services/librechat.js'
+import { LibreChatService, fileId, pathOfId, safeName } from '../../services/librechat/index.js'
 import { AppError } from '../../services/errors.js'
 import { clientGone, protocolErrors } from '../../plugins/route-kit.js'
 

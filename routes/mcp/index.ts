@@ -2,7 +2,7 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import { mcpServer } from './tools.js'
+import { mcpServer } from '../../services/mcp/tools.js'
 
 interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string, lastUsed: number }
 
@@ -42,6 +42,7 @@ const rpcError = (reply: FastifyReply, status: number, code: number, message: st
  * route /mcp by the Mcp-Session-Id header.
  */
 const routes: FastifyPluginAsync = async (app) => {
+  const deps = { runs: app.runs, sandboxes: app.sandboxes, version: app.config.version, maxUploadBytes: app.config.MAX_UPLOAD_BYTES }
   const live = new Map<string, McpSession>()
 
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
@@ -69,7 +70,7 @@ const routes: FastifyPluginAsync = async (app) => {
       sessionIdGenerator: () => session.id,
       onsessionclosed: async (id) => { await endSession(id) }
     })
-    const entry: McpSession = { transport, server: mcpServer(app, session), owner: request.principal.name, lastUsed: Date.now() }
+    const entry: McpSession = { transport, server: mcpServer(deps, session), owner: request.principal.name, lastUsed: Date.now() }
     transport.onclose = () => { live.delete(session.id) }
     live.set(session.id, entry)
     await entry.server.connect(transport)

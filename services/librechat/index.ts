@@ -1,10 +1,10 @@
 import { posix } from 'node:path'
-import type { Principal } from './auth.js'
-import { AppError } from './errors.js'
-import type { SandboxService } from './sandbox/service.js'
-import type { SandboxHandle } from './sandbox/sandbox.js'
-import type { FileEntry, SandboxRecord } from '../schemas/sandboxes.js'
-import { freshProcess } from './sandbox/languages.js'
+import type { Principal } from '../auth.js'
+import { AppError } from '../errors.js'
+import type { SandboxService } from '../sandbox/service.js'
+import type { SandboxHandle } from '../sandbox/sandbox.js'
+import type { FileEntry, SandboxRecord } from '../../schemas/sandboxes.js'
+import { freshProcess } from '../sandbox/languages.js'
 
 /**
  * LibreChat's Code Interpreter API over our sandboxes. A LibreChat session is one of our sandboxes (its session_id

@@ -1,10 +1,10 @@
-import type { FastifyInstance } from 'fastify'
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
 import { z } from 'zod'
 import type { Session } from '../../schemas/sessions.js'
 import type { Language } from '../../schemas/sandboxes.js'
-import { runError } from '../../services/interpreter/runs.js'
+import { runError, type RunManager } from '../interpreter/runs.js'
+import type { SandboxService } from '../sandbox/service.js'
 
 /** Files the read_file tool returns as text (larger or binary files come back as a base64 resource). */
 const TEXT_LIMIT = 1024 * 1024
@@ -26,11 +26,18 @@ async function tool (body: () => Promise<CallToolResult>): Promise<CallToolResul
  * The MCP server of one MCP session: tools over that session's sandbox, through the same services as every route
  * (direct executions are runs: they take the session's lock, land in its event log and show in the monitor).
  */
-export function mcpServer (app: FastifyInstance, session: Session): McpServer {
-  const server = new McpServer({ name: 'interpreter-server', version: app.config.version }, {
+export interface McpDeps {
+  runs: RunManager
+  sandboxes: SandboxService
+  version: string
+  maxUploadBytes: number
+}
+
+export function mcpServer (deps: McpDeps, session: Session): McpServer {
+  const server = new McpServer({ name: 'interpreter-server', version: deps.version }, {
     instructions: 'Runs code in a hardened, stateful sandbox: variables, imports and files persist between execute_code calls of this MCP session until reset. Files live under /home/user (relative paths).'
   })
-  const { runs, sandboxes } = app
+  const { runs, sandboxes } = deps
   const handle = async () => await sandboxes.handle(await runs.sessionSandbox(session))
   const languages = sandboxes.languages()
   const stateful = languages.filter(l => l.kernel).map(l => l.id)
@@ -95,7 +102,7 @@ export function mcpServer (app: FastifyInstance, session: Session): McpServer {
     }
   }, async ({ path, content, encoding }) => tool(async () => {
     const bytes = Buffer.from(content, encoding)
-    const size = await (await handle()).writeFile(path, (async function * () { yield bytes })(), app.config.MAX_UPLOAD_BYTES)
+    const size = await (await handle()).writeFile(path, (async function * () { yield bytes })(), deps.maxUploadBytes)
     return { content: [text(`wrote ${size} bytes to ${path}`)] }
   }))
 
