@@ -1,5 +1,8 @@
 """In-container agent: JSON requests on stdin, JSON events on stdout (one object per line).
 
+Every request (op_*) and event this file sends is described in protocol.schema.json beside it, generated from the
+server's schemas/agent.ts; the server's tests check every event they receive against it.
+
 Runs as root with only SETUID, SETGID and KILL; every kernel runs as uid 1000 with no capabilities,
 so user code can neither signal this process nor read its environment.
 """

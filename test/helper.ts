@@ -14,6 +14,8 @@ import { waitReady } from '../services/redis.js'
 
 type Test = { after (fn: () => unknown): void }
 
+// Every event from a sandbox's agent is checked against the typed protocol (schemas/agent.ts) in the tests.
+process.env.AGENT_PROTOCOL_CHECK ??= '1'
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379'
 export const KEYS = { admin: 'admin-secret', alice: 'alice-secret', bob: 'bob-secret' }
 export const auth = (key: string) => ({ authorization: `Bearer ${key}` })

@@ -3,9 +3,25 @@ import { PassThrough, type Duplex, type Readable } from 'node:stream'
 import type { Socket } from 'node:net'
 import { randomBytes } from 'node:crypto'
 import type Docker from 'dockerode'
+import { Compile } from 'typebox/compile'
 import { AppError } from '../errors.js'
+import { AgentEventSchema, type AgentEvent, type AgentOp, type AgentRequest } from '../../schemas/agent.js'
 
-export type AgentEvent = { id?: string, type: string } & Record<string, unknown>
+export type { AgentEvent }
+
+/** With AGENT_PROTOCOL_CHECK=1 (the tests), every event is checked against the typed protocol (schemas/agent.ts). */
+let eventChecks: Map<string, ReturnType<typeof Compile>> | null | undefined
+function checkEvent (event: AgentEvent): void {
+  eventChecks ??= process.env.AGENT_PROTOCOL_CHECK === '1'
+    ? new Map(AgentEventSchema.anyOf.map(schema => [schema.properties.type.const as string, Compile(schema)]))
+    : null
+  if (!eventChecks) return
+  const check = eventChecks.get(event.type)
+  if (check?.Check(event)) return
+  const problems = check ? [...check.Errors(event)].slice(0, 3).map(e => `${e.instancePath || '/'} ${e.message}`).join('; ') : 'an unknown event type'
+  // Loud on purpose: in the tests a protocol violation is an uncaught error that fails the suite.
+  queueMicrotask(() => { throw new Error(`agent protocol violation: ${JSON.stringify(event).slice(0, 300)}: ${problems}`) })
+}
 type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: (e: Error) => void, started: boolean, timer?: NodeJS.Timeout }
 
 /** How long a non-execute call (files, interrupt, restart, env) may go without a word from the agent. */
@@ -88,6 +104,7 @@ export class AgentClient extends EventEmitter {
   }
 
   private dispatch (event: AgentEvent): void {
+    checkEvent(event)
     const pending = event.id === undefined ? undefined : this.pending.get(event.id)
     if (!pending) {
       if (event.id === undefined) this.emit(event.type, event)
@@ -118,7 +135,7 @@ export class AgentClient extends EventEmitter {
    * Sends one request; `onEvent` sees every event answering it; resolves after the last one. It rejects with
    * AgentTimeout when `idleMs` pass without an event for it (each event restarts the clock).
    */
-  request (op: string, body: Record<string, unknown>, onEvent: (e: AgentEvent) => void = () => {}, idleMs = AGENT_CALL_IDLE_MS): Promise<void> {
+  request<O extends AgentOp> (op: O, body: AgentRequest<O>, onEvent: (e: AgentEvent) => void = () => {}, idleMs = AGENT_CALL_IDLE_MS): Promise<void> {
     if (this.closed) return Promise.reject(new AgentGone('the sandbox agent is gone'))
     const id = nextId()
     return new Promise((resolve, reject) => {
@@ -132,7 +149,7 @@ export class AgentClient extends EventEmitter {
   }
 
   /** A request whose answer is a single event (or an error event). */
-  async call (op: string, body: Record<string, unknown> = {}, idleMs = AGENT_CALL_IDLE_MS): Promise<AgentEvent> {
+  async call<O extends AgentOp> (op: O, body: AgentRequest<O>, idleMs = AGENT_CALL_IDLE_MS): Promise<AgentEvent> {
     let last: AgentEvent | undefined
     await this.request(op, body, e => { last = e }, idleMs)
     return last!

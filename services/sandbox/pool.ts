@@ -408,7 +408,7 @@ export class SandboxPool {
     }
     const agent = await this.connect(containerId, dir)
     try {
-      await Promise.race([agent.call('ping'), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
+      await Promise.race([agent.call('ping', {}), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
     } catch {
       agent.close()
       await this.remove(containerId, dir).catch(() => {})

@@ -1,5 +1,6 @@
 import { PassThrough, type Readable } from 'node:stream'
-import type { AgentClient, AgentEvent } from './agent-client.js'
+import type { AgentClient } from './agent-client.js'
+import type { AgentEventOf } from '../../schemas/agent.js'
 import type { Execution, ExecutionEvent, FileEntry, KernelLanguage, Language } from '../../schemas/sandboxes.js'
 import { AppError } from '../errors.js'
 
@@ -13,9 +14,9 @@ const FILE_ERRORS: Record<string, [number, string]> = {
   file_too_large: [413, 'The file is larger than the sandbox allows']
 }
 
-function fileError (event: AgentEvent): AppError {
-  const code = String(event.code ?? 'file_error')
-  const [status, message] = FILE_ERRORS[code] ?? [400, String(event.value ?? 'file operation failed')]
+function fileError (event: AgentEventOf<'error'>): AppError {
+  const code = event.code ?? 'file_error'
+  const [status, message] = FILE_ERRORS[code] ?? [400, event.value ?? 'file operation failed']
   return new AppError(status, code, message, 'file_error')
 }
 
@@ -78,8 +79,8 @@ export class SandboxHandle {
   }
 
   async interrupt (): Promise<boolean> {
-    const answer = await this.agent.call('interrupt')
-    return answer.interrupted === true
+    const answer = await this.agent.call('interrupt', {})
+    return answer.type === 'done' && answer.interrupted === true
   }
 
   /** Fresh kernels with the same environment and files (a running execution ends as interrupted); `kernel` starts warm. */
@@ -90,7 +91,8 @@ export class SandboxHandle {
   async listFiles (path: string): Promise<FileEntry[]> {
     const answer = await this.agent.call('list', { path })
     if (answer.type === 'error') throw fileError(answer)
-    return answer.entries as FileEntry[]
+    if (answer.type !== 'files') throw new AppError(500, 'agent_protocol', `list answered with ${answer.type}`, 'sandbox_error')
+    return answer.entries
   }
 
   /** Resolves once the file is open (so a missing file is an error before any byte is sent), with its bytes as a stream. */
@@ -120,7 +122,7 @@ export class SandboxHandle {
   async writeFile (path: string, source: AsyncIterable<Buffer | string>, maxBytes: number): Promise<number> {
     const opened = await this.agent.call('write_open', { path })
     if (opened.type === 'error') throw fileError(opened)
-    const upload = opened.id
+    const upload = opened.id!
     let total = 0
     let pending = Buffer.alloc(0)
     const send = async (data: Buffer) => {
@@ -155,8 +157,8 @@ export class SandboxHandle {
 
   /** Starts the relay that offers the server's egress proxy inside the sandbox (127.0.0.1:3128). */
   async enableEgress (): Promise<void> {
-    const answer = await this.agent.call('egress')
-    if (answer.type === 'error') throw new AppError(500, 'egress_failed', String(answer.value ?? 'the egress relay did not start'), 'sandbox_error')
+    const answer = await this.agent.call('egress', {})
+    if (answer.type === 'error') throw new AppError(500, 'egress_failed', answer.value ?? 'the egress relay did not start', 'sandbox_error')
   }
 
   async setEnv (env: Record<string, string>): Promise<void> {

@@ -1,0 +1,80 @@
+// The protocol between the server and the in-container agent (sandbox/agent.py), typed once: JSON lines both ways,
+// requests carry an `op` and an `id`, and every event answering a request carries its `id` (`ready` carries none).
+// scripts/agent-schema.ts writes this as JSON Schema to sandbox/protocol.schema.json, which the agent cites; with
+// AGENT_PROTOCOL_CHECK=1 (the tests) AgentClient checks every event it receives against AgentEventSchema.
+import { Type, type Static } from 'typebox'
+
+const KernelLanguage = Type.Union([Type.Literal('python'), Type.Literal('javascript'), Type.Literal('shell'), Type.Literal('r')])
+const Path = Type.String({ description: 'relative to the workspace (/home/user)' })
+
+/** Every request, by op: its fields besides `op` and `id`. */
+export const AgentRequests = {
+  ping: Type.Object({}),
+  env: Type.Object({ env: Type.Record(Type.String(), Type.String()) }, { description: 'the kernels\' environment (they restart with it)' }),
+  execute: Type.Object({ language: KernelLanguage, code: Type.String(), timeout_ms: Type.Number(), max_output_bytes: Type.Number() }),
+  interrupt: Type.Object({}),
+  egress: Type.Object({}, { description: 'start the relay to the egress proxy (127.0.0.1:3128 inside)' }),
+  restart: Type.Object({ language: Type.Optional(KernelLanguage) }, { description: 'fresh kernels; `language` starts warm' }),
+  list: Type.Object({ path: Path }),
+  read: Type.Object({ path: Path }),
+  write_open: Type.Object({ path: Path }),
+  write_chunk: Type.Object({ upload: Type.String({ description: 'the id of the write_open request' }), data: Type.String({ description: 'base64' }) }),
+  write_close: Type.Object({ upload: Type.String(), abort: Type.Optional(Type.Boolean()) }),
+  delete: Type.Object({ path: Path })
+}
+export type AgentOp = keyof typeof AgentRequests
+export type AgentRequest<O extends AgentOp> = Static<typeof AgentRequests[O]>
+
+const Id = Type.Optional(Type.String())
+const event = <T extends string, P extends Parameters<typeof Type.Object>[0]>(type: T, props: P, description: string) =>
+  Type.Object({ id: Id, type: Type.Literal(type), ...props }, { description })
+
+const FileEntry = Type.Object({
+  name: Type.String(),
+  path: Type.String(),
+  type: Type.Union([Type.Literal('file'), Type.Literal('directory'), Type.Literal('symlink')]),
+  size: Type.Integer(),
+  modified: Type.Number()
+})
+
+/** Every event the agent sends. */
+export const AgentEventSchema = Type.Union([
+  event('ready', {}, 'the agent and its python kernel are up (no id)'),
+  event('pong', {}, 'answers ping'),
+  event('done', { interrupted: Type.Optional(Type.Boolean()), size: Type.Optional(Type.Integer()) }, 'ends env, interrupt (interrupted: whether a run was), egress, restart, read, the writes (write_close: the size) and delete'),
+  event('start', { execution_count: Type.Integer() }, 'an execution began'),
+  event('stdout', { text: Type.String() }, 'output of the running code'),
+  event('stderr', { text: Type.String() }, 'error output of the running code'),
+  event('result', { data: Type.Record(Type.String(), Type.String()) }, 'the value of the last expression, by MIME type'),
+  event('display', { data: Type.Record(Type.String(), Type.String()) }, 'a display (a plot), by MIME type'),
+  event('error', {
+    name: Type.String(),
+    value: Type.Optional(Type.String()),
+    traceback: Type.Optional(Type.Array(Type.String())),
+    code: Type.Optional(Type.String()),
+    state_lost: Type.Optional(Type.Boolean())
+  }, 'the code raised, timed out or its kernel died (during an execution); or the request failed (before its start)'),
+  event('end', {
+    status: Type.Union([Type.Literal('ok'), Type.Literal('error')]),
+    execution_count: Type.Integer(),
+    duration_ms: Type.Number(),
+    state_lost: Type.Boolean(),
+    exit_code: Type.Optional(Type.Integer())
+  }, 'ends an execution'),
+  event('files', { entries: Type.Array(FileEntry) }, 'answers list'),
+  event('file_start', { size: Type.Integer() }, 'a read opened the file'),
+  event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file')
+])
+export type AgentEvent = Static<typeof AgentEventSchema>
+export type AgentEventOf<T extends AgentEvent['type']> = Extract<AgentEvent, { type: T }>
+
+/** The whole protocol as one JSON Schema document (what scripts/agent-schema.ts writes next to the agent). */
+export function agentProtocolSchema (): Record<string, unknown> {
+  return {
+    $schema: 'https://json-schema.org/draft/2020-12/schema',
+    title: 'interpreter-server agent protocol',
+    description: 'JSON lines between the server and sandbox/agent.py. Generated from schemas/agent.ts by scripts/agent-schema.ts: do not edit.',
+    requests: Object.fromEntries(Object.entries(AgentRequests).map(([op, schema]) => [op, schema])),
+    events: AgentEventSchema
+  }
+}
