@@ -4,8 +4,11 @@ import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, type AllowR
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
-import { AppError, CapacityExhausted, DependencyError, SandboxNotFound, SandboxesDisabled } from '../errors.js'
+import { AppError, DependencyError, SandboxNotFound, SandboxesDisabled } from '../errors.js'
 import type { SandboxPool, Logger } from './pool.js'
+import { HostSet, hostUnavailable } from './host-set.js'
+import { Capacity } from './capacity.js'
+import { Recovery, type RecoveryState } from './recovery.js'
 import type { SandboxHandle } from './sandbox.js'
 import type { ImageProfile } from './image.js'
 import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
@@ -78,17 +81,11 @@ export interface SandboxServiceOptions {
 }
 
 /** Sandboxes as the API sees them: owned by a key, recorded in the store, backed by pool containers. */
-export interface RecoveryState { state: 'pending' | 'running' | 'done' | 'failed', total: number, adopted: number, removed: number, orphans_removed: number }
+export type { RecoveryState } from './recovery.js'
 
 /** Creations under way in this process, counted against the limits before their records exist. */
-interface Reserved { count: number, memoryMb: number, byOwner: Map<string, number>, byHost: Map<string, { count: number, memoryMb: number }> }
-
 /** Each Docker host's state, for /v1/ready, /v1/stats and the metrics. */
 export interface HostStatus { name: string, status: 'up' | 'down', live: number, memory_used_mb: number, warm: number, creating: number, queued: number }
-
-function hostUnavailable (host: string): AppError {
-  return new AppError(503, 'sandbox_host_unavailable', `The Docker host of this sandbox (${host}) cannot be reached; its sandboxes come back when it does`, 'unavailable_error', { retry_after: 5 })
-}
 
 export class SandboxService {
   private readonly live = new Map<string, SandboxHandle>()
@@ -97,82 +94,39 @@ export class SandboxService {
   /** When each sandbox's use was last written to the store, and a pending write of a later one. */
   private readonly touches = new Map<string, { at: number, timer?: NodeJS.Timeout }>()
   private reaper: NodeJS.Timeout | null = null
-  private readonly reserved: Reserved = { count: 0, memoryMb: 0, byOwner: new Map(), byHost: new Map() }
-  /** Sandboxes and memory per host, as of the last listing. */
-  private usageByHost = new Map<string, { live: number, memoryMb: number }>()
-  /** Hosts whose Docker daemon does not answer: their sandboxes are 503 sandbox_host_unavailable, new ones go elsewhere. */
-  private readonly down = new Set<string>()
-  private hostCheck: NodeJS.Timeout | null = null
-  private readonly misses = new Map<string, number>()
   readonly pools: SandboxPool[]
   /** The first host's pool (the only one with one host). */
   readonly pool: SandboxPool
-  private readonly byHost: Map<string, SandboxPool>
-  readonly recovery: RecoveryState = { state: 'pending', total: 0, adopted: 0, removed: 0, orphans_removed: 0 }
-  private recovering: Promise<void> = Promise.resolve()
+  private readonly hostSet: HostSet
+  private readonly cap: Capacity
+  private readonly recoverer: Recovery
 
   constructor (pools: SandboxPool | SandboxPool[], private readonly store: Store, private readonly opts: SandboxServiceOptions, private readonly log: Logger) {
     this.pools = Array.isArray(pools) ? pools : [pools]
     this.pool = this.pools[0]
-    this.byHost = new Map(this.pools.map(p => [p.host, p]))
+    this.hostSet = new HostSet(this.pools, log)
+    this.cap = new Capacity(this.hostSet, opts)
+    this.recoverer = new Recovery(store, this.hostSet, {
+      concurrency: opts.recoveryConcurrency ?? 8,
+      ...(opts.isLive ? { isLive: opts.isLive } : {}),
+      isTracked: (id) => this.live.has(id),
+      track: (id, handle, record) => this.track(id, handle, record)
+    }, log)
   }
 
-  /** The name of the host a sandbox lives on (records from before several hosts live on the first). */
-  private hostOf (record: Pick<SandboxRecord, 'host'>): string {
-    return record.host ?? this.pool.host
-  }
+  /** Start-up's re-adoption of stored sandboxes: its state and counts (/v1/ready, /v1/stats). */
+  get recovery (): RecoveryState { return this.recoverer.state }
 
-  /** The pool of the host a sandbox lives on. */
-  private poolOf (record: SandboxRecord): SandboxPool {
-    const name = this.hostOf(record)
-    const pool = this.byHost.get(name)
-    if (!pool) throw hostUnavailable(`${name}, not in SANDBOX_DOCKER_HOSTS`)
-    return pool
-  }
-
-  /**
-   * Pings every host; a host that fails two pings in a row (3 s each) is marked down, and up again when it answers.
-   * (At start-up one failed ping is enough.)
-   */
-  private async checkHosts (first = false): Promise<void> {
-    await Promise.all(this.pools.map(async (pool) => {
-      const up = await Promise.race([
-        pool.driver.ping().then(() => true, () => false),
-        new Promise<boolean>(resolve => setTimeout(() => resolve(false), 3000).unref())
-      ])
-      const misses = up ? 0 : (this.misses.get(pool.host) ?? 0) + 1
-      this.misses.set(pool.host, misses)
-      if (up && this.down.delete(pool.host)) this.log.info({ host: pool.host }, 'docker host is back')
-      if (!up && (misses >= 2 || first)) this.markDown(pool.host)
-    }))
-  }
-
-  /** A host that does not answer: its sandboxes are 503s and new ones go elsewhere until a ping succeeds. */
-  private markDown (host: string, err?: string): void {
-    if (this.down.has(host)) return
-    this.down.add(host)
-    this.log.warn({ host, ...(err ? { err } : {}) }, 'docker host unreachable')
-  }
+  private hostOf (record: Pick<SandboxRecord, 'host'>): string { return this.hostSet.hostOf(record) }
+  private poolOf (record: SandboxRecord): SandboxPool { return this.hostSet.poolOf(record) }
 
   /** Each host's state. */
   get hosts (): HostStatus[] {
     return this.pools.map(pool => {
-      const used = this.usageByHost.get(pool.host) ?? { live: 0, memoryMb: 0 }
+      const used = this.cap.usedOn(pool.host)
       const stats = pool.stats
-      return { name: pool.host, status: this.down.has(pool.host) ? 'down' : 'up', live: used.live, memory_used_mb: used.memoryMb, warm: stats.warm, creating: stats.creating, queued: stats.queued }
+      return { name: pool.host, status: this.hostSet.isDown(pool.host) ? 'down' : 'up', live: used.live, memory_used_mb: used.memoryMb, warm: stats.warm, creating: stats.creating, queued: stats.queued }
     })
-  }
-
-  private countByHost (records: SandboxRecord[]): void {
-    const by = new Map<string, { live: number, memoryMb: number }>()
-    for (const r of records) {
-      const name = this.hostOf(r)
-      const u = by.get(name) ?? { live: 0, memoryMb: 0 }
-      u.live++
-      u.memoryMb += r.memory_mb
-      by.set(name, u)
-    }
-    this.usageByHost = by
   }
 
   /**
@@ -181,17 +135,13 @@ export class SandboxService {
    * both the recovery and the pool's first fill.
    */
   async start (wait = false): Promise<void> {
-    await this.checkHosts(true)
-    if (this.down.size < this.pools.length) {
-      this.recovering = this.recover().catch((err: Error) => {
-        this.recovery.state = 'failed'
-        this.log.warn({ err: err.message }, 'could not recover sandboxes at start-up')
-      })
+    await this.hostSet.check(true)
+    if (this.hostSet.up().length) {
+      this.recoverer.start()
     }
-    if (wait) await this.recovering
-    await Promise.all(this.pools.filter(p => !this.down.has(p.host)).map(p => p.start(wait)))
-    this.hostCheck = setInterval(() => { void this.checkHosts() }, this.opts.hostCheckMs ?? 2000)
-    this.hostCheck.unref()
+    if (wait) await this.recoverer.done
+    await Promise.all(this.hostSet.up().map(p => p.start(wait)))
+    this.hostSet.watch(this.opts.hostCheckMs ?? 2000)
     this.reaper = setInterval(() => {
       this.sweep().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
     }, this.opts.reapIntervalMs ?? 5000)
@@ -199,67 +149,14 @@ export class SandboxService {
   }
 
   /** Resolves when start-up's recovery has finished (tests, benchmarks). */
-  recovered (): Promise<void> { return this.recovering }
-
-  /** Re-adopts the containers that stored sandboxes reference and removes this namespace's orphans, a few at a time. */
-  private async recover (): Promise<void> {
-    const records = await this.store.listSandboxes()
-    Object.assign(this.recovery, { state: 'running', total: records.length })
-    await eachLimited(records, this.opts.recoveryConcurrency ?? 8, async (record) => {
-      if (this.live.has(record.id)) return // a request already attached to it
-      const pool = this.byHost.get(this.hostOf(record))
-      if (!pool || this.down.has(pool.host)) return // kept: it is re-adopted when its host answers
-      let handle: SandboxHandle | null
-      try {
-        handle = await pool.adopt(record.container_id)
-      } catch {
-        return // the host failed meanwhile: kept as well
-      }
-      if (handle) {
-        this.track(record.id, handle, record)
-        this.recovery.adopted++
-      } else {
-        await this.store.deleteSandbox(record.id)
-        this.recovery.removed++
-      }
-    })
-    this.recovery.orphans_removed = await this.removeOrphans(records)
-    await this.pool.removeStaleAgentDirs().catch((err: Error) => this.log.warn({ err: err.message }, 'could not remove stale agent directories'))
-    this.recovery.state = 'done'
-    this.log.info({ ...this.recovery }, 'sandboxes recovered')
-  }
+  recovered (): Promise<void> { return this.recoverer.done }
 
   /** One reaper round: idle sandboxes, then (with a shared store) the containers of processes that died. */
   private async sweep (): Promise<void> {
     const records = await this.store.listSandboxes()
-    this.countByHost(records)
+    this.cap.count(records)
     await this.reap(records)
-    if (this.opts.isLive) await this.removeOrphans(records)
-  }
-
-  /**
-   * Removes the containers none of `records` references, unless this process or another live one made them.
-   * (A record removed since it was listed only spares a container that is being removed anyway.)
-   */
-  private async removeOrphans (records: SandboxRecord[]): Promise<number> {
-    const referenced = new Set(records.map(r => r.container_id))
-    const live = new Map<string, Promise<boolean>>() // one lookup per process per round
-    const isLive = (instance: string) => {
-      if (!live.has(instance)) live.set(instance, this.opts.isLive?.(instance) ?? Promise.resolve(false))
-      return live.get(instance)!
-    }
-    let removed = 0
-    for (const pool of this.pools.filter(p => !this.down.has(p.host))) {
-      const containers = await pool.containers().catch(() => [])
-      await eachLimited(containers, this.opts.recoveryConcurrency ?? 8, async ({ id, instance, dir }) => {
-        if (referenced.has(id) || instance === pool.instance) return
-        if (instance && await isLive(instance)) return
-        await pool.remove(id, dir).catch(() => {})
-        removed++
-      })
-    }
-    if (removed) this.log.info({ removed }, 'orphan containers removed')
-    return removed
+    if (this.opts.isLive) await this.recoverer.removeOrphans(records)
   }
 
   private track (id: string, handle: SandboxHandle, record: SandboxRecord): void {
@@ -268,7 +165,7 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
     // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
     const { egress } = this.opts
-    const dir = this.byHost.get(this.hostOf(record))?.agentDirOf(handle.containerId)
+    const dir = this.hostSet.pool(this.hostOf(record))?.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
       egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)), record.network_trusted === true)
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
@@ -300,7 +197,7 @@ export class SandboxService {
     if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
-    const { release, pool } = this.admit(principal.name, memoryMb, await this.store.listSandboxes())
+    const { release, pool } = this.cap.admit(principal.name, memoryMb, await this.store.listSandboxes())
     let handle: SandboxHandle
     try {
       handle = await pool.acquire(signal)
@@ -345,7 +242,7 @@ export class SandboxService {
       signal?.throwIfAborted()
       await this.store.saveSandbox(record)
       this.track(record.id, handle, record)
-      this.countOn(pool.host, 1, memoryMb)
+      this.cap.countOn(pool.host, 1, memoryMb)
       return record
     } catch (err) {
       handle.agent.close()
@@ -373,70 +270,9 @@ export class SandboxService {
    * Counts a creation against the per-key limit, the host's count and its memory budget (stored sandboxes plus the
    * creations under way here), or refuses it; the returned function gives the reservation back.
    */
-  private admit (owner: string, memoryMb: number, records: SandboxRecord[]): { release: () => void, pool: SandboxPool } {
-    const r = this.reserved
-    const own = records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
-    if (own >= this.opts.maxPerKey) {
-      throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.opts.maxPerKey}); delete one first`)
-    }
-    this.countByHost(records)
-    // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
-    // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
-    const up = this.pools.filter(p => !this.down.has(p.host))
-    if (!up.length) throw new DependencyError('docker', `no Docker host answers (${this.pools.map(p => p.host).join(', ')})`)
-    let best: { pool: SandboxPool, slots: number, memory: number } | null = null
-    let full: 'max_sandboxes' | 'memory_budget' = 'max_sandboxes'
-    for (const pool of up) {
-      const used = this.usageByHost.get(pool.host) ?? { live: 0, memoryMb: 0 }
-      const reserved = r.byHost.get(pool.host) ?? { count: 0, memoryMb: 0 }
-      const slots = this.opts.maxSandboxes - used.live - reserved.count
-      const memory = this.opts.memoryBudgetMb - used.memoryMb - reserved.memoryMb
-      if (slots <= 0) continue
-      if (memory < memoryMb) {
-        full = 'memory_budget'
-        continue
-      }
-      if (!best || slots > best.slots || (slots === best.slots && memory > best.memory)) best = { pool, slots, memory }
-    }
-    if (!best) {
-      const used = [...this.usageByHost.values()].reduce((n, u) => Math.max(n, u.memoryMb), 0)
-      const memoryText = this.pools.length > 1 ? `${this.opts.memoryBudgetMb} MB on each Docker host` : `${used + r.memoryMb} of ${this.opts.memoryBudgetMb} MB`
-      this.opts.onRejected?.(full)
-      throw CapacityExhausted(full === 'max_sandboxes'
-        ? `This server holds its most sandboxes (${this.opts.maxSandboxes}${this.pools.length > 1 ? ' on each Docker host' : ''}); try again later`
-        : `The sandboxes' memory budget is used (${memoryText}; this one needs ${memoryMb} MB); try again later`, nextExpiry(records))
-    }
-    const host = best.pool.host
-    const onHost = r.byHost.get(host) ?? { count: 0, memoryMb: 0 }
-    r.byHost.set(host, { count: onHost.count + 1, memoryMb: onHost.memoryMb + memoryMb })
-    r.count++
-    r.memoryMb += memoryMb
-    r.byOwner.set(owner, (r.byOwner.get(owner) ?? 0) + 1)
-    let released = false
-    const release = () => {
-      if (released) return
-      released = true
-      r.count--
-      r.memoryMb -= memoryMb
-      const h = r.byHost.get(host)!
-      if (h.count <= 1) r.byHost.delete(host)
-      else r.byHost.set(host, { count: h.count - 1, memoryMb: h.memoryMb - memoryMb })
-      const left = (r.byOwner.get(owner) ?? 1) - 1
-      if (left > 0) r.byOwner.set(owner, left)
-      else r.byOwner.delete(owner)
-    }
-    return { release, pool: best.pool }
-  }
-
   /** Sandboxes and the memory their limits take (read from the store at each creation and reaper round, kept since), plus creations under way. */
   get capacity (): { live: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
-    return {
-      live: this.usage.live,
-      max: this.opts.maxSandboxes,
-      memory_used_mb: this.usage.memoryMb + this.reserved.memoryMb,
-      memory_budget_mb: this.opts.memoryBudgetMb,
-      creating: this.reserved.count
-    }
+    return this.cap.summary
   }
 
   /**
@@ -461,7 +297,7 @@ export class SandboxService {
     const pool = this.poolOf(record)
     // With several hosts, one that does not answer is not used even over a connection that still works (it cannot be
     // managed, and its sandboxes should fail alike from every replica); with one host, what still works is used.
-    if (this.pools.length > 1 && this.down.has(pool.host)) throw hostUnavailable(pool.host)
+    if (this.pools.length > 1 && this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
     const known = this.live.get(record.id)
     if (known?.agent.alive) return known
     let handle: SandboxHandle | null
@@ -469,7 +305,7 @@ export class SandboxService {
       handle = await pool.adopt(record.container_id)
     } catch (err) {
       if (!(err instanceof DependencyError)) throw err
-      this.markDown(pool.host, err.message)
+      this.hostSet.markDown(pool.host, err.message)
       throw hostUnavailable(pool.host)
     }
     if (!handle) {
@@ -488,26 +324,12 @@ export class SandboxService {
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
     await this.poolOf(record).remove(record.container_id)
     await this.store.deleteSandbox(record.id)
-    this.countOn(this.hostOf(record), -1, record.memory_mb)
+    this.cap.countOn(this.hostOf(record), -1, record.memory_mb)
   }
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
   async refreshCounts (records?: SandboxRecord[]): Promise<void> {
-    this.countByHost(records ?? await this.store.listSandboxes())
-  }
-
-  /** Sandboxes and their memory limits on every host: the sum of the per-host counts. */
-  private get usage (): { live: number, memoryMb: number } {
-    let live = 0
-    let memoryMb = 0
-    for (const u of this.usageByHost.values()) { live += u.live; memoryMb += u.memoryMb }
-    return { live, memoryMb }
-  }
-
-  /** Keeps a host's counts current between listings (creations and removals of this process). */
-  private countOn (host: string, sandboxes: number, memoryMb: number): void {
-    const u = this.usageByHost.get(host) ?? { live: 0, memoryMb: 0 }
-    this.usageByHost.set(host, { live: Math.max(0, u.live + sandboxes), memoryMb: Math.max(0, u.memoryMb + sandboxes * memoryMb) })
+    this.cap.count(records ?? await this.store.listSandboxes())
   }
 
   /**
@@ -655,12 +477,12 @@ export class SandboxService {
   /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
   async close (): Promise<void> {
     if (this.reaper) clearInterval(this.reaper)
-    if (this.hostCheck) clearInterval(this.hostCheck)
+    this.hostSet.stop()
     await this.opts.egress?.closeAll()
-    await this.recovering
+    await this.recoverer.done
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of [...this.live]) {
-      const pool = this.byHost.get(this.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
+      const pool = this.hostSet.pool(this.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
       handle.agent.close()
       if (!keep) {
         await pool.remove(handle.containerId).catch(() => {})
@@ -670,17 +492,4 @@ export class SandboxService {
     for (const id of [...this.live.keys()]) this.forget(id)
     await Promise.all(this.pools.map(p => p.close()))
   }
-}
-
-/** Seconds until the first of `records` expires for idleness (when a slot may free up by itself), 1 to 300. */
-function nextExpiry (records: SandboxRecord[]): number {
-  const first = Math.min(...records.map(r => Date.parse(r.last_used_at) + r.timeout_s * 1000))
-  return Number.isFinite(first) ? Math.min(300, Math.max(1, (first - Date.now()) / 1000)) : 30
-}
-
-/** Runs `fn` over `items`, at most `limit` at once. */
-async function eachLimited<T> (items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0
-  const worker = async () => { while (next < items.length) await fn(items[next++]) }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
 }
