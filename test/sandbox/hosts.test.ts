@@ -14,21 +14,20 @@ const dockers = { one: new Docker(), two: new Docker({ socketPath: SECOND }) }
 const alice = auth(KEYS.alice)
 let config: Config
 const apps: FastifyInstance[] = []
-const daemon = (action: 'start' | 'stop') => execFileSync('bash', ['scripts/second-dockerd.sh', action], { stdio: 'ignore' })
+// The slim image (setup builds it): the second daemon is given it by `docker save | docker load`, half the bytes of the full one.
+const daemon = (action: 'start' | 'stop') => execFileSync('bash', ['scripts/second-dockerd.sh', action], { stdio: 'ignore', env: { ...process.env, SANDBOX_IMAGE_PROFILE: 'slim' } })
 
 let startedHere = false
 
 t.before(async () => {
-  if (!(await dockers.two.ping().then(() => true, () => false))) {
-    try {
-      daemon('start')
-      startedHere = true
-    } catch {
-      throw new Error(`these tests need a second Docker daemon at ${SECOND} and could not start it (root, dockerd and iproute2 are needed): bash scripts/second-dockerd.sh start, and see /var/log/is-docker2.log`)
-    }
+  startedHere = !(await dockers.two.ping().then(() => true, () => false))
+  try {
+    daemon('start') // starts it when it is not running, and gives it the image when it lacks it
+  } catch {
+    throw new Error(`these tests need a second Docker daemon at ${SECOND} and could not start it (root, dockerd and iproute2 are needed): bash scripts/second-dockerd.sh start, and see /var/log/is-docker2.log`)
   }
   await dockers.two.ping().catch(() => { throw new Error(`these tests need a second Docker daemon at ${SECOND}: bash scripts/second-dockerd.sh start`) })
-  config = await sandboxConfig({ SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '60', SANDBOX_KEEP_ON_CLOSE: 'true' })
+  config = await sandboxConfig({ SANDBOX_IMAGE_PROFILE: 'slim', SANDBOX_DOCKER_HOSTS: hostsSpec, POOL_SIZE: '0', MAX_SANDBOXES_PER_KEY: '60', SANDBOX_KEEP_ON_CLOSE: 'true' })
   apps.push(await build(t, config), await build(t, config))
 })
 t.teardown(async () => {
