@@ -35,6 +35,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     // from the engine unless SANDBOX_RUNSC_HOST_UDS says it.
     ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
     ...(c.SANDBOX_RUNSC_HOST_UDS !== undefined ? { runtimeHostSockets: c.SANDBOX_RUNSC_HOST_UDS } : {}),
+    ...(c.SANDBOX_AGENT_DIR_GROUP !== undefined ? { agentDirGroup: c.SANDBOX_AGENT_DIR_GROUP } : {}),
     observe: {
       started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
       failed: () => app.metrics.sandboxStartFailures.inc(),
@@ -61,7 +62,8 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS,
     log: log.child({ egress: true }),
     operatorAllowed: egressAllowed,
-    ownEndpoints: ownEndpoints(c, hosts)
+    ownEndpoints: ownEndpoints(c, hosts),
+    ...(c.SANDBOX_AGENT_DIR_GROUP !== undefined ? { socketGroup: c.SANDBOX_AGENT_DIR_GROUP } : {})
   })
   const service = new SandboxService(pools, app.store, {
     enabled: c.SANDBOX_ENABLED,

@@ -815,15 +815,20 @@ def emit_to(ch, event):
 
 
 def listen(directory):
-    """The direct channel: a unix socket in a directory only root can enter (kernels run as uid 1000)."""
+    """The direct channel: a unix socket in a directory only root can enter (kernels run as uid 1000).
+
+    A server that is not root (in a container) shares the directory with root's group instead (0770, its group 0):
+    then the socket is 0660 for the server to connect, and the directory's mode is the server's to keep."""
     path = os.path.join(directory, 'agent.sock')
     try:
-        os.chmod(directory, 0o700)
+        shared = os.stat(directory).st_uid != os.getuid()
+        if not shared:
+            os.chmod(directory, 0o700)
         if os.path.exists(path):
             os.unlink(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(path)
-        os.chmod(path, 0o600)
+        os.chmod(path, 0o660 if shared else 0o600)
         listener.listen(16)
         listener.setblocking(False)
         return listener

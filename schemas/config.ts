@@ -46,6 +46,7 @@ export const EnvSchema = Type.Object({
   SANDBOX_RUNTIME: Type.Optional(Type.String({ minLength: 1 })),
   SANDBOX_AGENT_CHANNEL: Type.Enum(['socket', 'attach'], { default: 'socket', description: 'how the server talks to sandbox agents: a unix socket in a bind-mounted directory (skips dockerd; needs the server beside the Docker daemon; under runsc only when it is registered with --host-uds), or docker attach' }),
   SANDBOX_RUNSC_HOST_UDS: Type.Optional(Type.Boolean({ description: 'whether Docker\'s runsc runtime is registered with --host-uds=all (a socket made inside gVisor is then a host socket, so runsc sandboxes get the socket channel and the network policy); unset: read from the engine (docker info)' })),
+  SANDBOX_AGENT_DIR_GROUP: Type.Optional(Type.Integer({ minimum: 0, maximum: 2147483647, description: 'a group the server is in (0 when it runs in a container with --group-add 0) given to each agent directory and egress socket, mode 0770: the server reaches agents over their sockets without running as root (the compose and Kubernetes shapes)' })),
   SANDBOX_AGENT_SOCKET_DIR: Type.String({ minLength: 1, default: '/run/interpreter-server/agents', description: 'where the per-sandbox socket directories are made (a path the Docker daemon sees the same way)' }),
   SANDBOX_CPUS: Type.Number({ exclusiveMinimum: 0, maximum: 64, default: 1 }),
   SANDBOX_MEMORY_MB: Int(64, 512),

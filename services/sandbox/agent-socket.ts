@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
 import { watch } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -12,10 +12,22 @@ import { join } from 'node:path'
 export const AGENT_DIR_IN_CONTAINER = '/run/agent'
 const SOCKET_NAME = 'agent.sock'
 
-/** A fresh directory for one sandbox's socket (mkdtemp makes it 0700). */
-export async function makeAgentDir (base: string): Promise<string> {
+/**
+ * A fresh directory for one sandbox's socket: mkdtemp makes it 0700, this process's alone (the server runs as root
+ * beside the engine). With `group` (a server in a container, not root) it is 0770 with that group, which the agent
+ * (root in the sandbox, gid 0, without CAP_DAC_OVERRIDE) and this server share; kernels (uid 1000) are outside both.
+ */
+export async function makeAgentDir (base: string, group?: number): Promise<string> {
   await mkdir(base, { recursive: true, mode: 0o700 })
-  return await mkdtemp(join(base, 'sbx-'))
+  const dir = await mkdtemp(join(base, 'sbx-'))
+  if (group !== undefined) await shareWithGroup(dir, group, 0o770)
+  return dir
+}
+
+/** Gives a path to `group` with `mode` (the agent directory, or the egress proxy's socket in it). */
+export async function shareWithGroup (path: string, group: number, mode: number): Promise<void> {
+  await chown(path, -1, group)
+  await chmod(path, mode)
 }
 
 export async function removeAgentDir (dir: string): Promise<void> {

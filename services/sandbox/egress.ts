@@ -4,6 +4,7 @@ import { lookup } from 'node:dns/promises'
 import { unlink } from 'node:fs/promises'
 import { join } from 'node:path'
 import { AppError } from '../errors.js'
+import { shareWithGroup } from './agent-socket.js'
 
 /**
  * Egress for sandboxes that a network policy lets out. The container keeps `--network none`: it has no interface but
@@ -231,6 +232,8 @@ export interface EgressOptions {
   operatorAllowed?: AllowRule[]
   /** The server's own listeners, Redis and Docker endpoints: never reached from a user key's sandbox. */
   ownEndpoints?: Endpoint[]
+  /** The group each sandbox's proxy socket is given (mode 0660), when agent directories are shared with one. */
+  socketGroup?: number
 }
 
 interface Gate { server: Server, rules: AllowRule[], trusted: boolean, bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string }
@@ -272,6 +275,7 @@ export class EgressProxy {
     server.on('request', (req: IncomingMessage, res: ServerResponse) => { void this.forward(sandboxId, gate, req, res) })
     server.on('clientError', (_err, socket: Socket) => { socket.destroy() })
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path, () => { server.off('error', reject); resolve() }) })
+    if (this.opts.socketGroup !== undefined) await shareWithGroup(path, this.opts.socketGroup, 0o660)
     this.gates.set(sandboxId, gate)
   }
 

@@ -34,6 +34,8 @@ export interface PoolOptions {
    * as the Docker daemon, runc); unset: over `docker attach`.
    */
   agentSocketDir?: string
+  /** The group agent directories are shared with (SANDBOX_AGENT_DIR_GROUP; see makeAgentDir). */
+  agentDirGroup?: number
   /**
    * Whether the sandbox runtime lets the host reach a socket made inside (runsc registered with --host-uds); unset:
    * read from how the engine reports the runtime registered. Without it, the pool attaches to its agents.
@@ -328,7 +330,7 @@ export class SandboxPool {
 
   private async create (): Promise<SandboxHandle> {
     const base = this.agentBase
-    const dir = base ? await makeAgentDir(base) : undefined
+    const dir = base ? await makeAgentDir(base, this.opts.agentDirGroup) : undefined
     if (dir) this.making.add(dir)
     try {
       return await this.createIn(dir)

@@ -1,10 +1,11 @@
 import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
-import { mkdtempSync, readdirSync, writeFileSync, existsSync, statSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync, existsSync, statSync } from 'node:fs'
+import { createServer } from 'node:http'
 import { randomBytes } from 'node:crypto'
 import Docker from 'dockerode'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { freePort, toolEnv, waitFor, REDIS_URL, flushPrefix } from '../helper.js'
 
 // What a stranger gets from `npm pack`: install the tarball elsewhere, import the client from plain Node and from
@@ -55,16 +56,18 @@ t.test('the packed package installs, its client imports with types, and its comm
 })
 
 // The server's container image, built here without a registry, started as an operator would: Docker socket mounted,
-// the socket's group added, Redis at REDIS_URL. It must become ready and run code in a sandbox. Then the README's
-// compose quick start with both images (server and Redis).
+// the socket's group added, Redis at REDIS_URL, and the agent directories shared with the engine at the same path
+// (group 0 added: the server is not root). It must become ready, reach its sandboxes' agents over their sockets and
+// give a sandbox a network. Then the README's compose quick start with both images (server and Redis).
 const tag = 'interpreter-server:latest'
+const agentDirs = `/run/is-server-image-${process.pid}/agents`
 const name = `is-server-image-${process.pid}`
 const namespace = `server-image-${process.pid}`
 const prefix = `test:server-image:${randomBytes(4).toString('hex')}:`
 const docker = new Docker()
 const project = `is${process.pid}`
 const composePort = String(20000 + (process.pid % 20000))
-const composeEnv = { ...process.env, API_KEYS: 'ops:admin:compose-test-key-0123', SERVER_PORT: composePort, SANDBOX_NAMESPACE: namespace, DOCKER_GID: String(statSync('/var/run/docker.sock').gid) }
+const composeEnv = { ...process.env, API_KEYS: 'ops:admin:compose-test-key-0123', SERVER_PORT: composePort, SANDBOX_NAMESPACE: namespace, SANDBOX_AGENT_SOCKET_DIR: agentDirs, DOCKER_GID: String(statSync('/var/run/docker.sock').gid) }
 
 t.teardown(async () => {
   execFileSync('docker', ['rm', '-f', name], { stdio: 'ignore' })
@@ -73,6 +76,7 @@ t.teardown(async () => {
     await docker.getContainer(c.Id).remove({ force: true }).catch(() => {})
   }
   await flushPrefix(REDIS_URL, prefix)
+  rmSync(dirname(agentDirs), { recursive: true, force: true })
 })
 
 t.test('the server image builds, runs as its own user, becomes ready and runs code', async (t) => {
@@ -82,8 +86,12 @@ t.test('the server image builds, runs as its own user, becomes ready and runs co
   t.equal(built.trim(), `${tag}\ninterpreter-server-redis:latest`)
   const port = await freePort()
   const key = 'image-test-key-0123456789'
+  mkdirSync(agentDirs, { recursive: true, mode: 0o770 }) // root's, group 0: what an operator makes once (docs/operations.md)
+  chmodSync(agentDirs, 0o770)
   execFileSync('docker', ['run', '-d', '--name', name, '--network', 'host',
     '-v', '/var/run/docker.sock:/var/run/docker.sock', '--group-add', String(statSync('/var/run/docker.sock').gid),
+    '-v', `${agentDirs}:${agentDirs}`, '--group-add', '0',
+    '-e', 'SANDBOX_AGENT_CHANNEL=socket', '-e', `SANDBOX_AGENT_SOCKET_DIR=${agentDirs}`, '-e', 'SANDBOX_AGENT_DIR_GROUP=0',
     '-e', `PORT=${port}`, '-e', 'HOST=127.0.0.1', '-e', `REDIS_URL=${REDIS_URL}`, '-e', `REDIS_PREFIX=${prefix}`,
     '-e', `API_KEYS=ops:admin:${key}`, '-e', `SANDBOX_NAMESPACE=${namespace}`, '-e', 'SANDBOX_KEEP_ON_CLOSE=false', '-e', 'POOL_SIZE=1',
     tag], { stdio: 'ignore' })
@@ -96,9 +104,24 @@ t.test('the server image builds, runs as its own user, becomes ready and runs co
   const { id } = await created.json() as { id: string }
   const ran = await fetch(`http://127.0.0.1:${port}/v1/sandboxes/${id}/execute`, { method: 'POST', headers, body: JSON.stringify({ code: 'print(6 * 7)' }) })
   t.match(await ran.json(), { stdout: '42\n' }, 'code runs in a sandbox the containerized server started')
+  const stats = await fetch(`http://127.0.0.1:${port}/v1/stats`, { headers }).then(r => r.json()) as { pool: { agent_channel: string } }
+  t.equal(stats.pool.agent_channel, 'socket', 'over the agents\' sockets, not docker attach')
+
+  // A network policy: the server's egress proxy (in its container, on the host's network) lets this one server through.
+  const web = createServer((_req, res) => res.end('through the proxy'))
+  await new Promise<void>(resolve => web.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => web.close())
+  const webPort = (web.address() as { port: number }).port
+  const open = await fetch(`http://127.0.0.1:${port}/v1/sandboxes`, { method: 'POST', headers, body: JSON.stringify({ network: { allow: [`127.0.0.1:${webPort}`] } }) })
+  t.equal(open.status, 201, 'a sandbox with a network policy')
+  const fetched = await fetch(`http://127.0.0.1:${port}/v1/sandboxes/${(await open.json() as { id: string }).id}/execute`, {
+    method: 'POST', headers, body: JSON.stringify({ code: `import urllib.request\nprint(urllib.request.urlopen("http://127.0.0.1:${webPort}/", timeout=10).read().decode())` })
+  })
+  t.match(await fetched.json(), { stdout: 'through the proxy\n' }, 'the allowed server is reached through the egress proxy')
 })
 
 t.test('docker-compose up: Redis and the server from the images, ready, running code', async (t) => {
+  mkdirSync(agentDirs, { recursive: true, mode: 0o770 })
   execFileSync('docker-compose', ['-p', project, 'up', '-d'], { stdio: 'ignore', env: composeEnv })
   const base = `http://127.0.0.1:${composePort}`
   const ready = await waitFor('the compose deployment is ready', () => fetch(`${base}/v1/ready`).then(r => r.json() as Promise<{ status?: string }>, () => ({ status: 'down' })).then(r => r.status === 'ready' && r), { ms: 90_000, every: 200 })
@@ -111,4 +134,14 @@ t.test('docker-compose up: Redis and the server from the images, ready, running 
   const { id } = await created.json() as { id: string }
   const ran = await fetch(`${base}/v1/sandboxes/${id}/execute`, { method: 'POST', headers, body: JSON.stringify({ code: 'print(6 * 7)' }) })
   t.match(await ran.json(), { stdout: '42\n' })
+  const stats = await fetch(`${base}/v1/stats`, { headers }).then(r => r.json()) as { pool: { agent_channel: string } }
+  t.equal(stats.pool.agent_channel, 'socket', 'compose shares the agent directories: the server reaches agents over their sockets')
+  // A network policy works here too: the sandbox's relay reaches the server's egress proxy, which refuses what the
+  // policy does not allow (in its own words, so the request did get through to it).
+  const open = await fetch(`${base}/v1/sandboxes`, { method: 'POST', headers, body: JSON.stringify({ network: { allow: ['example.org'] } }) })
+  t.equal(open.status, 201, 'a sandbox with a network policy')
+  const refused = await fetch(`${base}/v1/sandboxes/${(await open.json() as { id: string }).id}/execute`, {
+    method: 'POST', headers, body: JSON.stringify({ code: 'import urllib.request, urllib.error\ntry:\n    urllib.request.urlopen("http://not-allowed.example.net/", timeout=10)\nexcept urllib.error.HTTPError as e:\n    print("HTTP", e.code)' })
+  })
+  t.match(await refused.json(), { stdout: 'HTTP 403\n' }, 'the egress proxy answered for the sandbox')
 })
