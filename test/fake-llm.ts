@@ -28,6 +28,12 @@ export class FakeLlm {
     return this
   }
 
+  /** Drops every reply still scripted (a test whose runs ended early leaves some). */
+  reset (): this {
+    this.scripts.clear()
+    return this
+  }
+
   async start (): Promise<this> {
     this.server = createServer((req, res) => { this.handle(req, res).catch(() => res.destroy()) })
     await new Promise<void>(resolve => this.server!.listen(0, '127.0.0.1', resolve))
