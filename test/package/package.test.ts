@@ -67,13 +67,17 @@ const prefix = `test:server-image:${randomBytes(4).toString('hex')}:`
 const docker = new Docker()
 const project = `is${process.pid}`
 const composePort = String(20000 + (process.pid % 20000))
-const composeEnv = { ...process.env, API_KEYS: 'ops:admin:compose-test-key-0123', SERVER_PORT: composePort, SANDBOX_NAMESPACE: namespace, SANDBOX_AGENT_SOCKET_DIR: agentDirs, DOCKER_GID: String(statSync('/var/run/docker.sock').gid) }
+const composeEnv = { ...process.env, API_KEYS: 'ops:admin:compose-test-key-0123', SERVER_PORT: composePort, SANDBOX_NAMESPACE: `${namespace}-compose`, SANDBOX_AGENT_SOCKET_DIR: agentDirs, DOCKER_GID: String(statSync('/var/run/docker.sock').gid) }
 
 t.teardown(async () => {
   execFileSync('docker', ['rm', '-f', name], { stdio: 'ignore' })
   execFileSync('docker-compose', ['-p', project, 'down', '-v'], { stdio: 'ignore', env: composeEnv })
-  for (const c of await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${namespace}`] } })) {
-    await docker.getContainer(c.Id).remove({ force: true }).catch(() => {})
+  // Each deployment has a namespace of its own: sharing one, the first server's orphan sweep removed the compose
+  // server's sandboxes (its instance is not live in the first server's Redis).
+  for (const ns of [namespace, `${namespace}-compose`]) {
+    for (const c of await docker.listContainers({ all: true, filters: { label: [`dev.interpreter-server.namespace=${ns}`] } })) {
+      await docker.getContainer(c.Id).remove({ force: true }).catch(() => {})
+    }
   }
   await flushPrefix(REDIS_URL, prefix)
   rmSync(dirname(agentDirs), { recursive: true, force: true })
@@ -113,8 +117,9 @@ t.test('the server image builds, runs as its own user, becomes ready and runs co
   t.teardown(() => web.close())
   const webPort = (web.address() as { port: number }).port
   const open = await fetch(`http://127.0.0.1:${port}/v1/sandboxes`, { method: 'POST', headers, body: JSON.stringify({ network: { allow: [`127.0.0.1:${webPort}`] } }) })
-  t.equal(open.status, 201, 'a sandbox with a network policy')
-  const fetched = await fetch(`http://127.0.0.1:${port}/v1/sandboxes/${(await open.json() as { id: string }).id}/execute`, {
+  const opened = await open.json() as { id: string }
+  t.equal(open.status, 201, `a sandbox with a network policy: ${JSON.stringify(opened)}`)
+  const fetched = await fetch(`http://127.0.0.1:${port}/v1/sandboxes/${opened.id}/execute`, {
     method: 'POST', headers, body: JSON.stringify({ code: `import urllib.request\nprint(urllib.request.urlopen("http://127.0.0.1:${webPort}/", timeout=10).read().decode())` })
   })
   t.match(await fetched.json(), { stdout: 'through the proxy\n' }, 'the allowed server is reached through the egress proxy')
@@ -133,7 +138,8 @@ t.test('docker-compose up: Redis and the server from the images, ready, running 
   const created = await fetch(`${base}/v1/sandboxes`, { method: 'POST', headers, body: '{}' })
   const { id } = await created.json() as { id: string }
   const ran = await fetch(`${base}/v1/sandboxes/${id}/execute`, { method: 'POST', headers, body: JSON.stringify({ code: 'print(6 * 7)' }) })
-  t.match(await ran.json(), { stdout: '42\n' })
+  const answer = await ran.json()
+  t.match(answer, { stdout: '42\n' }, JSON.stringify(answer))
   const stats = await fetch(`${base}/v1/stats`, { headers }).then(r => r.json()) as { pool: { agent_channel: string } }
   t.equal(stats.pool.agent_channel, 'socket', 'compose shares the agent directories: the server reaches agents over their sockets')
   // A network policy works here too: the sandbox's relay reaches the server's egress proxy, which refuses what the
