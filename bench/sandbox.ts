@@ -39,7 +39,7 @@ async function main (): Promise<void> {
     await pool.fill()
     acquire.push(await time(async () => { acquired.push((await pool.acquire()).containerId) }))
   }
-  await Promise.all(acquired.map(id => pool.remove(id)))
+  await Promise.all(acquired.map(id => pool.containers.remove(id)))
   await pool.fill()
 
   // 2. HTTP execute round trip on a warm sandbox
@@ -69,7 +69,7 @@ async function main (): Promise<void> {
 
   // 5. memory of idle warm sandboxes (agent + python kernel), as the cgroup counts it minus reclaimable file cache
   await pool.fill()
-  const ids = (await pool.containers()).map(c => c.id).filter(id => pool.isWarm(id))
+  const ids = (await pool.containers.list()).map(c => c.id).filter(id => pool.isWarm(id))
   const memory: number[] = []
   for (const id of ids) {
     const stats = await docker.getContainer(id).stats({ stream: false }) as unknown as { memory_stats: { usage: number, stats: Record<string, number> } }

@@ -1,8 +1,7 @@
-import { AgentClient } from './agent-client.js'
-import { INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
+import type { SandboxLimits } from './container.js'
 import type { SandboxDriver } from './driver.js'
-import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs } from './agent-socket.js'
-import { SandboxHandle } from './sandbox.js'
+import type { SandboxHandle } from './sandbox.js'
+import { SandboxContainers, type ContainerOptions } from './containers.js'
 import { AppError, CapacityExhausted, DependencyError } from '../errors.js'
 
 export interface Logger {
@@ -11,36 +10,17 @@ export interface Logger {
   debug (obj: object, msg?: string): void
 }
 
-export interface PoolOptions {
-  limits: SandboxLimits
+export interface PoolOptions extends ContainerOptions {
   /** Warm containers kept at least (the floor of the elastic pool). */
   size: number
   /** Warm containers kept at most, when acquisitions outpace the floor. */
   max?: number
-  namespace: string
-  /** This server process, written on every container it makes. */
-  instance: string
-  /** The name of the Docker host this pool starts containers on (SANDBOX_DOCKER_HOSTS). */
-  host?: string
-  readyTimeoutMs?: number
   /** Containers starting at once; the other starts wait their turn. */
   startConcurrency?: number
   /** How long a request waits for a container before a 503; also what admission estimates against. */
   queueTimeoutMs?: number
   /** Without an acquisition for this long, the pool shrinks back to its floor. */
   idleShrinkMs?: number
-  /**
-   * Where per-sandbox agent directories are made, when the server talks to agents over their unix socket (same host
-   * as the Docker daemon, runc); unset: over `docker attach`.
-   */
-  agentSocketDir?: string
-  /** The group agent directories are shared with (SANDBOX_AGENT_DIR_GROUP; see makeAgentDir). */
-  agentDirGroup?: number
-  /**
-   * Whether the sandbox runtime lets the host reach a socket made inside (runsc registered with --host-uds); unset:
-   * read from how the engine reports the runtime registered. Without it, the pool attaches to its agents.
-   */
-  runtimeHostSockets?: boolean
   /** Told of each start (its duration) and each failed start, for metrics. */
   observe?: { started (ms: number): void, failed (): void, rejected (reason: 'queue_full' | 'queue_timeout'): void }
 }
@@ -86,15 +66,8 @@ export class SandboxPool {
   private starting = 0
   private readonly inflight = new Set<Promise<void>>()
   private readonly removing = new Set<Promise<void>>()
-  /** Agent directories of the containers this process made or adopted. */
-  private readonly dirs = new Map<string, string>()
-  /** Agent directories whose containers are being created now (no container lists them yet). */
-  private readonly making = new Set<string>()
-  /**
-   * This deployment's agent directories on this host, when agents are reached over their sockets; decided in the
-   * constructor, or in start() when it depends on how the engine registered the runtime.
-   */
-  private agentBase: string | undefined
+  /** Making, adopting and removing this host's containers. */
+  readonly containers: SandboxContainers
   private closed = false
   private fillError: string | null = null
   private spareBackoffUntil = 0
@@ -109,23 +82,7 @@ export class SandboxPool {
 
   constructor (readonly driver: SandboxDriver, private readonly opts: PoolOptions, private readonly log: Logger) {
     this.target = opts.size
-    const runtime = opts.limits.runtime
-    const decided = opts.runtimeHostSockets ?? (runtime && runtime !== 'runc' ? undefined : true)
-    if (decided) this.agentBase = this.socketBase()
-  }
-
-  private socketBase (): string | undefined {
-    return this.opts.agentSocketDir ? agentDirBase(this.opts.agentSocketDir, this.opts.namespace, this.host) : undefined
-  }
-
-  /** Reads how the engine registered a runtime other than runc: under gVisor the socket channel needs --host-uds. */
-  private async decideChannel (): Promise<void> {
-    const runtime = this.opts.limits.runtime
-    if (!this.opts.agentSocketDir || this.opts.runtimeHostSockets !== undefined || !runtime || runtime === 'runc') return
-    const registration = await this.driver.runtime(runtime)
-    this.agentBase = runtimeKeepsHostSockets(registration, runtime) ? this.socketBase() : undefined
-    this.log.info({ runtime, runtimeArgs: registration?.runtimeArgs ?? [], agent_channel: this.agentBase ? 'socket' : 'attach' },
-      this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
+    this.containers = new SandboxContainers(driver, opts, log)
   }
 
   get limits (): SandboxLimits { return this.opts.limits }
@@ -145,7 +102,7 @@ export class SandboxPool {
       queued: this.waiters.length,
       concurrency: this.concurrency,
       avg_start_ms: Math.round(this.avgStartMs),
-      agent_channel: this.agentBase ? 'socket' : 'attach'
+      agent_channel: this.containers.channel
     }
   }
 
@@ -169,7 +126,7 @@ export class SandboxPool {
       this.log.warn({ health }, 'sandbox pool not started')
       return
     }
-    await this.decideChannel().catch((err: Error) => this.log.warn({ err: err.message }, 'could not read the runtime\'s registration: attaching to agents'))
+    await this.containers.decideChannel().catch((err: Error) => this.log.warn({ err: err.message }, 'could not read the runtime\'s registration: attaching to agents'))
     const idleShrinkMs = this.opts.idleShrinkMs ?? 60_000
     this.shrinkTimer = setInterval(() => this.shrinkIfIdle(idleShrinkMs), Math.max(50, Math.min(5000, idleShrinkMs / 4)))
     this.shrinkTimer.unref()
@@ -196,7 +153,7 @@ export class SandboxPool {
   private launch (): void {
     this.starting++
     const began = Date.now()
-    const round: Promise<void> = this.create().then((handle) => {
+    const round: Promise<void> = this.containers.create().then((handle) => {
       const ms = Date.now() - began
       this.avgStartMs = this.measured ? this.avgStartMs * 0.7 + ms * 0.3 : ms
       this.measured = true
@@ -241,7 +198,7 @@ export class SandboxPool {
 
   private discard (handle: SandboxHandle): void {
     handle.agent.close()
-    const removal: Promise<void> = this.remove(handle.containerId).catch(() => {}).finally(() => this.removing.delete(removal))
+    const removal: Promise<void> = this.containers.remove(handle.containerId).catch(() => {}).finally(() => this.removing.delete(removal))
     this.removing.add(removal)
   }
 
@@ -250,7 +207,7 @@ export class SandboxPool {
     this.opts.size = size
     this.target = size
     const extra = this.warm.splice(size)
-    await Promise.all(extra.map(h => { h.agent.close(); return this.remove(h.containerId).catch(() => {}) }))
+    await Promise.all(extra.map(h => { h.agent.close(); return this.containers.remove(h.containerId).catch(() => {}) }))
     void this.fill()
   }
 
@@ -295,7 +252,7 @@ export class SandboxPool {
     let handle: SandboxHandle | undefined
     while ((handle = this.warm.shift())) {
       if (handle.agent.alive) break
-      this.remove(handle.containerId).catch(() => {})
+      this.containers.remove(handle.containerId).catch(() => {})
     }
     if (handle) {
       this.pump()
@@ -328,162 +285,6 @@ export class SandboxPool {
     })
   }
 
-  private async create (): Promise<SandboxHandle> {
-    const base = this.agentBase
-    const dir = base ? await makeAgentDir(base, this.opts.agentDirGroup) : undefined
-    if (dir) this.making.add(dir)
-    try {
-      return await this.createIn(dir)
-    } finally {
-      if (dir) this.making.delete(dir)
-    }
-  }
-
-  private async createIn (dir: string | undefined): Promise<SandboxHandle> {
-    let id: string
-    try {
-      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir })
-    } catch (err) {
-      if (dir) await removeAgentDir(dir).catch(() => {})
-      throw this.dockerError('create', err)
-    }
-    const timeoutMs = this.opts.readyTimeoutMs ?? 30000
-    try {
-      let agent: AgentClient
-      if (dir) {
-        await this.driver.start(id)
-        const socket = await connectAgentSocket(dir, timeoutMs).catch((err: Error) => {
-          // The one likely cause under gVisor: a runsc registered without --host-uds keeps the socket inside.
-          throw this.opts.limits.runtime === 'runsc'
-            ? new Error(`${err.message}: under runsc the socket needs runsc registered with --host-uds=all (SANDBOX_RUNSC_HOST_UDS=false makes the server attach instead)`)
-            : err
-        })
-        agent = AgentClient.overSocket(socket, this.agentLog(id))
-        await agent.waitReady(timeoutMs)
-        this.dirs.set(id, dir)
-      } else {
-        agent = await this.driver.attach(id, this.agentLog(id))
-        const ready = agent.waitReady(timeoutMs) // before the start, so that the ready event cannot be missed
-        ready.catch(() => {}) // awaited below; a start slower than the timeout must not leave it unhandled
-        await this.driver.start(id)
-        await ready
-      }
-      return new SandboxHandle(id, agent)
-    } catch (err) {
-      await this.driver.remove(id).catch(() => {})
-      if (dir) await removeAgentDir(dir).catch(() => {})
-      throw this.dockerError('start', err)
-    }
-  }
-
-  private agentLog (containerId: string): (line: string) => void {
-    return (line) => this.log.debug({ container: containerId.slice(0, 12), agent: line.trimEnd() }, 'agent log')
-  }
-
-  /** The agent's socket when the container has one that answers, else its attach stream. */
-  private async connect (id: string, dir: string | undefined): Promise<AgentClient> {
-    if (dir) {
-      try {
-        const agent = AgentClient.overSocket(await connectAgentSocket(dir, 1000), this.agentLog(id))
-        this.dirs.set(id, dir)
-        return agent
-      } catch (err) {
-        this.log.debug({ container: id.slice(0, 12), err: (err as Error).message }, 'agent socket unreachable; attaching')
-      }
-    }
-    return await this.driver.attach(id, this.agentLog(id))
-  }
-
-  /** Connects to a running container (after a restart, or one another server process started); null if it is gone. */
-  async adopt (containerId: string): Promise<SandboxHandle | null> {
-    let dir: string | undefined
-    try {
-      const state = await this.driver.inspect(containerId)
-      if (!state) return null
-      dir = state.labels[AGENT_DIR_LABEL]
-      if (!state.running) {
-        await this.remove(containerId, dir)
-        return null
-      }
-    } catch (err) {
-      throw this.dockerError('inspect', err)
-    }
-    const agent = await this.connect(containerId, dir)
-    try {
-      await Promise.race([agent.call('ping', {}), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
-    } catch {
-      agent.close()
-      await this.remove(containerId, dir).catch(() => {})
-      return null
-    }
-    return new SandboxHandle(containerId, agent)
-  }
-
-  /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
-  /** The agent directory of a container this process made or adopted, if it has one. */
-  agentDirOf (containerId: string): string | undefined {
-    return this.dirs.get(containerId)
-  }
-
-  /** Whether sandboxes get an agent directory (the socket channel): the egress proxy lives there. */
-  get hasAgentDirs (): boolean {
-    return Boolean(this.agentBase)
-  }
-
-  /** Why a container stopped: Docker's OOM flag and exit code; null when it is running or gone. */
-  async endState (containerId: string): Promise<{ oomKilled: boolean, exitCode: number } | null> {
-    try {
-      const state = await this.driver.inspect(containerId)
-      if (!state || state.running) return null
-      // Under gVisor the memory limit kills the whole sandbox (SIGKILL, exit 137) and Docker does not always flag it
-      // (OOMKilled was false for 1 of 3 runsc OOM kills here). A SIGKILL nobody sent through Docker (no `kill` event:
-      // `docker kill`, `docker rm -f` and this server's removals all make one) is the memory limit.
-      const oomKilled = state.oomKilled || (this.opts.limits.runtime === 'runsc' && state.exitCode === 137 &&
-        !(await this.driver.killedSince(containerId, state.startedAt)))
-      return { oomKilled, exitCode: state.exitCode }
-    } catch {
-      return null
-    }
-  }
-
-  async remove (containerId: string, dir?: string): Promise<void> {
-    dir ??= this.dirs.get(containerId)
-    if (!dir && this.agentBase) {
-      dir = await this.driver.inspect(containerId).then(state => state?.labels[AGENT_DIR_LABEL], () => undefined)
-    }
-    try {
-      await this.driver.remove(containerId)
-    } catch (err) {
-      throw this.dockerError('remove', err)
-    }
-    this.dirs.delete(containerId)
-    if (dir) await removeAgentDir(dir).catch(() => {})
-  }
-
-  /**
-   * Removes this deployment's agent directories on this host that no container references any more (left by
-   * containers removed by hand), except those being made now or too young to tell.
-   */
-  async removeStaleAgentDirs (): Promise<number> {
-    const base = this.agentBase
-    if (!base) return 0
-    const list = await this.driver.list()
-    const inUse = new Set([...this.making, ...this.dirs.values(), ...list.map(c => c.labels[AGENT_DIR_LABEL]).filter((d): d is string => !!d)])
-    const stale = await staleAgentDirs(base, inUse)
-    await Promise.all(stale.map(removeAgentDir))
-    return stale.length
-  }
-
-  /** Containers of this namespace that Docker knows, with the process that made them (null when unlabelled). */
-  async containers (): Promise<Array<{ id: string, instance: string | null, dir?: string }>> {
-    try {
-      const list = await this.driver.list(this.opts.namespace)
-      return list.map(c => ({ id: c.id, instance: c.labels[INSTANCE_LABEL] ?? null, dir: c.labels[AGENT_DIR_LABEL] }))
-    } catch (err) {
-      throw this.dockerError('list', err)
-    }
-  }
-
   isWarm (containerId: string): boolean {
     return this.warm.some(h => h.containerId === containerId)
   }
@@ -499,18 +300,6 @@ export class SandboxPool {
     await Promise.all(this.inflight)
     await Promise.all(this.removing)
     const warm = this.warm.splice(0)
-    await Promise.all(warm.map(h => { h.agent.close(); return this.remove(h.containerId).catch(() => {}) }))
-  }
-
-  private dockerError (what: string, err: unknown): Error {
-    if (err instanceof DependencyError) return err
-    const e = err as { statusCode?: number, message?: string, code?: string }
-    if (what === 'create' && e.statusCode === 404) {
-      return new DependencyError('docker', `the sandbox image ${this.opts.limits.image} is missing (build it with: npm run image)`, { cause: err })
-    }
-    if (e.code === 'ENOENT' || e.code === 'ECONNREFUSED' || e.code === 'EACCES') {
-      return new DependencyError('docker', `docker ${what} failed: ${e.message}`, { cause: err })
-    }
-    return err instanceof Error ? err : new Error(String(err))
+    await Promise.all(warm.map(h => { h.agent.close(); return this.containers.remove(h.containerId).catch(() => {}) }))
   }
 }

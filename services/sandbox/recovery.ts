@@ -44,7 +44,7 @@ export class Recovery {
       if (!pool || this.hosts.isDown(pool.host)) return // kept: it is re-adopted when its host answers
       let handle: SandboxHandle | null
       try {
-        handle = await pool.adopt(record.container_id)
+        handle = await pool.containers.adopt(record.container_id)
       } catch {
         return // the host failed meanwhile: kept as well
       }
@@ -57,7 +57,7 @@ export class Recovery {
       }
     })
     this.state.orphans_removed = await this.removeOrphans(records)
-    await Promise.all(this.hosts.up().map(pool => pool.removeStaleAgentDirs()
+    await Promise.all(this.hosts.up().map(pool => pool.containers.removeStaleAgentDirs()
       .catch((err: Error) => this.log.warn({ host: pool.host, err: err.message }, 'could not remove stale agent directories'))))
     this.state.state = 'done'
     this.log.info({ ...this.state }, 'sandboxes recovered')
@@ -76,11 +76,11 @@ export class Recovery {
     }
     let removed = 0
     for (const pool of this.hosts.up()) {
-      const containers = await pool.containers().catch(() => [])
+      const containers = await pool.containers.list().catch(() => [])
       await eachLimited(containers, this.deps.concurrency, async ({ id, instance, dir }) => {
         if (referenced.has(id) || instance === pool.instance) return
         if (instance && await isLive(instance)) return
-        await pool.remove(id, dir).catch(() => {})
+        await pool.containers.remove(id, dir).catch(() => {})
         removed++
       })
     }

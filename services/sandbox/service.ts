@@ -165,7 +165,7 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
     // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
     const { egress } = this.opts
-    const dir = this.hostSet.pool(this.hostOf(record))?.agentDirOf(handle.containerId)
+    const dir = this.hostSet.pool(this.hostOf(record))?.containers.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
       egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)), record.network_trusted === true)
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
@@ -216,7 +216,7 @@ export class SandboxService {
       const id = `sbx_${randomBytes(12).toString('base64url')}`
       let env = spec.env ?? {}
       if (rules.length) {
-        const dir = pool.agentDirOf(handle.containerId)
+        const dir = pool.containers.agentDirOf(handle.containerId)
         if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
         await this.opts.egress!.open(id, dir, rules, networkTrusted)
         await handle.enableEgress()
@@ -246,7 +246,7 @@ export class SandboxService {
       return record
     } catch (err) {
       handle.agent.close()
-      await pool.remove(handle.containerId).catch(() => {})
+      await pool.containers.remove(handle.containerId).catch(() => {})
       throw err
     } finally {
       release()
@@ -260,7 +260,7 @@ export class SandboxService {
   networkRules (principal: Principal, policy: unknown, trusted = false): AllowRule[] {
     const rules = parsePolicy(policy)
     checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
-    if (rules.length && !(this.opts.egress && this.pools.some(p => p.hasAgentDirs))) {
+    if (rules.length && !(this.opts.egress && this.pools.some(p => p.containers.hasAgentDirs))) {
       throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, runsc registered with --host-uds=all)')
     }
     return rules
@@ -302,7 +302,7 @@ export class SandboxService {
     if (known?.agent.alive) return known
     let handle: SandboxHandle | null
     try {
-      handle = await pool.adopt(record.container_id)
+      handle = await pool.containers.adopt(record.container_id)
     } catch (err) {
       if (!(err instanceof DependencyError)) throw err
       this.hostSet.markDown(pool.host, err.message)
@@ -322,7 +322,7 @@ export class SandboxService {
     this.forget(record.id)
     handle?.agent.close()
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
-    await this.poolOf(record).remove(record.container_id)
+    await this.poolOf(record).containers.remove(record.container_id)
     await this.store.deleteSandbox(record.id)
     this.cap.countOn(this.hostOf(record), -1, record.memory_mb)
   }
@@ -424,10 +424,10 @@ export class SandboxService {
   private async lost (record: SandboxRecord): Promise<AppError> {
     // The agent's stream can end a moment before Docker records the container's end: wait for it (3 s at most).
     const pool = this.poolOf(record)
-    let end = await pool.endState(record.container_id)
+    let end = await pool.containers.endState(record.container_id)
     for (let i = 0; i < 20 && !end; i++) {
       await new Promise(resolve => setTimeout(resolve, 150))
-      end = await pool.endState(record.container_id)
+      end = await pool.containers.endState(record.container_id)
     }
     await this.destroy(record).catch((err: Error) => this.log.warn({ sandbox: record.id, err: err.message }, 'could not remove a stopped sandbox'))
     const oom = end?.oomKilled === true
@@ -485,7 +485,7 @@ export class SandboxService {
       const pool = this.hostSet.pool(this.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
       handle.agent.close()
       if (!keep) {
-        await pool.remove(handle.containerId).catch(() => {})
+        await pool.containers.remove(handle.containerId).catch(() => {})
         await this.store.deleteSandbox(id).catch(() => {})
       }
     }

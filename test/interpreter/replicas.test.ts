@@ -80,7 +80,7 @@ t.test('the session lock lives as long as its run, and a crashed process frees t
 
 t.test('one process starting or reaping leaves another live process\'s containers alone; a dead process\'s go', async (t) => {
   const docker = new Docker()
-  const ofA = async () => (await a.sandboxes.pool.containers()).filter(c => c.instance === a.sandboxes.pool.instance).map(c => c.id)
+  const ofA = async () => (await a.sandboxes.pool.containers.list()).filter(c => c.instance === a.sandboxes.pool.instance).map(c => c.id)
   await until('a has a warm container', async () => a.sandboxes.pool.stats.warm > 0)
   const before = await ofA() // its warm container and its sessions' sandboxes
   const c = await fakeLlmApp(config)

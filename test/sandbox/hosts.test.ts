@@ -81,7 +81,7 @@ t.test('agent directories: 30 creates while every host\'s pool, in this and anot
   const state = { sweeping: true, sweeps: 0 }
   const sweeper = (async () => {
     while (state.sweeping) {
-      await Promise.all(pools.map(pool => pool.removeStaleAgentDirs()))
+      await Promise.all(pools.map(pool => pool.containers.removeStaleAgentDirs()))
       state.sweeps++
       await new Promise(resolve => setTimeout(resolve, 10))
     }
