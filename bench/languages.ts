@@ -3,7 +3,7 @@
 import { execFileSync } from 'node:child_process'
 import Docker from 'dockerode'
 import { Server, ms, pct, sleep } from './server.js'
-import { PROGRAMS } from '../test/sandbox/programs.js'
+import { PROGRAMS } from '../test/services/sandbox/programs.js'
 import { sandboxImageTag, type ImageProfile } from '../services/sandbox/image.js'
 
 async function idleMemoryMb (namespace: string): Promise<number> {

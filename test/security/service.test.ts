@@ -1,6 +1,6 @@
 // Security regressions of issue 20 that need Redis but no sandbox: one request must not take the service down, flap it
 // for other keys, or slip past a limit. Each test names the numbered finding it guards (11, the egress wall: its address
-// arithmetic in test/unit/egress.test.ts, the proxy in test/sandbox/network.test.ts).
+// arithmetic in test/unit/egress.test.ts, the proxy in test/services/sandbox/network.test.ts).
 import t from 'tap'
 import WebSocket from 'ws'
 import { connect } from 'node:net'

@@ -1,6 +1,6 @@
 // The warm pool and its start queue against a fake engine (test/fake-driver.ts), in milliseconds: how many containers
 // start at once, who gets which, when a request is refused at once or after waiting, and what happens to a start
-// nobody waits for any more. The same pool runs over Docker in test/sandbox/capacity.test.ts.
+// nobody waits for any more. The same pool runs over Docker in test/services/sandbox/capacity.test.ts.
 import t from 'tap'
 import { SandboxPool, type PoolOptions } from '../../services/sandbox/pool.js'
 import type { SandboxHandle } from '../../services/sandbox/sandbox.js'

@@ -5,7 +5,7 @@ import type { FastifyInstance } from 'fastify'
 import WebSocket from 'ws'
 import { KernelManager, KernelSpecAPI, ServerConnection, SessionManager } from '@jupyterlab/services'
 import type { Kernel, KernelMessage } from '@jupyterlab/services'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../../helper.js'
 
 let app: FastifyInstance
 let base: string

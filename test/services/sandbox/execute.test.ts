@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { sandboxConfig, sandboxCalls, auth, KEYS, containersIn } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { sandboxConfig, sandboxCalls, auth, KEYS, containersIn } from '../../helper.js'
+import { buildApp } from '../../../app.js'
 
 const alice = auth(KEYS.alice)
 let app: FastifyInstance

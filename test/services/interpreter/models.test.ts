@@ -2,10 +2,10 @@ import t from 'tap'
 import { writeFileSync, mkdtempSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
-import { parseModelsFile, ModelRegistry } from '../../services/llm/registry.js'
-import { ConfigError } from '../../services/config.js'
-import { FakeLlm } from '../fake-llm.js'
-import { build, testConfig, fakeLlmConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
+import { parseModelsFile, ModelRegistry } from '../../../services/llm/registry.js'
+import { ConfigError } from '../../../services/config.js'
+import { FakeLlm } from '../../fake-llm.js'
+import { build, testConfig, fakeLlmConfig, auth, KEYS, writeModelsFile, FAKE_ENV, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
 
 const parse = (yaml: string, env: Record<string, string> = {}) => parseModelsFile(yaml, 'models.yaml', env)
 

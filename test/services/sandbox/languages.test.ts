@@ -1,6 +1,6 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
+import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix } from '../../helper.js'
 import { PROGRAMS } from './programs.js'
 
 let app: FastifyInstance

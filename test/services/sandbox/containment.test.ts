@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { sandboxConfig, sandboxCalls, auth, KEYS, waitFor } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { sandboxConfig, sandboxCalls, auth, KEYS, waitFor } from '../../helper.js'
+import { buildApp } from '../../../app.js'
 import Docker from 'dockerode'
 
 const alice = auth(KEYS.alice)

@@ -7,8 +7,8 @@ import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
-import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
-import { decide, forbiddenAddress, parsePolicy, parseRule, checkAllowed, parseAllowedList } from '../../services/sandbox/egress.js'
+import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix } from '../../helper.js'
+import { decide, forbiddenAddress, parsePolicy, parseRule, checkAllowed, parseAllowedList } from '../../../services/sandbox/egress.js'
 
 // Every destination here is a server this test starts on loopback; nothing else is ever contacted.
 let app: FastifyInstance

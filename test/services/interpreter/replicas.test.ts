@@ -2,10 +2,10 @@
 import t from 'tap'
 import Docker from 'dockerode'
 import type { FastifyInstance } from 'fastify'
-import { FakeLlm } from '../fake-llm.js'
-import { auth, KEYS, readSse, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, type SseEvent, waitFor } from '../helper.js'
-import { containerSpec } from '../../services/sandbox/container.js'
-import type { Config } from '../../services/config.js'
+import { FakeLlm } from '../../fake-llm.js'
+import { auth, KEYS, readSse, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, type SseEvent, waitFor } from '../../helper.js'
+import { containerSpec } from '../../../services/sandbox/container.js'
+import type { Config } from '../../../services/config.js'
 
 const alice = auth(KEYS.alice)
 const admin = auth(KEYS.admin)

@@ -1,8 +1,8 @@
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import * as agents from '@librechat/agents'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../helper.js'
-import { PROGRAMS, LIBRECHAT_NAMES } from '../sandbox/programs.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../../helper.js'
+import { PROGRAMS, LIBRECHAT_NAMES } from '../../services/sandbox/programs.js'
 
 let app: FastifyInstance
 let base: string

@@ -3,8 +3,8 @@ import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import Docker from 'dockerode'
 import type { FastifyInstance } from 'fastify'
-import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
-import type { Config } from '../../services/config.js'
+import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
+import type { Config } from '../../../services/config.js'
 
 // Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, which this test
 // starts when it is not running and stops again after), two server replicas sharing one Redis, sandboxes spread over both hosts.

@@ -2,9 +2,9 @@ import t from 'tap'
 import { createHash, randomBytes } from 'node:crypto'
 import Docker from 'dockerode'
 import { unlinkSync } from 'node:fs'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, waitFor } from '../helper.js'
-import { buildApp } from '../../app.js'
-import { containerSpec } from '../../services/sandbox/container.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, waitFor } from '../../helper.js'
+import { buildApp } from '../../../app.js'
+import { containerSpec } from '../../../services/sandbox/container.js'
 
 const alice = auth(KEYS.alice)
 const bob = auth(KEYS.bob)

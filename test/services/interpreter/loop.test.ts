@@ -1,13 +1,13 @@
 import t from 'tap'
-import { FakeLlm } from '../fake-llm.js'
-import { writeModelsFile, FAKE_ENV } from '../helper.js'
-import { ModelRegistry } from '../../services/llm/registry.js'
-import { runTurn, type TurnDeps } from '../../services/interpreter/loop.js'
-import { trimToContext, toChatMessages, cutForModel } from '../../services/interpreter/history.js'
-import { partialStringField } from '../../services/interpreter/partial-json.js'
-import type { Message } from '../../schemas/sessions.js'
-import type { Chunk } from '../../schemas/chat.js'
-import type { Execution } from '../../schemas/sandboxes.js'
+import { FakeLlm } from '../../fake-llm.js'
+import { writeModelsFile, FAKE_ENV } from '../../helper.js'
+import { ModelRegistry } from '../../../services/llm/registry.js'
+import { runTurn, type TurnDeps } from '../../../services/interpreter/loop.js'
+import { trimToContext, toChatMessages, cutForModel } from '../../../services/interpreter/history.js'
+import { partialStringField } from '../../../services/interpreter/partial-json.js'
+import type { Message } from '../../../schemas/sessions.js'
+import type { Chunk } from '../../../schemas/chat.js'
+import type { Execution } from '../../../schemas/sandboxes.js'
 
 const fake = new FakeLlm()
 let models: ModelRegistry

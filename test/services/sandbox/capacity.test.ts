@@ -1,7 +1,7 @@
 import t from 'tap'
 import WebSocket from 'ws'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, sleep } from '../helper.js'
-import { buildApp } from '../../app.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, containersIn, sleep } from '../../helper.js'
+import { buildApp } from '../../../app.js'
 
 const alice = auth(KEYS.alice)
 const create = (app: Awaited<ReturnType<typeof build>>, payload: object = {}, headers = alice) =>
