@@ -146,18 +146,6 @@ export function cliArgs (...args: string[]): string[] {
   return [...(loaders.length ? loaders : ['--import', 'tsx']), 'cli.ts', ...args]
 }
 
-/**
- * The environment for the tools a test runs that are not our code (npm, tsc, docker builds): without the test
- * runner's loaders and coverage hooks, which every Node process they start would otherwise load and record.
- */
-export function toolEnv (extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, ...extra }
-  for (const name of Object.keys(env)) {
-    if (name === 'NODE_OPTIONS' || name === 'NODE_V8_COVERAGE' || name.startsWith('_TAPJS_')) delete env[name]
-  }
-  return env
-}
-
 export const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
 
 /**

@@ -6,14 +6,14 @@ import { randomBytes } from 'node:crypto'
 import Docker from 'dockerode'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
-import { freePort, toolEnv, waitFor, REDIS_URL, flushPrefix } from '../helper.js'
+import { freePort, waitFor, REDIS_URL, flushPrefix } from '../helper.js'
 
 // What a stranger gets from `npm pack`: install the tarball elsewhere, import the client from plain Node and from
 // TypeScript with its types, and start the server with the package's own command (compiled, no tsx). The server's
 // image below is in the same file so that the two builds (both write dist/) never run at once.
 const root = resolve(import.meta.dirname, '..', '..')
 const work = mkdtempSync(join(tmpdir(), 'pack-'))
-const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: toolEnv({ npm_config_loglevel: 'error' }) })
+const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_loglevel: 'error' } })
 
 t.test('the packed package installs, its client imports with types, and its command serves', async (t) => {
   npm(['pack', '--pack-destination', work], root) // prepack compiles to dist/
@@ -29,14 +29,14 @@ t.test('the packed package installs, its client imports with types, and its comm
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'stranger', version: '1.0.0', type: 'module', private: true }))
   npm(['install', '--prefer-offline', '--no-audit', '--no-fund', join(work, tarball)], app)
 
-  const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8', env: toolEnv() })
+  const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8' })
   t.equal(imported, 'function function\n', 'plain Node ESM imports the client')
 
   writeFileSync(join(app, 'use.ts'), "import { InterpreterClient } from 'interpreter-server/client'\nconst c: InterpreterClient = new InterpreterClient({ url: 'http://x', apiKey: 'k' })\nconst n: number = c.models\nexport { n }\n")
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['use.ts'] }))
   let typeErrors = ''
   try {
-    execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app], { cwd: app, encoding: 'utf8', env: toolEnv() })
+    execFileSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', app], { cwd: app, encoding: 'utf8' })
   } catch (err) {
     typeErrors = String((err as { stdout?: string }).stdout)
   }
@@ -46,7 +46,7 @@ t.test('the packed package installs, its client imports with types, and its comm
   const port = await freePort()
   const bin = join(app, 'node_modules', '.bin', 'interpreter-server')
   t.ok(existsSync(bin))
-  const child = spawn(bin, ['serve'], { cwd: app, env: { ...toolEnv(), API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn' }, stdio: 'ignore' })
+  const child = spawn(bin, ['serve'], { cwd: app, env: { ...process.env, API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn', NODE_OPTIONS: '' }, stdio: 'ignore' })
   t.teardown(() => { child.kill('SIGTERM') })
   const health = await waitFor('the packaged server answers', () => fetch(`http://127.0.0.1:${port}/v1/health`).then(r => r.json() as Promise<{ status?: string, version?: string }>, () => null), { every: 100 })
   t.match(health, { status: 'ok', version: '0.1.0' }, 'npx interpreter-server serve answers')
@@ -84,9 +84,10 @@ t.teardown(async () => {
 })
 
 t.test('the server image builds, runs as its own user, becomes ready and runs code', async (t) => {
-  // Without the test runner's coverage hooks: the script is a few lines around npm, tsc and docker, and every Node
-  // process those start would load and record them.
-  const built = execFileSync(process.execPath, ['--import', 'tsx', 'scripts/build-server-image.ts', tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], env: toolEnv() })
+  // With this test's own loaders (as cliArgs does): tap records every Node child's coverage whatever its environment
+  // (it wraps child_process), and the script's must be mapped like the rest (through tsx it counted as one statement).
+  const loaders = process.execArgv.filter(a => a.startsWith('--import='))
+  const built = execFileSync(process.execPath, [...(loaders.length ? loaders : ['--import', 'tsx']), 'scripts/build-server-image.ts', tag], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
   t.equal(built.trim(), `${tag}\ninterpreter-server-redis:latest`)
   const port = await freePort()
   const key = 'image-test-key-0123456789'
