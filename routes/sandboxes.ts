@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
-import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema } from '../schemas/sandboxes.js'
+import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema, UpdateSandboxSchema } from '../schemas/sandboxes.js'
 import type { ExecutionEvent } from '../schemas/sandboxes.js'
 import { openSse, type SseStream } from './sse.js'
 import { AppError, SandboxesDisabled } from '../services/errors.js'
@@ -37,6 +37,11 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.get('/:id', {
     schema: { tags, summary: 'Get a sandbox', params: IdParamsSchema, response: { 200: SandboxSchema, ...errors } }
   }, async (request) => sandboxes.view(await sandboxes.get(request.params.id, request.principal)))
+
+  app.patch('/:id', {
+    preHandler: app.limitPerTarget,
+    schema: { tags, summary: 'Change a live sandbox: its idle timeout, counted from now (extend it, or shorten it)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
+  }, async (request) => sandboxes.view(await sandboxes.setTimeout(await sandboxes.get(request.params.id, request.principal), request.body.timeout_s)))
 
   app.delete('/:id', {
     preHandler: app.limitPerTarget,

@@ -30,6 +30,11 @@ export const NetworkPolicySchema = Type.Union([
 ], { description: 'none (the default): no network at all; allow: only these destinations, through the egress proxy' })
 export type NetworkPolicy = Static<typeof NetworkPolicySchema>
 
+/** What may change on a live sandbox. */
+export const UpdateSandboxSchema = Type.Object({
+  timeout_s: Type.Integer({ minimum: 1, description: 'a new idle timeout, counted from now: the sandbox is removed after this long without use (extend it before it ends; capped by SANDBOX_MAX_TIMEOUT_S)' })
+}, { additionalProperties: false })
+
 export const CreateSandboxSchema = Type.Object({
   language: Type.Optional(Language),
   resources: Type.Optional(ResourcesSchema),

@@ -332,6 +332,21 @@ export class SandboxService {
     this.cap.count(records ?? await this.store.listSandboxes())
   }
 
+  /** A new idle timeout for a live sandbox, counted from now (its expiry moves either way); 400 over the maximum. */
+  async setTimeout (record: SandboxRecord, timeoutS: number): Promise<SandboxRecord> {
+    if (timeoutS > this.opts.maxTimeoutS) {
+      throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
+    }
+    const fresh = await this.store.getSandbox(record.id)
+    if (!fresh) throw SandboxNotFound()
+    fresh.timeout_s = timeoutS
+    fresh.last_used_at = new Date().toISOString()
+    await this.store.saveSandbox(fresh)
+    const cached = this.records.get(record.id)
+    if (cached) Object.assign(cached, { timeout_s: fresh.timeout_s, last_used_at: fresh.last_used_at })
+    return fresh
+  }
+
   /**
    * Records a use. Busy sandboxes would write on every execution, so writes to the store are spaced by a tenth of the
    * idle timeout (at most 1 s); a use in between is written when that time is up, so the store is never later than that.

@@ -96,6 +96,27 @@ t.test('an idle sandbox is removed after its timeout', async (t) => {
   await t.rejects(new Docker().getContainer(record!.container_id).inspect(), 'with its container')
 })
 
+t.test('a live sandbox\'s idle timeout can be extended or shortened, counted from now', async (t) => {
+  const config = await sandboxConfig({ SANDBOX_REAP_INTERVAL_MS: '100', POOL_SIZE: '0', SANDBOX_MAX_TIMEOUT_S: '3600' })
+  const app = await build(t, config)
+  const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { timeout_s: 60 } })).json().id
+  const patch = (payload: unknown, headers = alice) => app.inject({ method: 'PATCH', url: `/v1/sandboxes/${id}`, headers, payload: payload as object })
+  const longer = await patch({ timeout_s: 3600 })
+  t.equal(longer.statusCode, 200)
+  t.equal(longer.json().timeout_s, 3600)
+  t.ok(Date.parse(longer.json().expires_at) - Date.now() > 3500_000, 'the expiry moved an hour away')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json().timeout_s, 3600, 'and it is kept')
+  for (const [payload, code] of [[{ timeout_s: 3601 }, 'validation_error'], [{ timeout_s: 0 }, 'validation_error'], [{ timeout_s: 1e300 }, 'validation_error'], [{ timeout_s: 60, owner: 'bob' }, 'validation_error'], [{}, 'validation_error']] as const) {
+    const res = await patch(payload)
+    t.equal(res.statusCode, 400, JSON.stringify(payload))
+    t.equal(res.json().error.code, code)
+  }
+  t.equal((await patch({ timeout_s: 60 }, auth(KEYS.bob))).statusCode, 404, 'another key\'s sandbox does not exist for it')
+  t.equal((await patch({ timeout_s: 1 })).statusCode, 200, 'shortened to a second')
+  await waitFor('the sandbox is removed a second after', async () => (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).statusCode === 404, { every: 100 })
+  t.equal((await patch({ timeout_s: 60 })).statusCode, 404, 'a removed sandbox cannot be extended')
+})
+
 t.test('re-adoption: a restarted server finds its sandboxes with their state; orphans are removed', async (t) => {
   const config = await sandboxConfig({ SANDBOX_KEEP_ON_CLOSE: 'true', POOL_SIZE: '0' })
   t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
