@@ -38,9 +38,10 @@ export function logError (request: FastifyRequest, err: unknown, error: AppError
  * An error handler for a protocol's routes: the error as an AppError (`map` first, for the protocol's own errors),
  * logged, Retry-After set, and the body in the protocol's shape.
  */
-export function protocolErrors (body: (e: AppError) => unknown, map: (err: FastifyError) => AppError | null = () => null) {
+export function protocolErrors (body: (e: AppError) => unknown, map: (err: FastifyError) => AppError | null = () => null, seen?: (e: AppError) => void) {
   return (err: FastifyError, request: FastifyRequest, reply: FastifyReply) => {
     const e = map(err) ?? toAppError(err)
+    seen?.(e)
     logError(request, err, e)
     if (typeof e.extra.retry_after === 'number') reply.header('retry-after', e.extra.retry_after)
     return reply.status(e.statusCode).send(body(e))

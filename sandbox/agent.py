@@ -827,13 +827,13 @@ def listen(directory):
         if os.path.exists(path):
             os.unlink(path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Made with its mode (the umask), not chmod-ed after: the server connects as soon as the socket appears.
+        # Made with its mode (0660 shared, else 0600, by the umask), not chmod-ed after: the server connects as soon
+        # as the socket appears.
         umask = os.umask(0o117 if shared else 0o177)
         try:
             listener.bind(path)
         finally:
             os.umask(umask)
-        os.chmod(path, 0o660 if shared else 0o600)
         listener.listen(16)
         listener.setblocking(False)
         return listener

@@ -10,11 +10,12 @@ import { AgentEventSchema, type AgentEvent, type AgentOp, type AgentRequest } fr
 export type { AgentEvent }
 
 /** With AGENT_PROTOCOL_CHECK=1 (the tests), every event is checked against the typed protocol (schemas/agent.ts). */
-let eventChecks: Map<string, ReturnType<typeof Compile>> | null | undefined
+let eventChecks: Map<string, ReturnType<typeof Compile>> | false | undefined
 function checkEvent (event: AgentEvent): void {
-  eventChecks ??= process.env.AGENT_PROTOCOL_CHECK === '1'
-    ? new Map(AgentEventSchema.anyOf.map(schema => [schema.properties.type.const as string, Compile(schema)]))
-    : null
+  // Decided once, on the first event (false, not null: ??= would ask again on every event).
+  if (eventChecks === undefined) {
+    eventChecks = process.env.AGENT_PROTOCOL_CHECK === '1' && new Map(AgentEventSchema.anyOf.map(schema => [schema.properties.type.const as string, Compile(schema)]))
+  }
   if (!eventChecks) return
   const check = eventChecks.get(event.type)
   if (check?.Check(event)) return

@@ -55,10 +55,11 @@ export class Capacity {
   }
 
   get summary (): { live: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
+    const usage = this.usage
     return {
-      live: this.usage.live,
+      live: usage.live,
       max: this.limits.maxSandboxes,
-      memory_used_mb: this.usage.memoryMb + this.reserved.memoryMb,
+      memory_used_mb: usage.memoryMb + this.reserved.memoryMb,
       memory_budget_mb: this.limits.memoryBudgetMb,
       creating: this.reserved.count
     }

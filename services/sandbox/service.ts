@@ -117,9 +117,6 @@ export class SandboxService {
   /** Start-up's re-adoption of stored sandboxes: its state and counts (/v1/ready, /v1/stats). */
   get recovery (): RecoveryState { return this.recoverer.state }
 
-  private hostOf (record: Pick<SandboxRecord, 'host'>): string { return this.hostSet.hostOf(record) }
-  private poolOf (record: SandboxRecord): SandboxPool { return this.hostSet.poolOf(record) }
-
   /** Each host's state. */
   get hosts (): HostStatus[] {
     return this.pools.map(pool => {
@@ -165,7 +162,7 @@ export class SandboxService {
     handle.agent.once('gone', () => { if (this.live.get(id) === handle) this.forget(id) })
     // Re-adopted (restart, another replica's sandbox): this process serves its egress proxy from now on.
     const { egress } = this.opts
-    const dir = this.hostSet.pool(this.hostOf(record))?.containers.agentDirOf(handle.containerId)
+    const dir = this.hostSet.pool(this.hostSet.hostOf(record))?.containers.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
       egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)), record.network_trusted === true)
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
@@ -294,7 +291,7 @@ export class SandboxService {
 
   /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
   async handle (record: SandboxRecord): Promise<SandboxHandle> {
-    const pool = this.poolOf(record)
+    const pool = this.hostSet.poolOf(record)
     // With several hosts, one that does not answer is not used even over a connection that still works (it cannot be
     // managed, and its sandboxes should fail alike from every replica); with one host, what still works is used.
     if (this.pools.length > 1 && this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
@@ -322,9 +319,9 @@ export class SandboxService {
     this.forget(record.id)
     handle?.agent.close()
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
-    await this.poolOf(record).containers.remove(record.container_id)
+    await this.hostSet.poolOf(record).containers.remove(record.container_id)
     await this.store.deleteSandbox(record.id)
-    this.cap.countOn(this.hostOf(record), -1, record.memory_mb)
+    this.cap.countOn(this.hostSet.hostOf(record), -1, record.memory_mb)
   }
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
@@ -438,7 +435,7 @@ export class SandboxService {
    */
   private async lost (record: SandboxRecord): Promise<AppError> {
     // The agent's stream can end a moment before Docker records the container's end: wait for it (3 s at most).
-    const pool = this.poolOf(record)
+    const pool = this.hostSet.poolOf(record)
     let end = await pool.containers.endState(record.container_id)
     for (let i = 0; i < 20 && !end; i++) {
       await new Promise(resolve => setTimeout(resolve, 150))
@@ -497,7 +494,7 @@ export class SandboxService {
     await this.recoverer.done
     const keep = this.opts.keepOnClose && this.store.kind === 'redis'
     for (const [id, handle] of [...this.live]) {
-      const pool = this.hostSet.pool(this.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
+      const pool = this.hostSet.pool(this.hostSet.hostOf(this.records.get(id) ?? {})) ?? this.pool // read before close() forgets it
       handle.agent.close()
       if (!keep) {
         await pool.containers.remove(handle.containerId).catch(() => {})

@@ -30,7 +30,6 @@ const followOnB = async (session: string, stop: (e: SseEvent) => boolean) =>
   readSse(await fetch(`${bBase}/v1/sessions/${session}/events`, { headers: alice }), stop)
 const confirmOn = (app: FastifyInstance, session: string, codeId: string, approve = true) =>
   app.inject({ method: 'POST', url: `/v1/sessions/${session}/confirm`, headers: alice, payload: { code_id: codeId, approve } })
-const until = (what: string, check: () => Promise<boolean>) => waitFor(what, check)
 
 t.test('a run on one process is confirmed and interrupted through another', async (t) => {
   const session = await newSession()
@@ -73,7 +72,7 @@ t.test('the session lock lives as long as its run, and a crashed process frees t
   const unreachable = await b.inject({ method: 'POST', url: `/v1/sessions/${session}/interrupt`, headers: alice })
   t.equal(unreachable.statusCode, 503)
   t.equal(unreachable.json().error.code, 'run_unreachable')
-  await until('the dead run\'s lock expires', async () => (await b.store.lockHolder(`session:${session}`)) === null)
+  await waitFor('the dead run\'s lock expires', async () => (await b.store.lockHolder(`session:${session}`)) === null)
   fake.script('gpt-test', { text: 'Free again.' })
   t.equal((await chatOn(b, { session_id: session, messages: [{ role: 'user', content: 'hello?' }] })).statusCode, 200, 'the session is usable again')
 })
@@ -81,7 +80,7 @@ t.test('the session lock lives as long as its run, and a crashed process frees t
 t.test('one process starting or reaping leaves another live process\'s containers alone; a dead process\'s go', async (t) => {
   const docker = new Docker()
   const ofA = async () => (await a.sandboxes.pool.containers.list()).filter(c => c.instance === a.sandboxes.pool.instance).map(c => c.id)
-  await until('a has a warm container', async () => a.sandboxes.pool.stats.warm > 0)
+  await waitFor('a has a warm container', async () => a.sandboxes.pool.stats.warm > 0)
   const before = await ofA() // its warm container and its sessions' sandboxes
   const c = await fakeLlmApp(config)
   await sleep(1000) // a few reaper rounds of b and c
@@ -92,14 +91,14 @@ t.test('one process starting or reaping leaves another live process\'s container
   await c.close()
 
   const dead = await docker.createContainer(containerSpec(a.sandboxes.pool.limits, config.SANDBOX_NAMESPACE, 'a-process-that-died'))
-  await until('the reaper removes the dead process\'s container', async () => docker.getContainer(dead.id).inspect().then(() => false, () => true))
+  await waitFor('the reaper removes the dead process\'s container', async () => docker.getContainer(dead.id).inspect().then(() => false, () => true))
   t.pass('removed')
 })
 
 t.test('a settings change on one process applies on every process and outlives a restart', async (t) => {
   const patch = await a.inject({ method: 'PATCH', url: '/v1/settings', headers: admin, payload: { rate_limit_per_minute: 555, auto_run: false, default_model: 'claude' } })
   t.equal(patch.statusCode, 200)
-  await until('b has the change', async () => (await b.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json().rate_limit_per_minute === 555)
+  await waitFor('b has the change', async () => (await b.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json().rate_limit_per_minute === 555)
   t.match((await b.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json(), { auto_run: false, default_model: 'claude' })
   t.equal((await b.inject({ method: 'GET', url: '/v1/sessions', headers: alice })).headers['x-ratelimit-limit'], '555', 'in force on b')
 
@@ -112,7 +111,7 @@ t.test('a settings change on one process applies on every process and outlives a
   await restarted.close()
 
   t.equal((await b.inject({ method: 'PATCH', url: '/v1/settings', headers: admin, payload: { reset: true } })).statusCode, 200)
-  await until('a is back to the configuration', async () => (await a.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json().rate_limit_per_minute === config.RATE_LIMIT_PER_MINUTE)
+  await waitFor('a is back to the configuration', async () => (await a.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json().rate_limit_per_minute === config.RATE_LIMIT_PER_MINUTE)
   t.match((await a.inject({ method: 'GET', url: '/v1/settings', headers: admin })).json(), { auto_run: config.AUTO_RUN, default_model: 'gpt' })
 })
 
