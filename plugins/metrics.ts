@@ -11,6 +11,8 @@ export interface Metrics {
   sandboxStarts: Histogram
   sandboxStartFailures: Counter
   capacityRejections: Counter<'reason'>
+  pauses: Histogram<'action' | 'mode'>
+  pausedBytes: Counter
 }
 
 declare module 'fastify' {
@@ -30,7 +32,9 @@ export default fp(async (app) => {
     executionDuration: new Histogram({ name: 'sandbox_execution_duration_seconds', help: 'Code execution durations', labelNames: ['language'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] }),
     sandboxStarts: new Histogram({ name: 'sandbox_start_duration_seconds', help: 'Container starts, from create to the agent being ready (queue time not included)', buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [registry] }),
     sandboxStartFailures: new Counter({ name: 'sandbox_start_failures_total', help: 'Container starts that failed (the container is removed)', registers: [registry] }),
-    capacityRejections: new Counter({ name: 'sandbox_capacity_rejections_total', help: 'Sandbox requests refused with 503 capacity_exhausted, by reason', labelNames: ['reason'], registers: [registry] })
+    capacityRejections: new Counter({ name: 'sandbox_capacity_rejections_total', help: 'Sandbox requests refused with 503 capacity_exhausted, by reason', labelNames: ['reason'], registers: [registry] }),
+    pauses: new Histogram({ name: 'sandbox_pause_duration_seconds', help: 'Pauses and resumes of sandboxes (action), by how the host keeps them (mode: memory, files)', labelNames: ['action', 'mode'], buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [registry] }),
+    pausedBytes: new Counter({ name: 'sandbox_pause_files_bytes_total', help: 'Workspace bytes kept by pauses that keep files (hosts that cannot checkpoint)', registers: [registry] })
   }
   app.decorate('metrics', metrics)
   app.addHook('onResponse', async (request, reply) => {

@@ -36,6 +36,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     ...(c.SANDBOX_AGENT_CHANNEL === 'socket' && local ? { agentSocketDir: c.SANDBOX_AGENT_SOCKET_DIR } : {}),
     ...(c.SANDBOX_RUNSC_HOST_UDS !== undefined ? { runtimeHostSockets: c.SANDBOX_RUNSC_HOST_UDS } : {}),
     ...(c.SANDBOX_AGENT_DIR_GROUP !== undefined ? { agentDirGroup: c.SANDBOX_AGENT_DIR_GROUP } : {}),
+    pauseMode: c.SANDBOX_PAUSE_MODE,
     observe: {
       started: (ms) => app.metrics.sandboxStarts.observe(ms / 1000),
       failed: () => app.metrics.sandboxStartFailures.inc(),
@@ -89,6 +90,12 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     memoryBudgetMb: c.SANDBOX_MEMORY_BUDGET_MB ?? Math.floor(totalmem() / 1024 / 1024 * 0.75),
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
     onRejected: (reason) => app.metrics.capacityRejections.inc({ reason }),
+    idleAction: c.SANDBOX_IDLE_ACTION,
+    pausedTtlS: c.SANDBOX_PAUSED_TTL_S,
+    observePause: ({ action, mode, seconds, bytes }) => {
+      app.metrics.pauses.observe({ action, mode }, seconds)
+      if (bytes) app.metrics.pausedBytes.inc(bytes)
+    },
     ...(app.bus ? { isLive: app.bus.alive.bind(app.bus) } : {})
   }, log)
   app.decorate('sandboxes', service)
@@ -114,6 +121,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     collect () { for (const h of service.hosts) this.set({ host: h.name }, h.live) }
   })
   gauge('sandboxes_live', 'Sandboxes on every Docker host (all keys, as of the last creation or reaper round)', () => service.capacity.live)
+  gauge('sandboxes_paused', 'Paused sandboxes on every Docker host (they hold no memory; as of the last pause, resume or reaper round)', () => service.capacity.paused)
   gauge('sandbox_memory_budget_used_bytes', "The sum of live sandboxes' memory limits", () => service.capacity.memory_used_mb * 1024 * 1024)
   gauge('sandbox_memory_budget_bytes', "The budget for the sum of sandboxes' memory limits", () => service.capacity.memory_budget_mb * 1024 * 1024)
   app.settings.on('change', (s: { execution_timeout_ms: number, pool_size: number }) => {

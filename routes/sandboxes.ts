@@ -40,8 +40,33 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.patch('/:id', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: 'Change a live sandbox: its idle timeout, counted from now (extend it, or shorten it)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
-  }, async (request) => sandboxes.view(await sandboxes.setTimeout(await sandboxes.get(request.params.id, request.principal), request.body.timeout_s)))
+    schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), and what it becomes once idle (on_timeout)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
+  }, async (request) => sandboxes.view(await sandboxes.update(await sandboxes.get(request.params.id, request.principal), request.body)))
+
+  app.post('/:id/pause', {
+    preHandler: app.limitPerTarget,
+    schema: {
+      tags,
+      summary: 'Pause a sandbox: it holds no memory or CPU until its next use (or resume)',
+      description: 'Where the Docker host can checkpoint (GET /v1/ready: hosts[].pause_mode), its memory and processes are kept; elsewhere its workspace files only. Pausing a paused sandbox changes nothing. 409 sandbox_busy while it runs code; 409 pause_failed when the checkpoint fails (it keeps running).',
+      params: IdParamsSchema,
+      response: { 200: SandboxSchema, ...errors }
+    }
+  }, async (request) => sandboxes.view(await sandboxes.pause(await sandboxes.get(request.params.id, request.principal))))
+
+  app.post('/:id/resume', {
+    preHandler: [enabled, app.limitPerTarget],
+    schema: {
+      tags,
+      summary: 'Resume a paused sandbox (any use of it does so too)',
+      description: 'state_lost: true when the pause kept only the files (its kernels start afresh). A sandbox that is not paused is answered as it is. 503 capacity_exhausted when its host is full; 410 sandbox_lost when it was removed or its checkpoint cannot be restored.',
+      params: IdParamsSchema,
+      response: { 200: SandboxSchema, ...errors }
+    }
+  }, async (request) => {
+    const { record, stateLost } = await sandboxes.resume(await sandboxes.get(request.params.id, request.principal, true))
+    return { ...sandboxes.view(record), state_lost: stateLost }
+  })
 
   app.delete('/:id', {
     preHandler: app.limitPerTarget,

@@ -46,6 +46,8 @@ PLOT_LIMIT = 20 * 1024 * 1024  # largest plot file a kernel may hand over
 
 FLUSH_AT = 256 * 1024  # a channel's queued output is written at the end of each loop turn, or once this large
 SOCKET_DIR = os.environ.get('AGENT_SOCKET_DIR', '')  # where the server's direct channel (a unix socket) is offered
+SUSPEND_WAIT_S = 30  # how long a suspended agent waits for its checkpoint (or the word that it failed)
+RESTORE_DIR = os.environ.get('SANDBOX_RESTORE_DIR', '')  # a paused sandbox's files, copied into the new workspace
 
 
 class Channel:
@@ -732,6 +734,58 @@ class Agent:
             emit({'id': rid, 'type': 'done'})
         self.handle_denied(rid, run)
 
+    # --- pausing (see services/sandbox/pause.ts) ---------------------------------------------
+    def op_pack(self, rid, req):
+        """The workspace as a tar stream (file_chunk events, then done with its size): a pause that keeps files.
+
+        tar runs as the user, so it reads what the user may read and stores symlinks as symlinks."""
+        proc = subprocess.Popen(DROP + ['tar', '--create', '--file=-', '--directory', WORKSPACE, '--sparse', '.'],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                close_fds=True)
+        size = 0
+        while True:
+            data = proc.stdout.read(CHUNK)
+            if not data:
+                break
+            size += len(data)
+            emit({'id': rid, 'type': 'file_chunk', 'data': base64.b64encode(data).decode()})
+        err = proc.stderr.read().decode(errors='replace')
+        if proc.wait() not in (0, 1):  # 1: a file changed while it was read, which an idle sandbox rarely sees
+            return emit({'id': rid, 'type': 'error', 'code': 'pack_failed', 'name': 'PackFailed', 'value': err.strip()[-500:]})
+        emit({'id': rid, 'type': 'done', 'size': size})
+
+    def op_suspend(self, rid, req):
+        """Before a checkpoint: no socket may connect the sandbox to the host (CRIU and gVisor refuse, and under gVisor
+        the sandbox stops), so the server's connections and the agent's listener close; the agent waits for the file
+        `resume` in its directory (written after the restore, or when a checkpoint failed) and listens again."""
+        if not SOCKET_DIR or self.listener is None:
+            return emit({'id': rid, 'type': 'done'})
+        marker = os.path.join(SOCKET_DIR, 'resume')
+        try:
+            os.unlink(marker)  # a word meant for an earlier suspension
+        except OSError:
+            pass
+        emit({'id': rid, 'type': 'done'})
+        flush_all()
+        for ch in [c for c in CHANNELS if c.sock is not None]:
+            ch.close()
+        self.listener.close()
+        self.listener = None
+        path = os.path.join(SOCKET_DIR, 'agent.sock')
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        began = time.time()
+        # A wall clock that jumps (restored long after the checkpoint) ends the wait as well.
+        while not os.path.exists(marker) and 0 <= time.time() - began < SUSPEND_WAIT_S:
+            time.sleep(0.01)
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
+        self.listener = listen(SOCKET_DIR)
+
     # --- main loop ---------------------------------------------------------------------------
     def read_requests(self, ch):
         try:
@@ -772,7 +826,7 @@ class Agent:
 
     def run(self):
         set_nonblocking(0)
-        listener = listen(SOCKET_DIR) if SOCKET_DIR else None
+        self.listener = listen(SOCKET_DIR) if SOCKET_DIR else None
         self.kernel('python')
         while not self.stop:
             timeout = self.next_wakeup()
@@ -786,6 +840,7 @@ class Agent:
                 flush_all()
             owners = self.fd_owner()
             channels = {ch.rfd: ch for ch in CHANNELS}
+            listener = self.listener
             wanted = list(channels) + list(owners) + ([listener.fileno()] if listener else [])
             readable, _, _ = select.select(wanted, [], [], timeout)
             ready = {}  # kernel -> its readable fds
@@ -852,7 +907,17 @@ def prepare_workspace():
                 shutil.copy(os.path.join('/opt/mplconfig', name), target)
 
 
+def restore_workspace():
+    """A sandbox resumed without its memory: the files its pause kept (a read-only volume) become the workspace again."""
+    if RESTORE_DIR and os.path.isdir(RESTORE_DIR):
+        done = subprocess.run(DROP + ['cp', '-a', '--no-preserve=ownership', RESTORE_DIR + '/.', WORKSPACE + '/'],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if done.returncode:
+            sys.stderr.write('workspace restore: %s\n' % done.stderr.decode(errors='replace')[-500:])
+
+
 if __name__ == '__main__':
+    restore_workspace()
     with AsUser():
         prepare_workspace()
     Agent().run()

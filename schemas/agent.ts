@@ -20,7 +20,9 @@ export const AgentRequests = {
   write_open: Type.Object({ path: Path }),
   write_chunk: Type.Object({ upload: Type.String({ description: 'the id of the write_open request' }), data: Type.String({ description: 'base64' }) }),
   write_close: Type.Object({ upload: Type.String(), abort: Type.Optional(Type.Boolean()) }),
-  delete: Type.Object({ path: Path })
+  delete: Type.Object({ path: Path }),
+  pack: Type.Object({}, { description: 'the workspace as a tar stream (file_chunk events, then done with its size): a pause that keeps files' }),
+  suspend: Type.Object({}, { description: 'before a checkpoint: the agent closes its socket channels and listener, and listens again once the file `resume` appears in its directory' })
 }
 export type AgentOp = keyof typeof AgentRequests
 export type AgentRequest<O extends AgentOp> = Static<typeof AgentRequests[O]>
@@ -41,7 +43,7 @@ const FileEntry = Type.Object({
 export const AgentEventSchema = Type.Union([
   event('ready', {}, 'the agent and its python kernel are up (no id)'),
   event('pong', {}, 'answers ping'),
-  event('done', { interrupted: Type.Optional(Type.Boolean()), size: Type.Optional(Type.Integer()) }, 'ends env, interrupt (interrupted: whether a run was), egress, restart, read, the writes (write_close: the size) and delete'),
+  event('done', { interrupted: Type.Optional(Type.Boolean()), size: Type.Optional(Type.Integer()) }, 'ends env, interrupt (interrupted: whether a run was), egress, restart, read, the writes (write_close: the size), delete, pack (the size) and suspend'),
   event('start', { execution_count: Type.Integer() }, 'an execution began'),
   event('stdout', { text: Type.String() }, 'output of the running code'),
   event('stderr', { text: Type.String() }, 'error output of the running code'),
@@ -63,7 +65,7 @@ export const AgentEventSchema = Type.Union([
   }, 'ends an execution'),
   event('files', { entries: Type.Array(FileEntry) }, 'answers list'),
   event('file_start', { size: Type.Integer() }, 'a read opened the file'),
-  event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file')
+  event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file (or of a pack)')
 ])
 export type AgentEvent = Static<typeof AgentEventSchema>
 export type AgentEventOf<T extends AgentEvent['type']> = Extract<AgentEvent, { type: T }>

@@ -30,15 +30,19 @@ export const NetworkPolicySchema = Type.Union([
 ], { description: 'none (the default): no network at all; allow: only these destinations, through the egress proxy' })
 export type NetworkPolicy = Static<typeof NetworkPolicySchema>
 
-/** What may change on a live sandbox. */
+export const OnTimeoutSchema = Type.Union([Type.Literal('remove'), Type.Literal('pause')], { description: 'what the sandbox becomes once idle past its timeout: removed, or paused (it resumes on its next use); default: the server\'s SANDBOX_IDLE_ACTION' })
+
+/** What may change on a sandbox. */
 export const UpdateSandboxSchema = Type.Object({
-  timeout_s: Type.Integer({ minimum: 1, description: 'a new idle timeout, counted from now: the sandbox is removed after this long without use (extend it before it ends; capped by SANDBOX_MAX_TIMEOUT_S)' })
-}, { additionalProperties: false })
+  timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'a new idle timeout, counted from now (extend it before it ends; capped by SANDBOX_MAX_TIMEOUT_S)' })),
+  on_timeout: Type.Optional(OnTimeoutSchema)
+}, { additionalProperties: false, minProperties: 1 })
 
 export const CreateSandboxSchema = Type.Object({
   language: Type.Optional(Language),
   resources: Type.Optional(ResourcesSchema),
-  timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'idle time before removal; capped by SANDBOX_MAX_TIMEOUT_S' })),
+  timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'idle time before removal (or pause, with on_timeout); capped by SANDBOX_MAX_TIMEOUT_S' })),
+  on_timeout: Type.Optional(OnTimeoutSchema),
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128 }), Type.String({ maxLength: 4096 }))),
   metadata: Type.Optional(Metadata),
   network: Type.Optional(NetworkPolicySchema)
@@ -63,7 +67,13 @@ export const SandboxRecordSchema = Type.Object({
   /** Set by an admin key or the operator's default: the user wall (services/sandbox/egress.ts) does not apply. */
   network_trusted: Type.Optional(Type.Boolean()),
   /** The Docker host it lives on (SANDBOX_DOCKER_HOSTS); absent: the first. */
-  host: Type.Optional(Type.String())
+  host: Type.Optional(Type.String()),
+  /** Absent: the server's SANDBOX_IDLE_ACTION. */
+  on_timeout: Type.Optional(OnTimeoutSchema),
+  /** Set while it is paused: when, and how (memory: its container is stopped at a checkpoint; files: its container is gone and `volume` keeps its workspace). */
+  paused: Type.Optional(Type.Object({ at: Type.String(), mode: Type.Union([Type.Literal('memory'), Type.Literal('files')]), volume: Type.Optional(Type.String()) })),
+  /** Its container was restored from a checkpoint (some hosts cannot checkpoint such a container again). */
+  restored: Type.Optional(Type.Boolean())
 })
 export type SandboxRecord = Static<typeof SandboxRecordSchema>
 
@@ -71,7 +81,7 @@ export const SandboxSchema = Type.Object({
   id: Type.String(),
   object: Type.Literal('sandbox'),
   language: Language,
-  status: Type.Union([Type.Literal('ready'), Type.Literal('busy')]),
+  status: Type.Union([Type.Literal('ready'), Type.Literal('busy'), Type.Literal('paused')], { description: 'paused: it holds no memory or CPU; its next use (or POST .../resume) resumes it' }),
   created_at: Type.String({ format: 'date-time' }),
   last_used_at: Type.String({ format: 'date-time' }),
   expires_at: Type.String({ format: 'date-time' }),
@@ -79,7 +89,11 @@ export const SandboxSchema = Type.Object({
   resources: Type.Object({ cpus: Type.Number(), memory_mb: Type.Integer() }),
   metadata: Metadata,
   session_id: Type.Union([Type.String(), Type.Null()]),
-  network: NetworkPolicySchema
+  network: NetworkPolicySchema,
+  on_timeout: OnTimeoutSchema,
+  paused_at: Type.Optional(Type.String({ format: 'date-time' })),
+  pause_mode: Type.Optional(Type.Union([Type.Literal('memory'), Type.Literal('files')], { description: 'while paused: memory (its variables and processes come back) or files (only its workspace files do)' })),
+  state_lost: Type.Optional(Type.Boolean({ description: 'in a resume\'s answer: its kernels start afresh (a pause that kept only the files)' }))
 })
 export type Sandbox = Static<typeof SandboxSchema>
 
@@ -145,7 +159,10 @@ export const HostStatusSchema = Type.Object({
   memory_used_mb: Type.Integer(),
   warm: Type.Integer(),
   creating: Type.Integer(),
-  queued: Type.Integer()
+  queued: Type.Integer(),
+  paused: Type.Integer({ description: 'paused sandboxes on this host (not in live: they hold no memory)' }),
+  pause_mode: Type.Union([Type.Literal('memory'), Type.Literal('files'), Type.Literal('unknown')], { description: 'how this host pauses sandboxes: memory (a checkpoint: variables and processes come back), files (the workspace only), unknown (not tried yet: found out at the first pause, or at start with SANDBOX_IDLE_ACTION=pause)' }),
+  pause_note: Type.Optional(Type.String({ description: 'why pauses here do not keep memory (or not every time)' }))
 }, { description: 'one Docker host (SANDBOX_DOCKER_HOSTS)' })
 
 export const PoolStatusSchema = Type.Object({
@@ -165,6 +182,7 @@ export const PoolStatusSchema = Type.Object({
 export const CapacityStatusSchema = Type.Object({
   live: Type.Integer({ description: 'sandboxes on this Docker host, all keys (as of the last creation or reaper round)' }),
   max: Type.Integer({ description: 'MAX_SANDBOXES' }),
+  paused: Type.Integer({ description: 'paused sandboxes (not in live or the memory used: they hold none)' }),
   creating: Type.Integer({ description: 'creations under way in this process' }),
   memory_used_mb: Type.Integer({ description: "the sum of live sandboxes' memory limits" }),
   memory_budget_mb: Type.Integer({ description: 'SANDBOX_MEMORY_BUDGET_MB' })

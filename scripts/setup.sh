@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say () { printf '[setup] %s\n' "$*"; }
-PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus iproute2)  # prometheus: promtool; iproute2: the second dockerd's bridge
+PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus iproute2 criu)  # prometheus: promtool; iproute2: the second dockerd's bridge; criu: Docker's checkpoints under runc
 # SANDBOX_RUNSC=1 also installs gVisor's runsc and registers it with Docker as the `runsc` runtime (CI does).
 [ "${SANDBOX_RUNSC:-0}" = "1" ] && PACKAGES+=(runsc)
 
@@ -27,23 +27,38 @@ fi
 # The Debian docker client may be shadowed by another on PATH; the daemon is Debian's.
 docker_ok () { docker info >/dev/null 2>&1; }
 
-if [ "${SANDBOX_RUNSC:-0}" = "1" ]; then
-  # Merged into daemon.json (other settings kept); a running daemon re-reads its runtimes on SIGHUP.
-  mkdir -p /etc/docker
-  # --host-uds=all: a unix socket made inside gVisor is a host socket, so the server reaches the agent over its socket
-  # and the egress relay reaches the server's proxy (the server reads these arguments from docker info).
-  changed=$(python3 - <<'PY'
+# Merged into daemon.json (other settings kept). "experimental": Docker's checkpoint API, which pausing a sandbox with
+# its memory uses (CRIU under runc, gVisor's own checkpoint under runsc). SANDBOX_RUNSC=1 also registers runsc, with
+# --host-uds=all: a unix socket made inside gVisor is a host socket, so the server reaches the agent over its socket and
+# the egress relay reaches the server's proxy (the server reads these arguments from docker info).
+mkdir -p /etc/docker
+changed=$(SANDBOX_RUNSC="${SANDBOX_RUNSC:-0}" python3 - <<'PY'
 import json, os
 path = '/etc/docker/daemon.json'
 conf = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+changed = []
+if conf.get('experimental') is not True:
+    conf['experimental'] = True
+    changed.append('experimental')
 want = {'path': '/usr/bin/runsc', 'runtimeArgs': ['--network=none', '--host-uds=all']}
-if conf.get('runtimes', {}).get('runsc') != want:
+if os.environ['SANDBOX_RUNSC'] == '1' and conf.get('runtimes', {}).get('runsc') != want:
     conf.setdefault('runtimes', {})['runsc'] = want
+    changed.append('runtimes')
+if changed:
     json.dump(conf, open(path, 'w'), indent=2)
-    print('changed')
+print(' '.join(changed))
 PY
 )
-  if docker_ok && [ -n "$changed" ]; then
+if docker_ok && [ -n "$changed" ]; then
+  if [[ "$changed" == *experimental* ]]; then
+    # Experimental features are read at start only: the daemon restarts (its running containers stop).
+    say "restarting dockerd with experimental features (the checkpoint API)"
+    if command -v systemctl >/dev/null && systemctl restart docker >/dev/null 2>&1; then :; else
+      pid=$(cat /var/run/docker.pid 2>/dev/null || pidof -s dockerd)
+      kill "$pid"
+      for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    fi
+  else
     say "registering runsc with the running dockerd"
     kill -HUP "$(cat /var/run/docker.pid 2>/dev/null || pidof -s dockerd)"
     for _ in $(seq 1 40); do docker info --format '{{json .Runtimes}}' | grep -q 'host-uds=all' && break; sleep 0.25; done

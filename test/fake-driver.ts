@@ -75,6 +75,15 @@ export class FakeDriver implements SandboxDriver {
     this.removed.push(id)
   }
 
+  // Pausing is tested against real engines (test/services/sandbox/pause.test.ts): this one cannot checkpoint.
+  async canCheckpoint (): Promise<boolean> { return false }
+  async checkpoint (): Promise<void> { throw new Error('the fake engine cannot checkpoint') }
+  async restore (): Promise<void> { throw new Error('the fake engine cannot restore') }
+  async deleteCheckpoint (): Promise<void> {}
+  async fillVolume (): Promise<void> { throw new Error('the fake engine has no volumes') }
+  async removeVolume (): Promise<void> {}
+  async listVolumes (): Promise<Array<{ name: string, labels: Record<string, string> }>> { return [] }
+
   async list (): Promise<ListedContainer[]> {
     return [...this.containers.keys()].map(id => ({ id, labels: {} }))
   }

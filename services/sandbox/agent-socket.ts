@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises'
+import { chmod, chown, mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises'
 import { watch } from 'node:fs'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
@@ -92,6 +92,11 @@ function changeIn (dir: string, ms: number): Promise<void> {
 }
 
 /** Connects to the agent's socket as soon as it listens; rejects after `timeoutMs`. */
+/** Tells a suspended agent (sandbox/agent.py, op_suspend) to listen again: after its restore, or a failed checkpoint. */
+export async function wakeAgent (dir: string): Promise<void> {
+  await writeFile(join(dir, 'resume'), '', { mode: 0o600 })
+}
+
 export async function connectAgentSocket (dir: string, timeoutMs: number): Promise<Socket> {
   const path = join(dir, SOCKET_NAME)
   const deadline = Date.now() + timeoutMs

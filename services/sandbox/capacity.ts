@@ -14,7 +14,7 @@ export interface CapacityLimits {
   onRejected?: (reason: 'max_sandboxes' | 'memory_budget') => void
 }
 
-interface Usage { live: number, memoryMb: number }
+interface Usage { live: number, memoryMb: number, paused: number }
 
 export class Capacity {
   /** Creations under way in this process (admitted, container not yet recorded). */
@@ -28,36 +28,42 @@ export class Capacity {
     const by = new Map<string, Usage>()
     for (const r of records) {
       const name = this.hosts.hostOf(r)
-      const u = by.get(name) ?? { live: 0, memoryMb: 0 }
-      u.live++
-      u.memoryMb += r.memory_mb
+      const u = by.get(name) ?? { live: 0, memoryMb: 0, paused: 0 }
+      if (r.paused) {
+        u.paused++ // holds no memory on its host
+      } else {
+        u.live++
+        u.memoryMb += r.memory_mb
+      }
       by.set(name, u)
     }
     this.usageByHost = by
   }
 
   /** Keeps a host's counts current between listings (creations and removals of this process). */
-  countOn (host: string, sandboxes: number, memoryMb: number): void {
-    const u = this.usageByHost.get(host) ?? { live: 0, memoryMb: 0 }
-    this.usageByHost.set(host, { live: Math.max(0, u.live + sandboxes), memoryMb: Math.max(0, u.memoryMb + sandboxes * memoryMb) })
+  countOn (host: string, sandboxes: number, memoryMb: number, paused = 0): void {
+    const u = this.usageByHost.get(host) ?? { live: 0, memoryMb: 0, paused: 0 }
+    this.usageByHost.set(host, { live: Math.max(0, u.live + sandboxes), memoryMb: Math.max(0, u.memoryMb + sandboxes * memoryMb), paused: Math.max(0, u.paused + paused) })
   }
 
   usedOn (host: string): Usage {
-    return this.usageByHost.get(host) ?? { live: 0, memoryMb: 0 }
+    return this.usageByHost.get(host) ?? { live: 0, memoryMb: 0, paused: 0 }
   }
 
   /** Sandboxes and their memory limits on every host: the sum of the per-host counts. */
   private get usage (): Usage {
     let live = 0
     let memoryMb = 0
-    for (const u of this.usageByHost.values()) { live += u.live; memoryMb += u.memoryMb }
-    return { live, memoryMb }
+    let paused = 0
+    for (const u of this.usageByHost.values()) { live += u.live; memoryMb += u.memoryMb; paused += u.paused }
+    return { live, memoryMb, paused }
   }
 
-  get summary (): { live: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
+  get summary (): { live: number, paused: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
     const usage = this.usage
     return {
       live: usage.live,
+      paused: usage.paused,
       max: this.limits.maxSandboxes,
       memory_used_mb: usage.memoryMb + this.reserved.memoryMb,
       memory_budget_mb: this.limits.memoryBudgetMb,
@@ -70,9 +76,11 @@ export class Capacity {
    * that answers has a slot and the memory): the pool of the host it goes to, and `release` for when the creation
    * ends (recorded or failed).
    */
-  admit (owner: string, memoryMb: number, records: SandboxRecord[]): { release: () => void, pool: SandboxPool } {
+  admit (owner: string, memoryMb: number, records: SandboxRecord[], home?: SandboxPool): { release: () => void, pool: SandboxPool } {
     const r = this.reserved
-    const own = records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
+    // A paused sandbox still counts against its key (its checkpoint or files take the host's disk); one resuming
+    // (home: it comes back on its own host) is counted already.
+    const own = home ? 0 : records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
     if (own >= this.limits.maxPerKey) {
       throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.limits.maxPerKey}); delete one first`)
     }
@@ -80,7 +88,7 @@ export class Capacity {
     // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
     // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
     const pools = this.hosts.pools
-    const up = this.hosts.up()
+    const up = home ? [home] : this.hosts.up()
     if (!up.length) throw new DependencyError('docker', `no Docker host answers (${pools.map(p => p.host).join(', ')})`)
     let best: { pool: SandboxPool, slots: number, memory: number } | null = null
     let full: 'max_sandboxes' | 'memory_budget' = 'max_sandboxes'
@@ -129,6 +137,6 @@ export class Capacity {
 
 /** Seconds until the first of `records` expires for idleness (when a slot may free up by itself), 1 to 300. */
 function nextExpiry (records: SandboxRecord[]): number {
-  const first = Math.min(...records.map(r => Date.parse(r.last_used_at) + r.timeout_s * 1000))
+  const first = Math.min(...records.filter(r => !r.paused).map(r => Date.parse(r.last_used_at) + r.timeout_s * 1000))
   return Number.isFinite(first) ? Math.min(300, Math.max(1, (first - Date.now()) / 1000)) : 30
 }

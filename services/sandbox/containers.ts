@@ -1,10 +1,11 @@
 // One host's sandbox containers, over its engine (the driver): making one and connecting to its agent (over its
 // socket, or attached), adopting one a restart or another replica left, removing one with its agent directory, and
 // the agent directories this deployment keeps on the host. SandboxPool keeps the warm pool and the start queue over it.
+import { Transform } from 'node:stream'
 import { AgentClient } from './agent-client.js'
-import { INSTANCE_LABEL, AGENT_DIR_LABEL, type SandboxLimits } from './container.js'
+import { INSTANCE_LABEL, AGENT_DIR_LABEL, NAMESPACE_LABEL, type SandboxLimits } from './container.js'
 import type { SandboxDriver } from './driver.js'
-import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs } from './agent-socket.js'
+import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs, wakeAgent } from './agent-socket.js'
 import { SandboxHandle } from './sandbox.js'
 import { DependencyError } from '../errors.js'
 import type { Logger } from './pool.js'
@@ -24,6 +25,8 @@ export interface ContainerOptions {
   agentSocketDir?: string
   /** The group agent directories are shared with (SANDBOX_AGENT_DIR_GROUP; see makeAgentDir). */
   agentDirGroup?: number
+  /** SANDBOX_PAUSE_MODE: how pauses keep sandboxes (see pauseMode). */
+  pauseMode?: 'auto' | 'memory' | 'files'
   /**
    * Whether the sandbox runtime lets the host reach a socket made inside (runsc registered with --host-uds); unset:
    * read from how the engine reports the runtime registered. Without it, agents are attached to.
@@ -31,7 +34,25 @@ export interface ContainerOptions {
   runtimeHostSockets?: boolean
 }
 
+/** How a host pauses sandboxes: a checkpoint of their memory and processes, or a copy of their files alone. */
+export type PauseMode = 'memory' | 'files'
+/** The name of a paused sandbox's checkpoint (each container has at most one). */
+const CHECKPOINT = 'paused'
+/** The label naming the sandbox whose files a volume keeps. */
+export const PAUSED_LABEL = 'dev.interpreter-server.paused-sandbox'
+
+/** What a host's checkpoint probe found: a checkpoint and restore work, and work again on the restored container. */
+interface CheckpointChecks { once: boolean, again: boolean, note?: string }
+
+/** A checkpoint or pack failed; `running` says whether the sandbox still runs (it usually does). */
+export class PauseFailed extends Error {
+  constructor (message: string, readonly running: boolean, options?: ErrorOptions) { super(message, options) }
+}
+
 export class SandboxContainers {
+  /** What checkpoints do on this host, once found out (pauseMode). */
+  private probing: Promise<CheckpointChecks> | undefined
+  private checks: CheckpointChecks | undefined
   /** Agent directories of the containers this process made or adopted. */
   private readonly dirs = new Map<string, string>()
   /** Agent directories whose containers are being created now (no container lists them yet). */
@@ -67,22 +88,25 @@ export class SandboxContainers {
       this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
   }
 
-  /** Makes, starts and connects to one container; its agent is ready when this resolves. */
-  async create (): Promise<SandboxHandle> {
+  /**
+   * Makes, starts and connects to one container; its agent is ready when this resolves. With `restoreVolume`, the
+   * agent first copies the files a pause kept there into its workspace.
+   */
+  async create (restoreVolume?: string): Promise<SandboxHandle> {
     const base = this.agentBase
     const dir = base ? await makeAgentDir(base, this.opts.agentDirGroup) : undefined
     if (dir) this.making.add(dir)
     try {
-      return await this.createIn(dir)
+      return await this.createIn(dir, restoreVolume)
     } finally {
       if (dir) this.making.delete(dir)
     }
   }
 
-  private async createIn (dir: string | undefined): Promise<SandboxHandle> {
+  private async createIn (dir: string | undefined, restoreVolume: string | undefined): Promise<SandboxHandle> {
     let id: string
     try {
-      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir })
+      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir, restoreVolume })
     } catch (err) {
       if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('create', err)
@@ -121,10 +145,10 @@ export class SandboxContainers {
   }
 
   /** The agent's socket when the container has one that answers, else its attach stream. */
-  private async connect (id: string, dir: string | undefined): Promise<AgentClient> {
+  private async connect (id: string, dir: string | undefined, socketWaitMs: number): Promise<AgentClient> {
     if (dir) {
       try {
-        const agent = AgentClient.overSocket(await connectAgentSocket(dir, 1000), this.agentLog(id))
+        const agent = AgentClient.overSocket(await connectAgentSocket(dir, socketWaitMs), this.agentLog(id))
         this.dirs.set(id, dir)
         return agent
       } catch (err) {
@@ -135,7 +159,7 @@ export class SandboxContainers {
   }
 
   /** Connects to a running container (after a restart, or one another server process started); null if it is gone. */
-  async adopt (containerId: string): Promise<SandboxHandle | null> {
+  async adopt (containerId: string, socketWaitMs = 1000): Promise<SandboxHandle | null> {
     let dir: string | undefined
     try {
       const state = await this.driver.inspect(containerId)
@@ -148,7 +172,7 @@ export class SandboxContainers {
     } catch (err) {
       throw this.dockerError('inspect', err)
     }
-    const agent = await this.connect(containerId, dir)
+    const agent = await this.connect(containerId, dir, socketWaitMs)
     try {
       await Promise.race([agent.call('ping', {}), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
     } catch {
@@ -198,6 +222,136 @@ export class SandboxContainers {
     }
     this.dirs.delete(containerId)
     if (dir) await removeAgentDir(dir).catch(() => {})
+  }
+
+  /** How this host pauses sandboxes, if found out yet (and why not with their memory). */
+  get pauseInfo (): { mode: PauseMode | 'unknown', note?: string } {
+    return this.checks ? { mode: this.modeOf(this.checks), ...(this.checks.note ? { note: this.checks.note } : {}) } : { mode: 'unknown' }
+  }
+
+  private modeOf (checks: CheckpointChecks): PauseMode {
+    const wanted = this.opts.pauseMode ?? 'auto'
+    if (wanted === 'files' || !checks.once) return 'files'
+    return wanted === 'memory' || checks.again ? 'memory' : 'files'
+  }
+
+  /**
+   * How this host pauses a sandbox (`restored`: one resumed from a checkpoint before), found out once by trying: a
+   * container of this server's spec is checkpointed and restored, twice. SANDBOX_PAUSE_MODE=auto (the default) keeps
+   * memory only where both rounds work; memory: where the first does (a container restored once then pauses with its
+   * files, where a second checkpoint fails); files: never checkpoints.
+   */
+  async pauseMode (restored = false): Promise<PauseMode> {
+    if (this.opts.pauseMode === 'files') return 'files'
+    this.probing ??= this.probe().then((checks) => {
+      this.checks = checks
+      this.log.info({ host: this.host, runtime: this.opts.limits.runtime ?? 'runc', ...checks, pause_mode: this.modeOf(checks) }, 'how this host pauses sandboxes')
+      return checks
+    })
+    const checks = await this.probing
+    const mode = this.modeOf(checks)
+    return mode === 'memory' && restored && !checks.again ? 'files' : mode
+  }
+
+  /** Pauses and resumes a sandbox of this server's spec twice, the way pause() and resume() do. */
+  private async probe (): Promise<CheckpointChecks> {
+    if (!await this.driver.canCheckpoint().catch(() => false)) return { once: false, again: false, note: 'the Docker daemon has no experimental features (its checkpoint API)' }
+    const why = (err: unknown) => (err as PauseFailed).message
+    let handle: SandboxHandle | undefined
+    try {
+      handle = await this.create()
+      const round = async (h: SandboxHandle) => {
+        await this.checkpoint(h)
+        return await this.restore(h.containerId)
+      }
+      try {
+        handle = await round(handle)
+      } catch (err) {
+        return { once: false, again: false, note: `a checkpoint and restore fail here: ${why(err)}` }
+      }
+      try {
+        handle = await round(handle)
+      } catch (err) {
+        return { once: true, again: false, note: `a restored container cannot be checkpointed and restored again here: ${why(err)}` }
+      }
+      return { once: true, again: true }
+    } catch (err) {
+      return { once: false, again: false, note: `the checkpoint probe failed: ${why(err)}` }
+    } finally {
+      if (handle) {
+        handle.agent.close()
+        await this.remove(handle.containerId).catch(() => {})
+      }
+    }
+  }
+
+  /**
+   * Checkpoints a sandbox's memory and processes; its container stops and the handle is closed. Sockets to the host
+   * cannot be checkpointed, so the agent first closes its own (suspend). When the checkpoint fails, the agent is
+   * woken again and the error says whether the container still runs (then adopt() gets it back).
+   */
+  async checkpoint (handle: SandboxHandle): Promise<void> {
+    const id = handle.containerId
+    const dir = this.dirs.get(id)
+    if (dir) await handle.suspend()
+    handle.agent.close()
+    try {
+      await this.driver.checkpoint(id, CHECKPOINT)
+    } catch (err) {
+      if (dir) await wakeAgent(dir).catch(() => {})
+      const running = (await this.driver.inspect(id).catch(() => null))?.running === true
+      throw new PauseFailed(`the checkpoint failed: ${(err as { json?: { message?: string } }).json?.message ?? (err as Error).message}`, running, { cause: err })
+    }
+  }
+
+  /** Starts a checkpointed container where it was and connects to its agent; an error says why it cannot be. */
+  async restore (containerId: string): Promise<SandboxHandle> {
+    const state = await this.driver.inspect(containerId).catch((err: unknown) => { throw this.dockerError('inspect', err) })
+    if (!state) throw new Error('its container is gone')
+    if (!state.running) {
+      await this.driver.restore(containerId, CHECKPOINT).catch((err: { json?: { message?: string }, message: string }) => {
+        throw new Error(`the restore failed: ${err.json?.message?.trim() ?? err.message}`, { cause: err })
+      })
+    }
+    const dir = state.labels[AGENT_DIR_LABEL]
+    if (dir) await wakeAgent(dir).catch(() => {})
+    const handle = await this.adopt(containerId, 5000) // the agent listens again a moment after its wake-up
+    if (!handle) throw new Error('its agent did not answer after the restore')
+    await this.driver.deleteCheckpoint(containerId, CHECKPOINT).catch(() => {})
+    return handle
+  }
+
+  /** The volume that keeps a paused sandbox's files. */
+  volumeFor (sandboxId: string): string {
+    return `${this.opts.namespace}-paused-${sandboxId}`
+  }
+
+  /** Copies a sandbox's workspace into a new volume of this host (a pause that keeps the files); its size in bytes. */
+  async pack (handle: SandboxHandle, sandboxId: string, volume: string): Promise<number> {
+    let bytes = 0
+    const packed = handle.pack()
+    const tar = packed.pipe(new Transform({ transform (chunk: Buffer, _encoding, done) { bytes += chunk.length; done(null, chunk) } }))
+    packed.on('error', (err) => tar.destroy(err))
+    tar.on('error', () => {}) // fillVolume's pipeline rejects with it, even when it fails before that pipeline begins
+    const labels = { [NAMESPACE_LABEL]: this.opts.namespace, [INSTANCE_LABEL]: this.opts.instance, [PAUSED_LABEL]: sandboxId }
+    try {
+      await this.driver.fillVolume(volume, labels, this.opts.limits.image, tar)
+    } catch (err) {
+      tar.destroy()
+      await this.driver.removeVolume(volume).catch(() => {})
+      throw new PauseFailed(`the workspace could not be kept: ${(err as Error).message}`, handle.agent.alive, { cause: err })
+    }
+    return bytes
+  }
+
+  async removeVolume (name: string): Promise<void> {
+    await this.driver.removeVolume(name)
+  }
+
+  /** The volumes of paused sandboxes on this host, with the sandbox and the process that made each. */
+  async pausedVolumes (): Promise<Array<{ name: string, sandbox: string | undefined, instance: string | undefined }>> {
+    const list = await this.driver.listVolumes(this.opts.namespace)
+    return list.map(v => ({ name: v.name, sandbox: v.labels[PAUSED_LABEL], instance: v.labels[INSTANCE_LABEL] }))
   }
 
   /**

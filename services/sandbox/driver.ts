@@ -2,6 +2,7 @@
 // DockerDriver holds every dockerode call; another engine (Kubernetes pods, a fake for tests) implements the same.
 import type Docker from 'dockerode'
 import type { Duplex } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
 import { AgentClient } from './agent-client.js'
 import { containerSpec, LABEL, NAMESPACE_LABEL, type SandboxLimits } from './container.js'
 
@@ -13,6 +14,8 @@ export interface ContainerRequest {
   instance?: string
   /** The host directory bind-mounted for the agent's socket, when the socket channel is used. */
   agentDir?: string
+  /** A volume holding a paused sandbox's files, which the agent copies into the new workspace (read-only). */
+  restoreVolume?: string
 }
 
 /** A container as the engine reports it. */
@@ -51,9 +54,31 @@ export interface SandboxDriver {
   list (namespace?: string): Promise<ListedContainer[]>
   /** Whether someone killed it through the engine since `startedAt` (not the kernel's OOM killer). */
   killedSince (id: string, startedAt: string): Promise<boolean>
+  /** Whether the engine offers checkpoints at all (Docker: experimental features on). */
+  canCheckpoint (): Promise<boolean>
+  /** Checkpoints a running container's memory and processes under `name`; the container stops. */
+  checkpoint (id: string, name: string): Promise<void>
+  /** Starts a stopped container from its checkpoint `name` (its processes go on where they were). */
+  restore (id: string, name: string): Promise<void>
+  /** Deletes a container's checkpoint; one already gone is not an error. */
+  deleteCheckpoint (id: string, name: string): Promise<void>
+  /** A volume of this deployment holding a tar stream's contents (made, then filled). */
+  fillVolume (name: string, labels: Record<string, string>, image: string, tar: NodeJS.ReadableStream): Promise<void>
+  /** Removes a volume; one already gone is not an error. */
+  removeVolume (name: string): Promise<void>
+  /** Our volumes (every namespace, or one), with their labels. */
+  listVolumes (namespace?: string): Promise<Array<{ name: string, labels: Record<string, string> }>>
 }
 
 const statusOf = (err: unknown) => (err as { statusCode?: number }).statusCode
+/** Docker's checkpoint calls that dockerode has and its type declarations lack. */
+interface CheckpointCalls {
+  createCheckpoint (opts: { CheckpointID: string, Exit: boolean }): Promise<unknown>
+  deleteCheckpoint (name: string): Promise<unknown>
+}
+const checkpoints = (container: Docker.Container) => container as unknown as CheckpointCalls
+/** Where a volume being filled is mounted in the (never started) container that fills it. */
+const FILL_PATH = '/fill'
 
 /** The Docker engine, over one daemon's API. */
 export class DockerDriver implements SandboxDriver {
@@ -73,12 +98,84 @@ export class DockerDriver implements SandboxDriver {
   }
 
   async create (request: ContainerRequest): Promise<string> {
-    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir))
+    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir, request.restoreVolume))
     return container.id
   }
 
   async start (id: string): Promise<void> {
     await this.docker.getContainer(id).start()
+  }
+
+  async canCheckpoint (): Promise<boolean> {
+    const info = await this.docker.info() as { ExperimentalBuild?: boolean }
+    return info.ExperimentalBuild === true
+  }
+
+  async checkpoint (id: string, name: string): Promise<void> {
+    await checkpoints(this.docker.getContainer(id)).createCheckpoint({ CheckpointID: name, Exit: true })
+  }
+
+  async restore (id: string, name: string): Promise<void> {
+    // dockerode sends a start's options as a body, which Docker refuses: the checkpoint goes in the query.
+    await new Promise<void>((resolve, reject) => {
+      this.docker.modem.dial({
+        path: `/containers/${encodeURIComponent(id)}/start?`,
+        method: 'POST',
+        options: { _query: { checkpoint: name }, _body: {} }, // an empty body is sent as none
+        statusCodes: { 204: true, 304: true, 404: 'no such container', 500: 'server error' }
+      }, (err: Error | null) => { if (err) reject(err); else resolve() })
+    })
+  }
+
+  async deleteCheckpoint (id: string, name: string): Promise<void> {
+    try {
+      await checkpoints(this.docker.getContainer(id)).deleteCheckpoint(name)
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err
+    }
+  }
+
+  async fillVolume (name: string, labels: Record<string, string>, image: string, tar: NodeJS.ReadableStream): Promise<void> {
+    await this.docker.createVolume({ Name: name, Labels: { [LABEL]: 'true', ...labels } })
+    // A container that mounts the volume unpacks the stream from its standard input (Docker's archive API writes into
+    // the layer of a container never started, not into its volumes). Root in it keeps the files' owners; it has no
+    // network and lives only for this.
+    const filler = await this.docker.createContainer({
+      Image: image,
+      Cmd: ['tar', '--extract', '--file=-', '--directory', FILL_PATH, '--same-owner', '--same-permissions'],
+      User: '0:0',
+      OpenStdin: true,
+      StdinOnce: true,
+      AttachStdin: true,
+      NetworkDisabled: true,
+      Labels: labels,
+      HostConfig: { NetworkMode: 'none', Binds: [`${name}:${FILL_PATH}`], CapDrop: ['ALL'], CapAdd: ['CHOWN', 'DAC_OVERRIDE', 'FOWNER'], SecurityOpt: ['no-new-privileges'] }
+    })
+    try {
+      const stdin = await filler.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true }) as unknown as Duplex
+      let output = ''
+      stdin.on('data', (chunk: Buffer) => { if (output.length < 4096) output += chunk.toString('latin1') })
+      await filler.start()
+      await pipeline(tar, stdin)
+      const { StatusCode: code } = await filler.wait() as { StatusCode: number }
+      if (code !== 0) throw new Error(`unpacking into the volume failed (exit ${code}): ${output.replace(/[^\x20-\x7e\n]/g, '').trim().slice(-300)}`)
+    } finally {
+      await filler.remove({ force: true }).catch(() => {})
+    }
+  }
+
+  async removeVolume (name: string): Promise<void> {
+    try {
+      await this.docker.getVolume(name).remove()
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err
+    }
+  }
+
+  async listVolumes (namespace?: string): Promise<Array<{ name: string, labels: Record<string, string> }>> {
+    const label = [`${LABEL}=true`, ...(namespace ? [`${NAMESPACE_LABEL}=${namespace}`] : [])]
+    const list = await this.docker.listVolumes({ filters: { label } })
+    return (list.Volumes ?? []).map(v => ({ name: v.Name, labels: v.Labels ?? {} }))
   }
 
   async attach (id: string, log: (line: string) => void): Promise<AgentClient> {

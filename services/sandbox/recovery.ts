@@ -39,7 +39,7 @@ export class Recovery {
     const records = await this.store.listSandboxes()
     Object.assign(this.state, { state: 'running', total: records.length })
     await eachLimited(records, this.deps.concurrency, async (record) => {
-      if (this.deps.isTracked(record.id)) return // a request already attached to it
+      if (this.deps.isTracked(record.id) || record.paused) return // a request already attached to it; or its container sleeps
       const pool = this.hosts.pool(this.hosts.hostOf(record))
       if (!pool || this.hosts.isDown(pool.host)) return // kept: it is re-adopted when its host answers
       let handle: SandboxHandle | null
@@ -74,8 +74,15 @@ export class Recovery {
       if (!live.has(instance)) live.set(instance, this.deps.isLive?.(instance) ?? Promise.resolve(false))
       return live.get(instance)!
     }
+    const kept = new Set(records.map(r => r.paused?.volume))
     let removed = 0
     for (const pool of this.hosts.up()) {
+      // Volumes that kept the files of a sandbox no longer paused (a pause or resume cut short).
+      const volumes = await pool.containers.pausedVolumes().catch(() => [])
+      for (const { name, instance } of volumes) {
+        if (kept.has(name) || instance === pool.instance || (instance && await isLive(instance))) continue
+        await pool.containers.removeVolume(name).catch(() => {})
+      }
       const containers = await pool.containers.list().catch(() => [])
       await eachLimited(containers, this.deps.concurrency, async ({ id, instance, dir }) => {
         if (referenced.has(id) || instance === pool.instance) return

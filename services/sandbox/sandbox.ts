@@ -164,4 +164,21 @@ export class SandboxHandle {
   async setEnv (env: Record<string, string>): Promise<void> {
     await this.agent.call('env', { env })
   }
+
+  /** The workspace as a tar stream (a pause that keeps the files); the stream errors if the agent cannot pack it. */
+  pack (): Readable {
+    const stream = new PassThrough()
+    stream.on('error', () => {}) // its reader learns of it (pipeline), even one that attaches later
+    this.agent.request('pack', {}, (e) => {
+      if (e.type === 'file_chunk') stream.write(Buffer.from(e.data, 'base64'))
+      else if (e.type === 'error') stream.destroy(new Error(`the workspace could not be packed: ${e.value ?? e.code ?? 'unknown'}`))
+      else if (e.type === 'done') stream.end()
+    }).catch((err: Error) => stream.destroy(err))
+    return stream
+  }
+
+  /** Before a checkpoint: the agent closes its socket channels and listener (see sandbox/agent.py, op_suspend). */
+  async suspend (): Promise<void> {
+    await this.agent.call('suspend', {})
+  }
 }

@@ -10,6 +10,7 @@ import { HostSet, hostUnavailable } from './host-set.js'
 import { Capacity } from './capacity.js'
 import { Recovery, type RecoveryState } from './recovery.js'
 import type { SandboxHandle } from './sandbox.js'
+import { PauseFailed, type PauseMode } from './containers.js'
 import type { ImageProfile } from './image.js'
 import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
 import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
@@ -78,14 +79,24 @@ export interface SandboxServiceOptions {
   isLive?: (instance: string) => Promise<boolean>
   /** Told of each creation refused for a host-wide limit. */
   onRejected?: (reason: 'max_sandboxes' | 'memory_budget') => void
+  /** What a sandbox idle past its timeout becomes unless it asked otherwise (SANDBOX_IDLE_ACTION). */
+  idleAction?: 'remove' | 'pause'
+  /** A paused sandbox is removed after this long paused (SANDBOX_PAUSED_TTL_S). */
+  pausedTtlS?: number
+  /** Told of each pause and resume (metrics). */
+  observePause?: (e: PauseObservation) => void
 }
+
+export interface PauseObservation { action: 'pause' | 'resume', mode: PauseMode, seconds: number, bytes: number }
+
+const sandboxLost = (why: string) => new AppError(410, 'sandbox_lost', `${why}; its variables and files are lost`, 'sandbox_error')
 
 /** Sandboxes as the API sees them: owned by a key, recorded in the store, backed by pool containers. */
 export type { RecoveryState } from './recovery.js'
 
 /** Creations under way in this process, counted against the limits before their records exist. */
 /** Each Docker host's state, for /v1/ready, /v1/stats and the metrics. */
-export interface HostStatus { name: string, status: 'up' | 'down', live: number, memory_used_mb: number, warm: number, creating: number, queued: number }
+export interface HostStatus { name: string, status: 'up' | 'down', live: number, memory_used_mb: number, warm: number, creating: number, queued: number, paused: number, pause_mode: PauseMode | 'unknown', pause_note?: string }
 
 export class SandboxService {
   private readonly live = new Map<string, SandboxHandle>()
@@ -94,6 +105,10 @@ export class SandboxService {
   /** When each sandbox's use was last written to the store, and a pending write of a later one. */
   private readonly touches = new Map<string, { at: number, timer?: NodeJS.Timeout }>()
   private reaper: NodeJS.Timeout | null = null
+  /** Pauses and resumes under way in this process, by sandbox (one at a time each). */
+  private readonly transitions = new Map<string, Promise<unknown>>()
+  /** Sandboxes resumed with their files alone: their next execution says state_lost. */
+  private readonly freshKernels = new Set<string>()
   readonly pools: SandboxPool[]
   /** The first host's pool (the only one with one host). */
   readonly pool: SandboxPool
@@ -122,7 +137,7 @@ export class SandboxService {
     return this.pools.map(pool => {
       const used = this.cap.usedOn(pool.host)
       const stats = pool.stats
-      return { name: pool.host, status: this.hostSet.isDown(pool.host) ? 'down' : 'up', live: used.live, memory_used_mb: used.memoryMb, warm: stats.warm, creating: stats.creating, queued: stats.queued }
+      return { name: pool.host, status: this.hostSet.isDown(pool.host) ? 'down' : 'up', live: used.live, memory_used_mb: used.memoryMb, warm: stats.warm, creating: stats.creating, queued: stats.queued, paused: used.paused, pause_mode: pool.containers.pauseInfo.mode, ...(pool.containers.pauseInfo.note ? { pause_note: pool.containers.pauseInfo.note } : {}) }
     })
   }
 
@@ -138,6 +153,8 @@ export class SandboxService {
     }
     if (wait) await this.recoverer.done
     await Promise.all(this.hostSet.up().map(p => p.start(wait)))
+    // Idle sandboxes pause by default: each host finds out now how it pauses them (/v1/ready says so), not at the first.
+    if (this.opts.idleAction === 'pause') for (const p of this.hostSet.up()) void p.containers.pauseMode()
     this.hostSet.watch(this.opts.hostCheckMs ?? 2000)
     this.reaper = setInterval(() => {
       this.sweep().catch(err => this.log.warn({ err: (err as Error).message }, 'reaper failed'))
@@ -203,23 +220,8 @@ export class SandboxService {
       throw err
     }
     try {
-      if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
-        await pool.driver.update(handle.containerId, { memoryMb, cpus }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
-          // Docker refuses what the host cannot give (more CPUs than it has): the client's 400, in our words.
-          if (err.statusCode === 400) throw new AppError(400, 'validation_error', `body/resources: this Docker host cannot give ${cpus} CPUs and ${memoryMb} MB`)
-          throw err
-        })
-      }
       const id = `sbx_${randomBytes(12).toString('base64url')}`
-      let env = spec.env ?? {}
-      if (rules.length) {
-        const dir = pool.containers.agentDirOf(handle.containerId)
-        if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
-        await this.opts.egress!.open(id, dir, rules, networkTrusted)
-        await handle.enableEgress()
-        env = { ...PROXY_ENV, ...env }
-      }
-      if (Object.keys(env).length) await handle.setEnv(env)
+      await this.prepare(handle, id, pool, { cpus, memoryMb, rules, trusted: networkTrusted, env: spec.env ?? {} })
       const now = new Date().toISOString()
       const record: SandboxRecord = {
         id,
@@ -233,6 +235,7 @@ export class SandboxService {
         memory_mb: memoryMb,
         metadata: spec.metadata ?? {},
         session_id: sessionId,
+        ...(spec.on_timeout ? { on_timeout: spec.on_timeout } : {}),
         ...(rules.length ? { network: rules.map(r => r.text), network_trusted: networkTrusted } : {}),
         ...(this.pools.length > 1 ? { host: pool.host } : {})
       }
@@ -248,6 +251,27 @@ export class SandboxService {
     } finally {
       release()
     }
+  }
+
+  /** Gives a new container its sandbox's resources, egress proxy and environment (with the proxy's variables). */
+  private async prepare (handle: SandboxHandle, id: string, pool: SandboxPool, setup: { cpus: number, memoryMb: number, rules: AllowRule[], trusted: boolean, env: Record<string, string> }): Promise<void> {
+    const { cpus, memoryMb, rules } = setup
+    if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
+      await pool.driver.update(handle.containerId, { memoryMb, cpus }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
+        // Docker refuses what the host cannot give (more CPUs than it has): the client's 400, in our words.
+        if (err.statusCode === 400) throw new AppError(400, 'validation_error', `body/resources: this Docker host cannot give ${cpus} CPUs and ${memoryMb} MB`)
+        throw err
+      })
+    }
+    let env = setup.env
+    if (rules.length) {
+      const dir = pool.containers.agentDirOf(handle.containerId)
+      if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
+      await this.opts.egress!.open(id, dir, rules, setup.trusted)
+      await handle.enableEgress()
+      env = { ...PROXY_ENV, ...env }
+    }
+    if (Object.keys(env).length) await handle.setEnv(env)
   }
 
   /**
@@ -268,7 +292,7 @@ export class SandboxService {
    * creations under way here), or refuses it; the returned function gives the reservation back.
    */
   /** Sandboxes and the memory their limits take (read from the store at each creation and reaper round, kept since), plus creations under way. */
-  get capacity (): { live: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
+  get capacity (): { live: number, paused: number, max: number, memory_used_mb: number, memory_budget_mb: number, creating: number } {
     return this.cap.summary
   }
 
@@ -276,9 +300,13 @@ export class SandboxService {
    * A sandbox's record. One this process is attached to comes from memory: its owner never changes, and if another
    * replica deletes it, that replica removes the container first, which ends the attachment (and the cache entry).
    */
-  async get (id: string, principal: Principal): Promise<SandboxRecord> {
+  async get (id: string, principal: Principal, goneIs410 = false): Promise<SandboxRecord> {
     const cached = this.live.get(id)?.agent.alive ? this.records.get(id) : undefined
     const record = cached ?? await this.store.getSandbox(id)
+    if (!record && goneIs410) {
+      const owner = await this.store.removedSandboxOwner(id)
+      if (owner !== null && canAccess(principal, owner)) throw sandboxLost('The sandbox was removed')
+    }
     if (!record || !canAccess(principal, record.owner)) throw SandboxNotFound()
     return record
   }
@@ -297,6 +325,14 @@ export class SandboxService {
     if (this.pools.length > 1 && this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
     const known = this.live.get(record.id)
     if (known?.agent.alive) return known
+    // Not attached here: it may have been paused since this record was read (a stopped container is no loss then).
+    const current = record.paused ? record : await this.store.getSandbox(record.id)
+    if (current?.paused) {
+      const resumed = await this.resume(current)
+      Object.assign(record, resumed.record)
+      delete record.paused
+      return resumed.handle
+    }
     let handle: SandboxHandle | null
     try {
       handle = await pool.containers.adopt(record.container_id)
@@ -317,30 +353,171 @@ export class SandboxService {
   async destroy (record: SandboxRecord): Promise<void> {
     const handle = this.live.get(record.id)
     this.forget(record.id)
+    this.freshKernels.delete(record.id)
     handle?.agent.close()
     // Container first: if Docker fails, the record stays and the reaper tries again, so nothing leaks.
-    await this.hostSet.poolOf(record).containers.remove(record.container_id)
-    await this.store.deleteSandbox(record.id)
-    this.cap.countOn(this.hostSet.hostOf(record), -1, record.memory_mb)
+    const { containers } = this.hostSet.poolOf(record)
+    await containers.remove(record.container_id)
+    if (record.paused?.volume) await containers.removeVolume(record.paused.volume)
+    await this.store.deleteSandbox(record.id, record.owner)
+    if (record.paused) this.cap.countOn(this.hostSet.hostOf(record), 0, 0, -1)
+    else this.cap.countOn(this.hostSet.hostOf(record), -1, record.memory_mb)
   }
+
+  /**
+   * Runs one pause or resume of a sandbox at a time: in this process (a second caller waits for the first), and
+   * across replicas (a lock in the store; waited for up to a minute).
+   */
+  private async transition<T> (id: string, fn: () => Promise<T>): Promise<T> {
+    for (let pending = this.transitions.get(id); pending; pending = this.transitions.get(id)) await pending.catch(() => {})
+    const run = (async () => {
+      const name = `sandbox-transition:${id}`
+      const owner = this.pool.instance
+      const until = Date.now() + 60_000
+      while (!await this.store.lock(name, owner, 120_000)) {
+        if (Date.now() > until) throw new AppError(503, 'sandbox_busy', 'Another server is pausing or resuming this sandbox; try again', 'unavailable_error')
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+      try {
+        return await fn()
+      } finally {
+        await this.store.unlock(name, owner).catch(() => {})
+      }
+    })()
+    this.transitions.set(id, run)
+    try {
+      return await run
+    } finally {
+      if (this.transitions.get(id) === run) this.transitions.delete(id)
+    }
+  }
+
+  /**
+   * Pauses a sandbox: its memory and processes checkpointed where its host can (the container stops), else its
+   * workspace files kept in a volume (the container goes). Either way it holds no memory or CPU until its next use.
+   * Pausing a paused sandbox changes nothing. 409 while it runs code or when the checkpoint fails (it keeps running).
+   */
+  async pause (record: SandboxRecord): Promise<SandboxRecord> {
+    return await this.transition(record.id, async () => {
+      const fresh = await this.store.getSandbox(record.id)
+      if (!fresh) throw SandboxNotFound()
+      if (fresh.paused) return fresh
+      const pool = this.hostSet.poolOf(fresh)
+      const handle = await this.handle(fresh)
+      if (handle.busy) throw new AppError(409, 'sandbox_busy', 'The sandbox is running code; pause it once the run ends')
+      const mode = await pool.containers.pauseMode(fresh.restored === true)
+      const began = Date.now()
+      let volume: string | undefined
+      let bytes = 0
+      try {
+        if (mode === 'memory') {
+          await this.opts.egress?.close(fresh.id) // its host socket, like the agent's, may not cross a checkpoint
+          await pool.containers.checkpoint(handle)
+        } else {
+          volume = pool.containers.volumeFor(fresh.id)
+          bytes = await pool.containers.pack(handle, fresh.id, volume)
+        }
+      } catch (err) {
+        if (!(err instanceof PauseFailed)) throw err
+        this.forget(fresh.id)
+        if (!err.running) {
+          await this.destroy(fresh).catch(() => {})
+          throw sandboxLost(`The sandbox stopped while it was being paused (${err.message})`)
+        }
+        await this.handle(fresh).catch(() => {}) // attached again (its egress proxy too)
+        throw new AppError(409, 'pause_failed', `The sandbox could not be paused (${err.message}); it keeps running`, 'sandbox_error')
+      }
+      this.forget(fresh.id)
+      handle.agent.close()
+      if (mode === 'files') await pool.containers.remove(handle.containerId)
+      fresh.paused = { at: new Date().toISOString(), mode, ...(volume ? { volume } : {}) }
+      await this.store.saveSandbox(fresh)
+      this.cap.countOn(pool.host, -1, fresh.memory_mb, 1)
+      this.opts.observePause?.({ action: 'pause', mode, seconds: (Date.now() - began) / 1000, bytes })
+      this.log.info({ sandbox: fresh.id, mode, ms: Date.now() - began, bytes }, 'sandbox paused')
+      return fresh
+    })
+  }
+
+  /**
+   * Resumes a paused sandbox on its own host, within its memory budget and sandbox count (503 when full): from its
+   * checkpoint (variables and processes as they were), or a new container with its kept files (state_lost). A
+   * sandbox that is not paused is returned as it is; one whose restore fails is removed (410 sandbox_lost).
+   */
+  async resume (record: SandboxRecord): Promise<{ record: SandboxRecord, handle: SandboxHandle, stateLost: boolean }> {
+    return await this.transition(record.id, async () => {
+      const fresh = await this.store.getSandbox(record.id)
+      if (!fresh) throw sandboxLost('The sandbox was removed')
+      if (!fresh.paused) return { record: fresh, handle: await this.handle(fresh), stateLost: false }
+      const { mode, volume } = fresh.paused
+      const pool = this.hostSet.poolOf(fresh)
+      if (this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
+      const { release } = this.cap.admit(fresh.owner, fresh.memory_mb, await this.store.listSandboxes(), pool)
+      const began = Date.now()
+      let handle: SandboxHandle
+      try {
+        if (mode === 'memory') {
+          handle = await pool.containers.restore(fresh.container_id).catch(async (err: Error) => {
+            if (err instanceof DependencyError) throw err // its host is down: still paused there
+            this.log.warn({ sandbox: fresh.id, err: err.message }, 'a paused sandbox could not be restored')
+            await this.destroy(fresh).catch(() => {})
+            throw sandboxLost(`The sandbox could not be restored from its checkpoint (${err.message})`)
+          })
+        } else {
+          handle = await pool.containers.create(volume)
+          try {
+            // Its resources and network again; the environment given at creation is not kept (the store never holds it).
+            const rules = (fresh.network ?? []).map((r, i) => parseRule(r, `network.allow[${i}]`))
+            await this.prepare(handle, fresh.id, pool, { cpus: fresh.cpus, memoryMb: fresh.memory_mb, rules, trusted: fresh.network_trusted === true, env: {} })
+          } catch (err) {
+            handle.agent.close()
+            await pool.containers.remove(handle.containerId).catch(() => {})
+            throw err
+          }
+          fresh.container_id = handle.containerId
+        }
+        delete fresh.paused
+        if (mode === 'memory') fresh.restored = true
+        else delete fresh.restored
+        fresh.last_used_at = new Date().toISOString()
+        await this.store.saveSandbox(fresh)
+        this.track(fresh.id, handle, fresh)
+        this.cap.countOn(pool.host, 1, fresh.memory_mb, -1)
+      } finally {
+        release()
+      }
+      if (volume) await pool.containers.removeVolume(volume).catch((err: Error) => this.log.warn({ sandbox: fresh.id, err: err.message }, 'could not remove a resumed sandbox\'s volume'))
+      if (mode === 'files') this.freshKernels.add(fresh.id)
+      this.opts.observePause?.({ action: 'resume', mode, seconds: (Date.now() - began) / 1000, bytes: 0 })
+      this.log.info({ sandbox: fresh.id, mode, ms: Date.now() - began }, 'sandbox resumed')
+      return { record: fresh, handle, stateLost: mode === 'files' }
+    })
+  }
+
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
   async refreshCounts (records?: SandboxRecord[]): Promise<void> {
     this.cap.count(records ?? await this.store.listSandboxes())
   }
 
-  /** A new idle timeout for a live sandbox, counted from now (its expiry moves either way); 400 over the maximum. */
-  async setTimeout (record: SandboxRecord, timeoutS: number): Promise<SandboxRecord> {
-    if (timeoutS > this.opts.maxTimeoutS) {
+  /**
+   * Changes a sandbox's idle timeout (counted from now: its expiry moves either way; 400 over the maximum) and what
+   * it becomes once idle (on_timeout).
+   */
+  async update (record: SandboxRecord, change: { timeout_s?: number, on_timeout?: 'remove' | 'pause' }): Promise<SandboxRecord> {
+    if (change.timeout_s !== undefined && change.timeout_s > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
     const fresh = await this.store.getSandbox(record.id)
     if (!fresh) throw SandboxNotFound()
-    fresh.timeout_s = timeoutS
-    fresh.last_used_at = new Date().toISOString()
+    if (change.timeout_s !== undefined) {
+      fresh.timeout_s = change.timeout_s
+      fresh.last_used_at = new Date().toISOString()
+    }
+    if (change.on_timeout) fresh.on_timeout = change.on_timeout
     await this.store.saveSandbox(fresh)
     const cached = this.records.get(record.id)
-    if (cached) Object.assign(cached, { timeout_s: fresh.timeout_s, last_used_at: fresh.last_used_at })
+    if (cached) Object.assign(cached, { timeout_s: fresh.timeout_s, last_used_at: fresh.last_used_at, on_timeout: fresh.on_timeout })
     return fresh
   }
 
@@ -418,6 +595,8 @@ export class SandboxService {
         maxOutputBytes: this.opts.outputLimit
       }, onEvent)
       observe(result.error ? 'error' : 'ok')
+      // The first run after a resume that kept only the files: its kernel started afresh.
+      if (this.freshKernels.delete(record.id)) result.state_lost = true
       return { sandbox_id: record.id, ...result }
     } catch (err) {
       observe('failed')
@@ -450,12 +629,13 @@ export class SandboxService {
   }
 
   view (record: SandboxRecord): Sandbox {
-    const expires = Date.parse(record.last_used_at) + record.timeout_s * 1000
+    const { paused } = record
+    const expires = paused ? Date.parse(paused.at) + this.pausedTtlS * 1000 : Date.parse(record.last_used_at) + record.timeout_s * 1000
     return {
       id: record.id,
       object: 'sandbox',
       language: record.language,
-      status: this.live.get(record.id)?.busy ? 'busy' : 'ready',
+      status: paused ? 'paused' : this.live.get(record.id)?.busy ? 'busy' : 'ready',
       created_at: record.created_at,
       last_used_at: record.last_used_at,
       expires_at: new Date(expires).toISOString(),
@@ -463,21 +643,39 @@ export class SandboxService {
       resources: { cpus: record.cpus, memory_mb: record.memory_mb },
       metadata: record.metadata,
       session_id: record.session_id,
-      network: record.network?.length ? { allow: record.network } : 'none'
+      network: record.network?.length ? { allow: record.network } : 'none',
+      on_timeout: this.idleActionOf(record),
+      ...(paused ? { paused_at: paused.at, pause_mode: paused.mode } : {})
     }
   }
 
-  /** Removes the sandboxes of `records` idle past their timeout (never one that is running code). */
-  private async reap (records: SandboxRecord[]): Promise<number> {
-    let removed = 0
+  private idleActionOf (record: SandboxRecord): 'remove' | 'pause' {
+    return record.on_timeout ?? this.opts.idleAction ?? 'remove'
+  }
+
+  private get pausedTtlS (): number { return this.opts.pausedTtlS ?? 86400 }
+
+  /**
+   * Removes, or pauses (on_timeout), the sandboxes of `records` idle past their timeout (never one running code),
+   * and removes those paused longer than SANDBOX_PAUSED_TTL_S.
+   */
+  private async reap (records: SandboxRecord[]): Promise<void> {
+    const now = Date.now()
     for (const record of records) {
-      const idleMs = Date.now() - Date.parse(record.last_used_at)
+      const warn = (what: string) => (err: Error) => this.log.warn({ sandbox: record.id, err: err.message }, `could not ${what}`)
+      if (record.paused) {
+        if (now - Date.parse(record.paused.at) < this.pausedTtlS * 1000) continue
+        await this.destroy(record).then(() => this.log.info({ sandbox: record.id }, 'paused sandbox removed after SANDBOX_PAUSED_TTL_S'), warn('remove a paused sandbox'))
+        continue
+      }
+      const idleMs = now - Date.parse(record.last_used_at)
       if (idleMs < record.timeout_s * 1000 || this.live.get(record.id)?.busy) continue
-      await this.destroy(record).catch(err => this.log.warn({ sandbox: record.id, err: (err as Error).message }, 'could not remove an idle sandbox'))
-      this.log.info({ sandbox: record.id, idleMs }, 'idle sandbox removed')
-      removed++
+      if (this.idleActionOf(record) === 'pause') {
+        await this.pause(record).catch(warn('pause an idle sandbox'))
+        continue
+      }
+      await this.destroy(record).then(() => this.log.info({ sandbox: record.id, idleMs }, 'idle sandbox removed'), warn('remove an idle sandbox'))
     }
-    return removed
   }
 
   get counts (): { live: number, busy: number } {

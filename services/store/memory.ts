@@ -1,6 +1,6 @@
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
-import { pageOf, type Page, type PageRequest, type Store } from './types.js'
+import { pageOf, REMOVED_TTL_S, type Page, type PageRequest, type Store } from './types.js'
 
 interface Entry { session: Session, messages: Message[], expiresAt: number }
 
@@ -83,7 +83,17 @@ export class MemoryStore implements Store {
     if (record) record.last_used_at = at
   }
 
-  async deleteSandbox (id: string): Promise<void> { this.sandboxes.delete(id) }
+  private readonly removed = new Map<string, { owner: string, until: number }>()
+  async deleteSandbox (id: string, owner?: string): Promise<void> {
+    this.sandboxes.delete(id)
+    if (owner !== undefined) this.removed.set(id, { owner, until: Date.now() + REMOVED_TTL_S * 1000 })
+  }
+
+  async removedSandboxOwner (id: string): Promise<string | null> {
+    const removed = this.removed.get(id)
+    return removed && removed.until > Date.now() ? removed.owner : null
+  }
+
   async listSandboxes (owner?: string): Promise<SandboxRecord[]> {
     return [...this.sandboxes.values()].filter(r => owner === undefined || r.owner === owner).map(r => structuredClone(r))
   }

@@ -2,7 +2,7 @@ import type { Redis, Result } from 'ioredis'
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { DependencyError } from '../errors.js'
-import type { Page, PageRequest, Store } from './types.js'
+import { REMOVED_TTL_S, type Page, type PageRequest, type Store } from './types.js'
 
 const sessionKey = (id: string) => `session:${id}`
 const messagesKey = (id: string) => `messages:${id}`
@@ -36,6 +36,8 @@ declare module 'ioredis' {
 }
 const ownerKey = (owner: string | null) => owner === null ? 'all-sessions' : `sessions:${owner}`
 const SANDBOXES = 'sandboxes'
+/** + a sandbox id: the owner of a sandbox removed lately. */
+const REMOVED = 'sandbox-removed:'
 type TouchCommand = (key: string, id: string, at: string) => Promise<number>
 
 /**
@@ -136,8 +138,15 @@ export class RedisStore implements Store {
     await this.guard('touch sandbox', () => (this.redis as Redis & { touchSandbox: TouchCommand }).touchSandbox(SANDBOXES, id, at))
   }
 
-  async deleteSandbox (id: string): Promise<void> {
-    await this.guard('delete sandbox', () => this.redis.hdel(SANDBOXES, id))
+  async deleteSandbox (id: string, owner?: string): Promise<void> {
+    await this.guard('delete sandbox', async () => {
+      if (owner === undefined) return await this.redis.hdel(SANDBOXES, id)
+      return await this.redis.multi().hdel(SANDBOXES, id).set(`${REMOVED}${id}`, owner, 'EX', REMOVED_TTL_S).exec()
+    })
+  }
+
+  async removedSandboxOwner (id: string): Promise<string | null> {
+    return await this.guard('removed sandbox', () => this.redis.get(`${REMOVED}${id}`))
   }
 
   async listSandboxes (owner?: string): Promise<SandboxRecord[]> {

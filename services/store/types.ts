@@ -22,7 +22,10 @@ export interface Store {
   getSandbox (id: string): Promise<SandboxRecord | null>
   /** Sets a sandbox's last_used_at, unless the sandbox was deleted meanwhile (a touch never brings a record back). */
   touchSandbox (id: string, at: string): Promise<void>
-  deleteSandbox (id: string): Promise<void>
+  /** Deletes a sandbox's record; given its owner, remembers for a day that it was removed (removedSandboxOwner). */
+  deleteSandbox (id: string, owner?: string): Promise<void>
+  /** The owner of a sandbox removed within the last day (so that a resume can answer 410, not 404); else null. */
+  removedSandboxOwner (id: string): Promise<string | null>
   listSandboxes (owner?: string): Promise<SandboxRecord[]>
   /** Takes a lock, or extends it when `owner` holds it already, unless another owner holds it; it expires after ttlMs. */
   lock (name: string, owner: string, ttlMs: number): Promise<boolean>
@@ -31,6 +34,9 @@ export interface Store {
   lockHolder (name: string): Promise<string | null>
   close (): Promise<void>
 }
+
+/** How long a removed sandbox is remembered (Store.removedSandboxOwner). */
+export const REMOVED_TTL_S = 86400
 
 export const pageOf = <T>(all: T[], page: PageRequest): Page<T> => ({
   items: all.slice(page.offset, page.offset + page.limit),
