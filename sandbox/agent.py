@@ -20,6 +20,7 @@ import socket
 import subprocess
 import stat
 import sys
+import tempfile
 import time
 
 WORKSPACE = '/home/user'
@@ -47,7 +48,6 @@ PLOT_LIMIT = 20 * 1024 * 1024  # largest plot file a kernel may hand over
 FLUSH_AT = 256 * 1024  # a channel's queued output is written at the end of each loop turn, or once this large
 SOCKET_DIR = os.environ.get('AGENT_SOCKET_DIR', '')  # where the server's direct channel (a unix socket) is offered
 SUSPEND_WAIT_S = 30  # how long a suspended agent waits for its checkpoint (or the word that it failed)
-RESTORE_DIR = os.environ.get('SANDBOX_RESTORE_DIR', '')  # a paused sandbox's files, copied into the new workspace
 
 
 class Channel:
@@ -692,6 +692,20 @@ class Agent:
             emit({'id': rid, 'type': 'done'})
         self.handle_denied(rid, run)
 
+    def op_unpack_open(self, rid, req):
+        """Like write_open, but the bytes written are a tar stream unpacked into a workspace directory by tar, run as
+        the user (its permissions apply; members leading out of the directory are refused): files a pause kept."""
+        def run():
+            target = self.resolve(req.get('path'))
+            if not os.path.isdir(target):
+                raise NotADirectoryError(errno.ENOTDIR, 'the path is not a directory')
+            errors = tempfile.TemporaryFile()
+            proc = subprocess.Popen(DROP + ['tar', '--extract', '--file=-', '--directory', target],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, close_fds=True)
+            self.writes[rid] = (proc.stdin.fileno(), (proc, errors), target)
+            emit({'id': rid, 'type': 'done'})
+        self.handle_denied(rid, run)
+
     def op_write_chunk(self, rid, req):
         fd, tmp, _ = self.writes[req['upload']]
         try:
@@ -703,6 +717,13 @@ class Agent:
 
     def abort_write(self, upload):
         fd, tmp, _ = self.writes.pop(upload)
+        if isinstance(tmp, tuple):  # an unpack: its tar goes
+            proc, errors = tmp
+            proc.kill()
+            proc.stdin.close()
+            proc.wait()
+            errors.close()
+            return
         os.close(fd)
         try:
             with AsUser():
@@ -716,6 +737,16 @@ class Agent:
             self.abort_write(upload)
             return emit({'id': rid, 'type': 'done'})
         fd, tmp, target = self.writes.pop(upload)
+        if isinstance(tmp, tuple):  # an unpack: done when its tar is
+            proc, errors = tmp
+            proc.stdin.close()
+            code = proc.wait()
+            errors.seek(0)
+            text = errors.read().decode(errors='replace').strip()
+            errors.close()
+            if code:
+                return emit({'id': rid, 'type': 'error', 'code': 'unpack_failed', 'name': 'UnpackFailed', 'value': text[-500:]})
+            return emit({'id': rid, 'type': 'done'})
         size = os.fstat(fd).st_size
         os.close(fd)
         with AsUser():
@@ -907,17 +938,7 @@ def prepare_workspace():
                 shutil.copy(os.path.join('/opt/mplconfig', name), target)
 
 
-def restore_workspace():
-    """A sandbox resumed without its memory: the files its pause kept (a read-only volume) become the workspace again."""
-    if RESTORE_DIR and os.path.isdir(RESTORE_DIR):
-        done = subprocess.run(DROP + ['cp', '-a', '--no-preserve=ownership', RESTORE_DIR + '/.', WORKSPACE + '/'],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if done.returncode:
-            sys.stderr.write('workspace restore: %s\n' % done.stderr.decode(errors='replace')[-500:])
-
-
 if __name__ == '__main__':
-    restore_workspace()
     with AsUser():
         prepare_workspace()
     Agent().run()

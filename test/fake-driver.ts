@@ -81,6 +81,7 @@ export class FakeDriver implements SandboxDriver {
   async restore (): Promise<void> { throw new Error('the fake engine cannot restore') }
   async deleteCheckpoint (): Promise<void> {}
   async fillVolume (): Promise<void> { throw new Error('the fake engine has no volumes') }
+  readVolume (): NodeJS.ReadableStream { throw new Error('the fake engine has no volumes') }
   async removeVolume (): Promise<void> {}
   async listVolumes (): Promise<Array<{ name: string, labels: Record<string, string> }>> { return [] }
 

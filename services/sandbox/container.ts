@@ -20,13 +20,10 @@ export const NAMESPACE_LABEL = 'dev.interpreter-server.namespace'
 export const INSTANCE_LABEL = 'dev.interpreter-server.instance'
 /** The host directory holding the agent's unix socket, when it has one. */
 export const AGENT_DIR_LABEL = 'dev.interpreter-server.agent-dir'
-/** Where a sandbox resumed from its files alone finds them (a read-only volume), for the agent to copy into its home. */
-export const RESTORE_DIR_IN_CONTAINER = '/restore'
 const MB = 1024 * 1024
 
 /** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
-export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string, restoreVolume?: string): Docker.ContainerCreateOptions {
-  const binds = [...(agentDir ? [`${agentDir}:${AGENT_DIR_IN_CONTAINER}:rw`] : []), ...(restoreVolume ? [`${restoreVolume}:${RESTORE_DIR_IN_CONTAINER}:ro`] : [])]
+export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string): Docker.ContainerCreateOptions {
   const gvisor = limits.runtime === 'runsc'
   return {
     Image: limits.image,
@@ -42,14 +39,12 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
       `KERNEL_KILL_GRACE_MS=${limits.killGraceMs}`,
       ...(limits.preload ? [`SANDBOX_PRELOAD=${limits.preload}`] : []),
       ...(agentDir ? [`AGENT_SOCKET_DIR=${AGENT_DIR_IN_CONTAINER}`] : []),
-      ...(restoreVolume ? [`SANDBOX_RESTORE_DIR=${RESTORE_DIR_IN_CONTAINER}`] : []),
       ...(gvisor ? [`KERNEL_NPROC=${limits.pids}`] : [])
     ],
     HostConfig: {
       NetworkMode: 'none',
-      // The only host mount: the agent's socket directory (root's alone; kernels cannot enter it); and, for a sandbox
-      // resumed from its files alone, the volume they were kept in (read-only).
-      ...(binds.length ? { Binds: binds } : {}),
+      // The only host mount: the agent's socket directory (root's alone; kernels cannot enter it).
+      ...(agentDir ? { Binds: [`${agentDir}:${AGENT_DIR_IN_CONTAINER}:rw`] } : {}),
       ReadonlyRootfs: true,
       Tmpfs: {
         '/home/user': `rw,nosuid,nodev,size=${limits.workspaceMb}m,uid=1000,gid=1000,mode=0700`,

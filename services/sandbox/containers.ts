@@ -49,6 +49,19 @@ export class PauseFailed extends Error {
   constructor (message: string, readonly running: boolean, options?: ErrorOptions) { super(message, options) }
 }
 
+/** Whether an agent answers a ping within 5 s. */
+async function answers (agent: AgentClient): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    await Promise.race([agent.call('ping', {}), new Promise((_resolve, reject) => { timer = setTimeout(() => reject(new Error('no pong')), 5000) })])
+    return true
+  } catch {
+    return false
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 export class SandboxContainers {
   /** What checkpoints do on this host, once found out (pauseMode). */
   private probing: Promise<CheckpointChecks> | undefined
@@ -88,25 +101,22 @@ export class SandboxContainers {
       this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
   }
 
-  /**
-   * Makes, starts and connects to one container; its agent is ready when this resolves. With `restoreVolume`, the
-   * agent first copies the files a pause kept there into its workspace.
-   */
-  async create (restoreVolume?: string): Promise<SandboxHandle> {
+  /** Makes, starts and connects to one container; its agent is ready when this resolves. */
+  async create (): Promise<SandboxHandle> {
     const base = this.agentBase
     const dir = base ? await makeAgentDir(base, this.opts.agentDirGroup) : undefined
     if (dir) this.making.add(dir)
     try {
-      return await this.createIn(dir, restoreVolume)
+      return await this.createIn(dir)
     } finally {
       if (dir) this.making.delete(dir)
     }
   }
 
-  private async createIn (dir: string | undefined, restoreVolume: string | undefined): Promise<SandboxHandle> {
+  private async createIn (dir: string | undefined): Promise<SandboxHandle> {
     let id: string
     try {
-      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir, restoreVolume })
+      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir })
     } catch (err) {
       if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('create', err)
@@ -173,9 +183,7 @@ export class SandboxContainers {
       throw this.dockerError('inspect', err)
     }
     const agent = await this.connect(containerId, dir, socketWaitMs)
-    try {
-      await Promise.race([agent.call('ping', {}), new Promise((_resolve, reject) => setTimeout(() => reject(new Error('no pong')), 5000))])
-    } catch {
+    if (!await answers(agent)) {
       agent.close()
       await this.remove(containerId, dir).catch(() => {})
       return null
@@ -314,11 +322,18 @@ export class SandboxContainers {
       })
     }
     const dir = state.labels[AGENT_DIR_LABEL]
-    if (dir) await wakeAgent(dir).catch(() => {})
-    const handle = await this.adopt(containerId, 5000) // the agent listens again a moment after its wake-up
-    if (!handle) throw new Error('its agent did not answer after the restore')
-    await this.driver.deleteCheckpoint(containerId, CHECKPOINT).catch(() => {})
-    return handle
+    // The agent listens again a moment after its wake-up (told again if it does not answer).
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      if (dir) await wakeAgent(dir).catch(() => {})
+      const agent = await this.connect(containerId, dir, 5000)
+      if (await answers(agent)) {
+        await this.driver.deleteCheckpoint(containerId, CHECKPOINT).catch(() => {})
+        return new SandboxHandle(containerId, agent)
+      }
+      agent.close()
+      this.log.warn({ container: containerId.slice(0, 12), attempt }, 'a restored agent did not answer')
+    }
+    throw new Error('its agent did not answer after the restore')
   }
 
   /** The volume that keeps a paused sandbox's files. */
@@ -342,6 +357,11 @@ export class SandboxContainers {
       throw new PauseFailed(`the workspace could not be kept: ${(err as Error).message}`, handle.agent.alive, { cause: err })
     }
     return bytes
+  }
+
+  /** Unpacks a volume's files into a sandbox's workspace (a resume, or a start from a snapshot); the bytes moved. */
+  async unpack (handle: SandboxHandle, volume: string): Promise<number> {
+    return await handle.unpack('', this.driver.readVolume(volume, this.opts.limits.image) as AsyncIterable<Buffer>)
   }
 
   async removeVolume (name: string): Promise<void> {

@@ -1,7 +1,7 @@
 // The engine behind the sandboxes, as one interface: everything the pool and the service ask of a container engine.
 // DockerDriver holds every dockerode call; another engine (Kubernetes pods, a fake for tests) implements the same.
 import type Docker from 'dockerode'
-import type { Duplex } from 'node:stream'
+import { PassThrough, type Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { AgentClient } from './agent-client.js'
 import { containerSpec, LABEL, NAMESPACE_LABEL, type SandboxLimits } from './container.js'
@@ -14,8 +14,6 @@ export interface ContainerRequest {
   instance?: string
   /** The host directory bind-mounted for the agent's socket, when the socket channel is used. */
   agentDir?: string
-  /** A volume holding a paused sandbox's files, which the agent copies into the new workspace (read-only). */
-  restoreVolume?: string
 }
 
 /** A container as the engine reports it. */
@@ -62,6 +60,8 @@ export interface SandboxDriver {
   restore (id: string, name: string): Promise<void>
   /** Deletes a container's checkpoint; one already gone is not an error. */
   deleteCheckpoint (id: string, name: string): Promise<void>
+  /** A volume's contents as a tar stream (which errors when they cannot be read). */
+  readVolume (name: string, image: string): NodeJS.ReadableStream
   /** A volume of this deployment holding a tar stream's contents (made, then filled). */
   fillVolume (name: string, labels: Record<string, string>, image: string, tar: NodeJS.ReadableStream): Promise<void>
   /** Removes a volume; one already gone is not an error. */
@@ -98,7 +98,7 @@ export class DockerDriver implements SandboxDriver {
   }
 
   async create (request: ContainerRequest): Promise<string> {
-    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir, request.restoreVolume))
+    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir))
     return container.id
   }
 
@@ -116,6 +116,19 @@ export class DockerDriver implements SandboxDriver {
   }
 
   async restore (id: string, name: string): Promise<void> {
+    // containerd now and then refuses the checkpoint's upload as content that "already exists" (a blob of an earlier
+    // restore it has not let go of yet): the same restore a moment later goes through.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.startFrom(id, name)
+      } catch (err) {
+        if (attempt >= 5 || !/already exists/.test((err as Error).message)) throw err
+        await new Promise(resolve => setTimeout(resolve, 200 * attempt))
+      }
+    }
+  }
+
+  private async startFrom (id: string, name: string): Promise<void> {
     // dockerode sends a start's options as a body, which Docker refuses: the checkpoint goes in the query.
     await new Promise<void>((resolve, reject) => {
       this.docker.modem.dial({
@@ -162,6 +175,37 @@ export class DockerDriver implements SandboxDriver {
     } finally {
       await filler.remove({ force: true }).catch(() => {})
     }
+  }
+
+  readVolume (name: string, image: string): NodeJS.ReadableStream {
+    const out = new PassThrough()
+    out.on('error', () => {}) // its reader learns of it
+    const read = async () => {
+      // A container that mounts the volume read-only writes it to its standard output as tar.
+      const reader = await this.docker.createContainer({
+        Image: image,
+        Cmd: ['tar', '--create', '--file=-', '--directory', FILL_PATH, '.'],
+        User: '0:0',
+        NetworkDisabled: true,
+        HostConfig: { NetworkMode: 'none', Binds: [`${name}:${FILL_PATH}:ro`], CapDrop: ['ALL'], CapAdd: ['DAC_READ_SEARCH'], SecurityOpt: ['no-new-privileges'] }
+      })
+      try {
+        const stream = await reader.attach({ stream: true, stdout: true, stderr: true }) as unknown as NodeJS.ReadableStream
+        const ended = new Promise(resolve => { stream.once('end', resolve); stream.once('close', resolve) })
+        let errors = ''
+        const stderr = new PassThrough().on('data', (chunk: Buffer) => { if (errors.length < 4096) errors += chunk.toString() })
+        this.docker.modem.demuxStream(stream, out, stderr)
+        await reader.start()
+        const { StatusCode: code } = await reader.wait() as { StatusCode: number }
+        await ended
+        if (code !== 0) throw new Error(`reading the volume ${name} failed (exit ${code}): ${errors.trim().slice(-300)}`)
+      } finally {
+        await reader.remove({ force: true }).catch(() => {})
+      }
+      out.end() // once the reader is gone, so that the volume can be removed as soon as its contents are read
+    }
+    read().catch((err: Error) => out.destroy(err))
+    return out
   }
 
   async removeVolume (name: string): Promise<void> {

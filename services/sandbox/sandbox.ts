@@ -120,7 +120,16 @@ export class SandboxHandle {
 
   /** Streams `source` into a file in the workspace, one acknowledged chunk at a time; returns its size. */
   async writeFile (path: string, source: AsyncIterable<Buffer | string>, maxBytes: number): Promise<number> {
-    const opened = await this.agent.call('write_open', { path })
+    return await this.upload('write_open', path, source, maxBytes)
+  }
+
+  /** Unpacks a tar stream into a workspace directory (the files a pause kept); the bytes it took. */
+  async unpack (path: string, tar: AsyncIterable<Buffer | string>): Promise<number> {
+    return await this.upload('unpack_open', path, tar, Number.MAX_SAFE_INTEGER)
+  }
+
+  private async upload (op: 'write_open' | 'unpack_open', path: string, source: AsyncIterable<Buffer | string>, maxBytes: number): Promise<number> {
+    const opened = await this.agent.call(op, { path })
     if (opened.type === 'error') throw fileError(opened)
     const upload = opened.id!
     let total = 0

@@ -464,8 +464,9 @@ export class SandboxService {
             throw sandboxLost(`The sandbox could not be restored from its checkpoint (${err.message})`)
           })
         } else {
-          handle = await pool.containers.create(volume)
+          handle = await pool.acquire()
           try {
+            await pool.containers.unpack(handle, volume!)
             // Its resources and network again; the environment given at creation is not kept (the store never holds it).
             const rules = (fresh.network ?? []).map((r, i) => parseRule(r, `network.allow[${i}]`))
             await this.prepare(handle, fresh.id, pool, { cpus: fresh.cpus, memoryMb: fresh.memory_mb, rules, trusted: fresh.network_trusted === true, env: {} })
@@ -493,7 +494,6 @@ export class SandboxService {
       return { record: fresh, handle, stateLost: mode === 'files' }
     })
   }
-
 
   /** Recounts sandboxes per host from the store (every replica's): what /v1/ready and /v1/stats show. */
   async refreshCounts (records?: SandboxRecord[]): Promise<void> {

@@ -27,7 +27,7 @@ t.test('pause keeps a sandbox without its memory; its next use resumes it', asyn
   t.equal((await run(id, 'import os\nx = 42\nos.chdir("/tmp")\nopen("/home/user/note.txt", "w").write("kept")')).json().error, null)
   const before = (await app.store.getSandbox(id))!
 
-  t.equal((await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/pause`, headers: bob })).statusCode, 404, "another key cannot pause it")
+  t.equal((await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/pause`, headers: bob })).statusCode, 404, 'another key cannot pause it')
   const paused = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/pause`, headers: alice })
   t.equal(paused.statusCode, 200)
   const mode = paused.json().pause_mode as 'memory' | 'files'
@@ -59,6 +59,7 @@ t.test('pause keeps a sandbox without its memory; its next use resumes it', asyn
     t.equal((await run(id, 'print(1)')).json().state_lost, false, 'said once')
   }
   t.equal((await run(id, 'print(open("/home/user/note.txt").read())')).json().stdout, 'kept\n', 'the file in the home directory is back')
+  if (mode === 'files') t.notOk(await volumeExists(`${config.SANDBOX_NAMESPACE}-paused-${id}`), 'the volume that kept the files is gone')
   const view = (await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: alice })).json()
   t.equal(view.status, 'ready')
   t.notOk(view.paused_at)
