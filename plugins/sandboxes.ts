@@ -1,3 +1,4 @@
+import { Snapshots } from '../services/sandbox/snapshots.js'
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
@@ -10,7 +11,7 @@ import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
 import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
 
 declare module 'fastify' {
-  interface FastifyInstance { sandboxes: SandboxService }
+  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots }
 }
 
 export interface SandboxPluginOptions {
@@ -99,6 +100,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     ...(app.bus ? { isLive: app.bus.alive.bind(app.bus) } : {})
   }, log)
   app.decorate('sandboxes', service)
+  app.decorate('snapshots', new Snapshots(service, app.store, { maxPerKey: c.SANDBOX_MAX_SNAPSHOTS_PER_KEY, maxFork: c.SANDBOX_MAX_FORK }, log))
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [app.metrics.registry], collect () { this.set(read()) } })
   const sum = (read: (p: SandboxPool) => number) => () => pools.reduce((n, p) => n + read(p), 0)

@@ -1,12 +1,13 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from 'typebox'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
-import { CreateSandboxSchema, ExecuteSchema, ExecutionSchema, SandboxListSchema, SandboxSchema, UpdateSandboxSchema } from '../schemas/sandboxes.js'
+import { CreateSandboxSchema, CreateSnapshotSchema, ExecuteSchema, ExecutionSchema, ForkResultSchema, ForkSchema, SandboxListSchema, SandboxSchema, SnapshotSchema, UpdateSandboxSchema } from '../schemas/sandboxes.js'
 import type { ExecutionEvent } from '../schemas/sandboxes.js'
 import { openSse, type SseStream } from './sse.js'
 import { AppError, SandboxesDisabled } from '../services/errors.js'
 import fileRoutes from './files.js'
-import { clientGone } from '../plugins/route-kit.js'
+import { clientGone, toAppError } from '../plugins/route-kit.js'
+import { snapshotView } from './snapshots.js'
 
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app
@@ -115,6 +116,44 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request) => {
     const record = await sandboxes.get(request.params.id, request.principal)
     return { interrupted: await (await sandboxes.handle(record)).interrupt() }
+  })
+
+  app.post('/:id/snapshots', {
+    preHandler: [enabled, app.limitPerTarget],
+    schema: {
+      tags,
+      summary: "Keep the sandbox's workspace as a named snapshot of the key (it outlives the sandbox)",
+      description: 'POST /v1/sandboxes {snapshot: name} starts a sandbox from it. A snapshot keeps the files; the new sandbox\'s kernels start afresh. 409 snapshot_exists, 409 sandbox_busy while it runs code, 429 snapshot_limit_reached (SANDBOX_MAX_SNAPSHOTS_PER_KEY).',
+      params: IdParamsSchema,
+      body: CreateSnapshotSchema,
+      response: { 201: SnapshotSchema, ...errors }
+    }
+  }, async (request, reply) => {
+    const snapshot = await app.snapshots.take(await sandboxes.get(request.params.id, request.principal), request.body.name)
+    return reply.status(201).send(snapshotView(snapshot))
+  })
+
+  app.post('/:id/fork', {
+    preHandler: [enabled, app.limitPerTarget],
+    schema: {
+      tags,
+      summary: 'Make `count` new sandboxes with this one\'s workspace, from one copy of it',
+      description: 'Each entry of the answer is a sandbox, or the error that kept it from being made (the key\'s limit: 429 sandbox_limit_reached; the host: 503 capacity_exhausted). The copies have the source\'s language, resources, timeout and network policy; their kernels start afresh. 400 when count is over SANDBOX_MAX_FORK.',
+      params: IdParamsSchema,
+      body: ForkSchema,
+      response: { 200: ForkResultSchema, ...errors }
+    }
+  }, async (request) => {
+    const results = await app.snapshots.fork(await sandboxes.get(request.params.id, request.principal), request.body.count, request.principal)
+    return {
+      object: 'list' as const,
+      data: results.map(r => {
+        if ('record' in r) return { sandbox: sandboxes.view(r.record) }
+        const e = toAppError(r.error as Error)
+        if (e.statusCode >= 500 && e.code === 'internal_error') request.log.error({ err: r.error }, 'a fork could not be made')
+        return { error: { message: e.message, type: e.type, code: e.code } }
+      })
+    }
   })
 
   await app.register(fileRoutes)

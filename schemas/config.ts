@@ -57,6 +57,8 @@ export const EnvSchema = Type.Object({
   SANDBOX_MAX_TIMEOUT_S: Int(1, 24 * 3600),
   SANDBOX_IDLE_ACTION: Type.Enum(['remove', 'pause'], { default: 'remove', description: 'what a sandbox idle past its timeout becomes, unless it asked otherwise (on_timeout): removed, or paused (its memory checkpointed where the host can, else its files kept; it resumes on its next use)' }),
   SANDBOX_PAUSE_MODE: Type.Enum(['auto', 'memory', 'files'], { default: 'auto', description: 'how pauses keep sandboxes: auto: their memory where the host checkpoints and restores a container cleanly, again and again (found out by trying at the first pause), else their files; memory: their memory wherever a checkpoint works once (a container restored from one then pauses with its files where a second fails); files: their workspace files only' }),
+  SANDBOX_MAX_FORK: Int(1, 20, 'sandboxes one fork may make'),
+  SANDBOX_MAX_SNAPSHOTS_PER_KEY: Int(1, 20, 'snapshots one key may keep'),
   SANDBOX_PAUSED_TTL_S: Int(60, 24 * 3600, 'a paused sandbox (its checkpoint or kept files) is removed after this long paused'),
   SANDBOX_KEEP_ON_CLOSE: Type.Boolean({ default: true, description: 'leave containers for re-adoption when the server stops' }),
   SANDBOX_OUTPUT_LIMIT: Int(1024, 1024 * 1024),

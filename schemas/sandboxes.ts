@@ -38,7 +38,10 @@ export const UpdateSandboxSchema = Type.Object({
   on_timeout: Type.Optional(OnTimeoutSchema)
 }, { additionalProperties: false, minProperties: 1 })
 
+export const SnapshotName = Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$', description: 'lower-case letters, digits, _ . -; at most 63, starting with a letter or digit' })
+
 export const CreateSandboxSchema = Type.Object({
+  snapshot: Type.Optional({ ...SnapshotName, description: 'start from this snapshot of the key: its files (and its language, unless one is given)' }),
   language: Type.Optional(Language),
   resources: Type.Optional(ResourcesSchema),
   timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'idle time before removal (or pause, with on_timeout); capped by SANDBOX_MAX_TIMEOUT_S' })),
@@ -195,3 +198,41 @@ export const RecoveryStatusSchema = Type.Object({
   removed: Type.Integer({ description: 'records whose container was gone' }),
   orphans_removed: Type.Integer()
 }, { description: "start-up's re-adoption of the containers stored sandboxes reference, which runs in the background" })
+
+export const CreateSnapshotSchema = Type.Object({ name: SnapshotName }, { additionalProperties: false })
+export const SnapshotParamsSchema = Type.Object({ name: SnapshotName })
+
+/** What the store keeps about a snapshot. */
+export interface SnapshotRecord {
+  name: string
+  owner: string
+  /** The Docker host whose volume holds its files (absent: the first). */
+  host?: string
+  volume: string
+  created_at: string
+  size_bytes: number
+  language: Language
+  source_sandbox: string
+}
+
+export const SnapshotSchema = Type.Object({
+  object: Type.Literal('snapshot'),
+  name: Type.String(),
+  created_at: Type.String({ format: 'date-time' }),
+  size_bytes: Type.Integer({ description: 'the workspace as kept (a tar stream)' }),
+  language: Language,
+  source_sandbox: Type.String({ description: 'the sandbox it was taken from (which may be gone)' }),
+  keeps: Type.Literal('files', { description: 'a snapshot keeps the workspace files; kernels of a sandbox started from it start afresh' })
+})
+export const SnapshotListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(SnapshotSchema) })
+
+export const ForkSchema = Type.Object({
+  count: Type.Integer({ minimum: 1, description: 'how many sandboxes (at most SANDBOX_MAX_FORK)' })
+}, { additionalProperties: false })
+export const ForkResultSchema = Type.Object({
+  object: Type.Literal('list'),
+  data: Type.Array(Type.Object({
+    sandbox: Type.Optional(SandboxSchema),
+    error: Type.Optional(Type.Object({ message: Type.String(), type: Type.String(), code: Type.String() }))
+  }), { description: 'one entry per sandbox asked for: the sandbox, or why it could not be made (429 and 503 reasons included)' })
+})

@@ -76,11 +76,11 @@ export class Capacity {
    * that answers has a slot and the memory): the pool of the host it goes to, and `release` for when the creation
    * ends (recorded or failed).
    */
-  admit (owner: string, memoryMb: number, records: SandboxRecord[], home?: SandboxPool): { release: () => void, pool: SandboxPool } {
+  admit (owner: string, memoryMb: number, records: SandboxRecord[], home?: { pool: SandboxPool, resuming?: boolean }): { release: () => void, pool: SandboxPool } {
     const r = this.reserved
-    // A paused sandbox still counts against its key (its checkpoint or files take the host's disk); one resuming
-    // (home: it comes back on its own host) is counted already.
-    const own = home ? 0 : records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
+    // A paused sandbox still counts against its key (its checkpoint or files take the host's disk); one resuming is
+    // counted already. `home`: the host it must go to (its own, or its snapshot's).
+    const own = home?.resuming ? 0 : records.filter(x => x.owner === owner).length + (r.byOwner.get(owner) ?? 0)
     if (own >= this.limits.maxPerKey) {
       throw new AppError(429, 'sandbox_limit_reached', `This key already has ${own} sandboxes (the limit is ${this.limits.maxPerKey}); delete one first`)
     }
@@ -88,7 +88,7 @@ export class Capacity {
     // Placement: the host (that answers) with the most free sandbox slots, then the most free memory budget.
     // MAX_SANDBOXES and SANDBOX_MEMORY_BUDGET_MB are per host; the counts come from the store, so replicas agree.
     const pools = this.hosts.pools
-    const up = home ? [home] : this.hosts.up()
+    const up = home ? [home.pool] : this.hosts.up()
     if (!up.length) throw new DependencyError('docker', `no Docker host answers (${pools.map(p => p.host).join(', ')})`)
     let best: { pool: SandboxPool, slots: number, memory: number } | null = null
     let full: 'max_sandboxes' | 'memory_budget' = 'max_sandboxes'

@@ -38,8 +38,9 @@ export interface ContainerOptions {
 export type PauseMode = 'memory' | 'files'
 /** The name of a paused sandbox's checkpoint (each container has at most one). */
 const CHECKPOINT = 'paused'
-/** The label naming the sandbox whose files a volume keeps. */
-export const PAUSED_LABEL = 'dev.interpreter-server.paused-sandbox'
+/** What a volume of kept files is for (paused: a paused sandbox's; snapshot: a named snapshot's; fork: a fork's, for its duration), and whose. */
+export const KEPT_LABEL = 'dev.interpreter-server.kept'
+export type KeptFor = 'paused' | 'snapshot' | 'fork'
 
 /** What a host's checkpoint probe found: a checkpoint and restore work, and work again on the restored container. */
 interface CheckpointChecks { once: boolean, again: boolean, note?: string }
@@ -336,19 +337,19 @@ export class SandboxContainers {
     throw new Error('its agent did not answer after the restore')
   }
 
-  /** The volume that keeps a paused sandbox's files. */
-  volumeFor (sandboxId: string): string {
-    return `${this.opts.namespace}-paused-${sandboxId}`
+  /** The name of a volume of kept files: `<namespace>-<purpose>-<id>` (id: [A-Za-z0-9_-]). */
+  volumeFor (purpose: KeptFor, id: string): string {
+    return `${this.opts.namespace}-${purpose}-${id}`
   }
 
   /** Copies a sandbox's workspace into a new volume of this host (a pause that keeps the files); its size in bytes. */
-  async pack (handle: SandboxHandle, sandboxId: string, volume: string): Promise<number> {
+  async pack (handle: SandboxHandle, volume: string, purpose: KeptFor, whose: string): Promise<number> {
     let bytes = 0
     const packed = handle.pack()
     const tar = packed.pipe(new Transform({ transform (chunk: Buffer, _encoding, done) { bytes += chunk.length; done(null, chunk) } }))
     packed.on('error', (err) => tar.destroy(err))
     tar.on('error', () => {}) // fillVolume's pipeline rejects with it, even when it fails before that pipeline begins
-    const labels = { [NAMESPACE_LABEL]: this.opts.namespace, [INSTANCE_LABEL]: this.opts.instance, [PAUSED_LABEL]: sandboxId }
+    const labels = { [NAMESPACE_LABEL]: this.opts.namespace, [INSTANCE_LABEL]: this.opts.instance, [KEPT_LABEL]: `${purpose}:${whose}` }
     try {
       await this.driver.fillVolume(volume, labels, this.opts.limits.image, tar)
     } catch (err) {
@@ -368,10 +369,10 @@ export class SandboxContainers {
     await this.driver.removeVolume(name)
   }
 
-  /** The volumes of paused sandboxes on this host, with the sandbox and the process that made each. */
-  async pausedVolumes (): Promise<Array<{ name: string, sandbox: string | undefined, instance: string | undefined }>> {
+  /** The volumes of kept files on this host: what each is for, and the process that made it. */
+  async keptVolumes (): Promise<Array<{ name: string, purpose: KeptFor | undefined, instance: string | undefined }>> {
     const list = await this.driver.listVolumes(this.opts.namespace)
-    return list.map(v => ({ name: v.name, sandbox: v.labels[PAUSED_LABEL], instance: v.labels[INSTANCE_LABEL] }))
+    return list.map(v => ({ name: v.name, purpose: v.labels[KEPT_LABEL]?.split(':')[0] as KeptFor | undefined, instance: v.labels[INSTANCE_LABEL] }))
   }
 
   /**

@@ -77,10 +77,11 @@ export class Recovery {
     const kept = new Set(records.map(r => r.paused?.volume))
     let removed = 0
     for (const pool of this.hosts.up()) {
-      // Volumes that kept the files of a sandbox no longer paused (a pause or resume cut short).
-      const volumes = await pool.containers.pausedVolumes().catch(() => [])
-      for (const { name, instance } of volumes) {
-        if (kept.has(name) || instance === pool.instance || (instance && await isLive(instance))) continue
+      // Volumes that kept the files of a sandbox no longer paused (a pause or resume cut short), and those of forks
+      // whose process died (snapshots stay until deleted).
+      const volumes = await pool.containers.keptVolumes().catch(() => [])
+      for (const { name, purpose, instance } of volumes) {
+        if (purpose === 'snapshot' || kept.has(name) || instance === pool.instance || (instance && await isLive(instance))) continue
         await pool.containers.removeVolume(name).catch(() => {})
       }
       const containers = await pool.containers.list().catch(() => [])

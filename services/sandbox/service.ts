@@ -13,7 +13,7 @@ import type { SandboxHandle } from './sandbox.js'
 import { PauseFailed, type PauseMode } from './containers.js'
 import type { ImageProfile } from './image.js'
 import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
-import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord } from '../../schemas/sandboxes.js'
+import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord, SnapshotRecord } from '../../schemas/sandboxes.js'
 
 /** What kernels of a sandbox with a network policy see: the relay to the egress proxy, and pip set to use it. */
 const PROXY_ENV: Record<string, string> = {
@@ -86,6 +86,9 @@ export interface SandboxServiceOptions {
   /** Told of each pause and resume (metrics). */
   observePause?: (e: PauseObservation) => void
 }
+
+/** Kept workspace files a new sandbox starts from: a volume on a host (absent: the first), and their language. */
+export interface KeptFiles { volume: string, host?: string, language?: Language }
 
 export interface PauseObservation { action: 'pause' | 'resume', mode: PauseMode, seconds: number, bytes: number }
 
@@ -198,7 +201,7 @@ export class SandboxService {
    * A new sandbox for `principal`, within the per-key limit (429), the host's sandbox count and memory budget (503),
    * and the start queue (503 when it cannot serve in time). An aborted `signal` (the client left) gives up.
    */
-  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal, trustedNetwork = false): Promise<SandboxRecord> {
+  async create (principal: Principal, spec: CreateSandbox, sessionId: string | null = null, signal?: AbortSignal, trustedNetwork = false, from?: KeptFiles): Promise<SandboxRecord> {
     if (this.opts.enabled === false) throw SandboxesDisabled()
     const timeoutS = spec.timeout_s ?? this.opts.defaultTimeoutS
     if (timeoutS > this.opts.maxTimeoutS) {
@@ -211,7 +214,9 @@ export class SandboxService {
     if (spec.language) this.language(spec.language)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
-    const { release, pool } = this.cap.admit(principal.name, memoryMb, await this.store.listSandboxes())
+    // Started from kept files (a snapshot, a fork): on the host that keeps them, with their language unless one is given.
+    const source = from ?? (spec.snapshot ? await this.snapshotFiles(principal, spec.snapshot) : undefined)
+    const { release, pool } = this.cap.admit(principal.name, memoryMb, await this.store.listSandboxes(), source ? { pool: this.hostSet.poolOf(source) } : undefined)
     let handle: SandboxHandle
     try {
       handle = await pool.acquire(signal)
@@ -222,12 +227,13 @@ export class SandboxService {
     try {
       const id = `sbx_${randomBytes(12).toString('base64url')}`
       await this.prepare(handle, id, pool, { cpus, memoryMb, rules, trusted: networkTrusted, env: spec.env ?? {} })
+      if (source) await pool.containers.unpack(handle, source.volume)
       const now = new Date().toISOString()
       const record: SandboxRecord = {
         id,
         owner: principal.name,
         container_id: handle.containerId,
-        language: spec.language ?? 'python',
+        language: spec.language ?? source?.language ?? 'python',
         created_at: now,
         last_used_at: now,
         timeout_s: timeoutS,
@@ -251,6 +257,18 @@ export class SandboxService {
     } finally {
       release()
     }
+  }
+
+  /** A key's snapshot's files, or a 404. */
+  private async snapshotFiles (principal: Principal, name: string): Promise<KeptFiles> {
+    const snapshot = await this.store.getNamed<SnapshotRecord>('snapshot', principal.name, name)
+    if (!snapshot) throw new AppError(404, 'snapshot_not_found', `This key has no snapshot named ${name}`)
+    return snapshot
+  }
+
+  /** The pool of a Docker host (absent: the first). */
+  poolOn (host?: string): SandboxPool {
+    return this.hostSet.poolOf({ host })
   }
 
   /** Gives a new container its sandbox's resources, egress proxy and environment (with the proxy's variables). */
@@ -414,8 +432,8 @@ export class SandboxService {
           await this.opts.egress?.close(fresh.id) // its host socket, like the agent's, may not cross a checkpoint
           await pool.containers.checkpoint(handle)
         } else {
-          volume = pool.containers.volumeFor(fresh.id)
-          bytes = await pool.containers.pack(handle, fresh.id, volume)
+          volume = pool.containers.volumeFor('paused', fresh.id)
+          bytes = await pool.containers.pack(handle, volume, 'paused', fresh.id)
         }
       } catch (err) {
         if (!(err instanceof PauseFailed)) throw err
@@ -452,7 +470,7 @@ export class SandboxService {
       const { mode, volume } = fresh.paused
       const pool = this.hostSet.poolOf(fresh)
       if (this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
-      const { release } = this.cap.admit(fresh.owner, fresh.memory_mb, await this.store.listSandboxes(), pool)
+      const { release } = this.cap.admit(fresh.owner, fresh.memory_mb, await this.store.listSandboxes(), { pool, resuming: true })
       const began = Date.now()
       let handle: SandboxHandle
       try {

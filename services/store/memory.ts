@@ -1,6 +1,6 @@
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
-import { pageOf, REMOVED_TTL_S, type Page, type PageRequest, type Store } from './types.js'
+import { pageOf, REMOVED_TTL_S, type Named, type Page, type PageRequest, type Store } from './types.js'
 
 interface Entry { session: Session, messages: Message[], expiresAt: number }
 
@@ -87,6 +87,25 @@ export class MemoryStore implements Store {
   async deleteSandbox (id: string, owner?: string): Promise<void> {
     this.sandboxes.delete(id)
     if (owner !== undefined) this.removed.set(id, { owner, until: Date.now() + REMOVED_TTL_S * 1000 })
+  }
+
+  private readonly named = new Map<string, Map<string, Named>>()
+  async saveNamed<T extends Named> (kind: string, record: T): Promise<void> {
+    if (!this.named.has(kind)) this.named.set(kind, new Map())
+    this.named.get(kind)!.set(`${record.owner}\n${record.name}`, structuredClone(record))
+  }
+
+  async getNamed<T extends Named> (kind: string, owner: string, name: string): Promise<T | null> {
+    const record = this.named.get(kind)?.get(`${owner}\n${name}`)
+    return record ? structuredClone(record) as T : null
+  }
+
+  async listNamed<T extends Named> (kind: string, owner?: string): Promise<T[]> {
+    return [...this.named.get(kind)?.values() ?? []].filter(r => owner === undefined || r.owner === owner).map(r => structuredClone(r) as T)
+  }
+
+  async deleteNamed (kind: string, owner: string, name: string): Promise<boolean> {
+    return this.named.get(kind)?.delete(`${owner}\n${name}`) ?? false
   }
 
   async removedSandboxOwner (id: string): Promise<string | null> {

@@ -2,7 +2,7 @@ import type { Redis, Result } from 'ioredis'
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { DependencyError } from '../errors.js'
-import { REMOVED_TTL_S, type Page, type PageRequest, type Store } from './types.js'
+import { REMOVED_TTL_S, type Named, type Page, type PageRequest, type Store } from './types.js'
 
 const sessionKey = (id: string) => `session:${id}`
 const messagesKey = (id: string) => `messages:${id}`
@@ -38,6 +38,8 @@ const ownerKey = (owner: string | null) => owner === null ? 'all-sessions' : `se
 const SANDBOXES = 'sandboxes'
 /** + a sandbox id: the owner of a sandbox removed lately. */
 const REMOVED = 'sandbox-removed:'
+/** + a kind: a hash of the named records of that kind (snapshots, volumes), by owner and name. */
+const NAMED = 'named:'
 type TouchCommand = (key: string, id: string, at: string) => Promise<number>
 
 /**
@@ -143,6 +145,24 @@ export class RedisStore implements Store {
       if (owner === undefined) return await this.redis.hdel(SANDBOXES, id)
       return await this.redis.multi().hdel(SANDBOXES, id).set(`${REMOVED}${id}`, owner, 'EX', REMOVED_TTL_S).exec()
     })
+  }
+
+  async saveNamed<T extends Named> (kind: string, record: T): Promise<void> {
+    await this.guard(`save ${kind}`, () => this.redis.hset(`${NAMED}${kind}`, `${record.owner}\n${record.name}`, JSON.stringify(record)))
+  }
+
+  async getNamed<T extends Named> (kind: string, owner: string, name: string): Promise<T | null> {
+    const raw = await this.guard(`get ${kind}`, () => this.redis.hget(`${NAMED}${kind}`, `${owner}\n${name}`))
+    return raw ? JSON.parse(raw) as T : null
+  }
+
+  async listNamed<T extends Named> (kind: string, owner?: string): Promise<T[]> {
+    const all = await this.guard(`list ${kind}`, () => this.redis.hvals(`${NAMED}${kind}`))
+    return all.map(r => JSON.parse(r) as T).filter(r => owner === undefined || r.owner === owner)
+  }
+
+  async deleteNamed (kind: string, owner: string, name: string): Promise<boolean> {
+    return await this.guard(`delete ${kind}`, () => this.redis.hdel(`${NAMED}${kind}`, `${owner}\n${name}`)) > 0
   }
 
   async removedSandboxOwner (id: string): Promise<string | null> {

@@ -26,6 +26,13 @@ export interface Store {
   deleteSandbox (id: string, owner?: string): Promise<void>
   /** The owner of a sandbox removed within the last day (so that a resume can answer 410, not 404); else null. */
   removedSandboxOwner (id: string): Promise<string | null>
+  /** Named things a key keeps (`kind`: snapshot, volume), one per owner and name. */
+  saveNamed<T extends Named> (kind: string, record: T): Promise<void>
+  getNamed<T extends Named> (kind: string, owner: string, name: string): Promise<T | null>
+  /** A kind's records of one owner (or every owner's). */
+  listNamed<T extends Named> (kind: string, owner?: string): Promise<T[]>
+  /** Whether there was one to delete. */
+  deleteNamed (kind: string, owner: string, name: string): Promise<boolean>
   listSandboxes (owner?: string): Promise<SandboxRecord[]>
   /** Takes a lock, or extends it when `owner` holds it already, unless another owner holds it; it expires after ttlMs. */
   lock (name: string, owner: string, ttlMs: number): Promise<boolean>
@@ -34,6 +41,9 @@ export interface Store {
   lockHolder (name: string): Promise<string | null>
   close (): Promise<void>
 }
+
+/** What Store's named records have. */
+export interface Named { owner: string, name: string }
 
 /** How long a removed sandbox is remembered (Store.removedSandboxOwner). */
 export const REMOVED_TTL_S = 86400
