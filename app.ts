@@ -25,6 +25,7 @@ import healthRoutes from './routes/health.js'
 import sessionRoutes from './routes/sessions.js'
 import sandboxRoutes from './routes/sandboxes.js'
 import snapshotRoutes from './routes/snapshots.js'
+import volumeRoutes from './routes/volumes.js'
 import languageRoutes from './routes/languages.js'
 import metricsRoutes from './routes/metrics.js'
 import chatRoutes from './routes/chat.js'
@@ -87,6 +88,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(sessionRoutes, { prefix: '/v1/sessions' })
   await app.register(sandboxRoutes, { prefix: '/v1/sandboxes' })
   await app.register(snapshotRoutes, { prefix: '/v1/snapshots' })
+  await app.register(volumeRoutes, { prefix: '/v1/volumes' })
   await app.register(languageRoutes, { prefix: '/v1' })
   await app.register(chatRoutes, { prefix: '/v1' })
   await app.register(openaiRoutes, { prefix: '/v1' })

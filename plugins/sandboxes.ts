@@ -1,4 +1,3 @@
-import { Snapshots } from '../services/sandbox/snapshots.js'
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
@@ -9,9 +8,11 @@ import { SandboxService } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
 import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
 import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
+import { Snapshots } from '../services/sandbox/snapshots.js'
+import { Volumes } from '../services/sandbox/volumes.js'
 
 declare module 'fastify' {
-  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots }
+  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes }
 }
 
 export interface SandboxPluginOptions {
@@ -67,7 +68,16 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     ownEndpoints: ownEndpoints(c, hosts),
     ...(c.SANDBOX_AGENT_DIR_GROUP !== undefined ? { socketGroup: c.SANDBOX_AGENT_DIR_GROUP } : {})
   })
+  // Volumes are loop-mounted by this server and bind-mounted by the Docker daemon: one host, on this machine.
+  const volumes = new Volumes(app.store, {
+    dir: c.SANDBOX_VOLUME_DIR,
+    namespace: c.SANDBOX_NAMESPACE,
+    maxPerKey: c.SANDBOX_MAX_VOLUMES_PER_KEY,
+    maxMb: c.SANDBOX_VOLUME_MAX_MB,
+    ...(hosts.length > 1 || !hosts[0].local ? { unavailable: 'named volumes need one Docker host, on the machine this server runs on' } : {})
+  }, log)
   const service = new SandboxService(pools, app.store, {
+    volumes,
     enabled: c.SANDBOX_ENABLED,
     egress,
     egressAllowed,
@@ -100,6 +110,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     ...(app.bus ? { isLive: app.bus.alive.bind(app.bus) } : {})
   }, log)
   app.decorate('sandboxes', service)
+  app.decorate('volumes', volumes)
   app.decorate('snapshots', new Snapshots(service, app.store, { maxPerKey: c.SANDBOX_MAX_SNAPSHOTS_PER_KEY, maxFork: c.SANDBOX_MAX_FORK }, log))
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [app.metrics.registry], collect () { this.set(read()) } })

@@ -770,7 +770,9 @@ class Agent:
         """The workspace as a tar stream (file_chunk events, then done with its size): a pause that keeps files.
 
         tar runs as the user, so it reads what the user may read and stores symlinks as symlinks."""
-        proc = subprocess.Popen(DROP + ['tar', '--create', '--file=-', '--directory', WORKSPACE, '--sparse', '.'],
+        # --one-file-system: volumes mounted under the home are theirs to keep, not the workspace's.
+        proc = subprocess.Popen(DROP + ['tar', '--create', '--file=-', '--directory', WORKSPACE, '--sparse',
+                                        '--one-file-system', '.'],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 close_fds=True)
         size = 0

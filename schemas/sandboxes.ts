@@ -38,6 +38,14 @@ export const UpdateSandboxSchema = Type.Object({
   on_timeout: Type.Optional(OnTimeoutSchema)
 }, { additionalProperties: false, minProperties: 1 })
 
+export const VolumeName = Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$', description: 'lower-case letters, digits, _ . -; at most 63, starting with a letter or digit' })
+export const VolumeMountSchema = Type.Object({
+  name: VolumeName,
+  path: Type.String({ maxLength: 200, description: 'where the sandbox sees it: a directory under /home/user or /mnt (not /mnt/data, which is the home)' }),
+  read_only: Type.Optional(Type.Boolean())
+}, { additionalProperties: false })
+export type VolumeMount = Static<typeof VolumeMountSchema>
+
 export const SnapshotName = Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$', description: 'lower-case letters, digits, _ . -; at most 63, starting with a letter or digit' })
 
 export const CreateSandboxSchema = Type.Object({
@@ -48,7 +56,8 @@ export const CreateSandboxSchema = Type.Object({
   on_timeout: Type.Optional(OnTimeoutSchema),
   env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 128 }), Type.String({ maxLength: 4096 }))),
   metadata: Type.Optional(Metadata),
-  network: Type.Optional(NetworkPolicySchema)
+  network: Type.Optional(NetworkPolicySchema),
+  volumes: Type.Optional(Type.Array(VolumeMountSchema, { maxItems: 8, description: "the key's named volumes to mount (POST /v1/volumes makes one); such a sandbox starts its own container, not a warm one" }))
 }, { additionalProperties: false })
 export type CreateSandbox = Static<typeof CreateSandboxSchema>
 
@@ -76,7 +85,9 @@ export const SandboxRecordSchema = Type.Object({
   /** Set while it is paused: when, and how (memory: its container is stopped at a checkpoint; files: its container is gone and `volume` keeps its workspace). */
   paused: Type.Optional(Type.Object({ at: Type.String(), mode: Type.Union([Type.Literal('memory'), Type.Literal('files')]), volume: Type.Optional(Type.String()) })),
   /** Its container was restored from a checkpoint (some hosts cannot checkpoint such a container again). */
-  restored: Type.Optional(Type.Boolean())
+  restored: Type.Optional(Type.Boolean()),
+  /** The named volumes it mounts. */
+  volumes: Type.Optional(Type.Array(VolumeMountSchema))
 })
 export type SandboxRecord = Static<typeof SandboxRecordSchema>
 
@@ -93,6 +104,7 @@ export const SandboxSchema = Type.Object({
   metadata: Metadata,
   session_id: Type.Union([Type.String(), Type.Null()]),
   network: NetworkPolicySchema,
+  volumes: Type.Optional(Type.Array(VolumeMountSchema)),
   on_timeout: OnTimeoutSchema,
   paused_at: Type.Optional(Type.String({ format: 'date-time' })),
   pause_mode: Type.Optional(Type.Union([Type.Literal('memory'), Type.Literal('files')], { description: 'while paused: memory (its variables and processes come back) or files (only its workspace files do)' })),
@@ -236,3 +248,27 @@ export const ForkResultSchema = Type.Object({
     error: Type.Optional(Type.Object({ message: Type.String(), type: Type.String(), code: Type.String() }))
   }), { description: 'one entry per sandbox asked for: the sandbox, or why it could not be made (429 and 503 reasons included)' })
 })
+
+/** What the store keeps about a named volume. */
+export interface VolumeRecord {
+  name: string
+  owner: string
+  /** Its image and mount point on the Docker host are named by this. */
+  id: string
+  size_mb: number
+  created_at: string
+}
+
+export const CreateVolumeSchema = Type.Object({
+  name: VolumeName,
+  size_mb: Type.Integer({ minimum: 1, description: 'its size cap: code that writes more gets ENOSPC (at most SANDBOX_VOLUME_MAX_MB)' })
+}, { additionalProperties: false })
+export const VolumeParamsSchema = Type.Object({ name: VolumeName })
+export const VolumeSchema = Type.Object({
+  object: Type.Literal('volume'),
+  name: Type.String(),
+  size_mb: Type.Integer(),
+  used_bytes: Type.Integer({ description: 'what its files take on the host now' }),
+  created_at: Type.String({ format: 'date-time' })
+})
+export const VolumeListSchema = Type.Object({ object: Type.Literal('list'), data: Type.Array(VolumeSchema) })

@@ -1,5 +1,6 @@
 import type Docker from 'dockerode'
 import { AGENT_DIR_IN_CONTAINER } from './agent-socket.js'
+import type { VolumeBind } from './volumes.js'
 
 export interface SandboxLimits {
   image: string
@@ -23,7 +24,8 @@ export const AGENT_DIR_LABEL = 'dev.interpreter-server.agent-dir'
 const MB = 1024 * 1024
 
 /** The hardened container: no network, read-only root, tmpfs workspace, no capabilities but those the agent needs. */
-export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string): Docker.ContainerCreateOptions {
+export function containerSpec (limits: SandboxLimits, namespace: string, instance?: string, agentDir?: string, volumes: VolumeBind[] = []): Docker.ContainerCreateOptions {
+  const binds = [...(agentDir ? [`${agentDir}:${AGENT_DIR_IN_CONTAINER}:rw`] : []), ...volumes.map(v => `${v.source}:${v.path}:${v.readOnly ? 'ro' : 'rw'}`)]
   const gvisor = limits.runtime === 'runsc'
   return {
     Image: limits.image,
@@ -43,8 +45,9 @@ export function containerSpec (limits: SandboxLimits, namespace: string, instanc
     ],
     HostConfig: {
       NetworkMode: 'none',
-      // The only host mount: the agent's socket directory (root's alone; kernels cannot enter it).
-      ...(agentDir ? { Binds: [`${agentDir}:${AGENT_DIR_IN_CONTAINER}:rw`] } : {}),
+      // The only host mounts: the agent's socket directory (root's alone; kernels cannot enter it), and the named
+      // volumes the sandbox asked for (each a size-capped file system of its own).
+      ...(binds.length ? { Binds: binds } : {}),
       ReadonlyRootfs: true,
       Tmpfs: {
         '/home/user': `rw,nosuid,nodev,size=${limits.workspaceMb}m,uid=1000,gid=1000,mode=0700`,

@@ -7,6 +7,7 @@ import { INSTANCE_LABEL, AGENT_DIR_LABEL, NAMESPACE_LABEL, type SandboxLimits } 
 import type { SandboxDriver } from './driver.js'
 import { agentDirBase, connectAgentSocket, makeAgentDir, removeAgentDir, runtimeKeepsHostSockets, staleAgentDirs, wakeAgent } from './agent-socket.js'
 import { SandboxHandle } from './sandbox.js'
+import type { VolumeBind } from './volumes.js'
 import { DependencyError } from '../errors.js'
 import type { Logger } from './pool.js'
 
@@ -102,22 +103,22 @@ export class SandboxContainers {
       this.agentBase ? 'the runtime lets the host reach agent sockets' : 'the runtime keeps sockets inside its sandboxes (no --host-uds): attaching to agents')
   }
 
-  /** Makes, starts and connects to one container; its agent is ready when this resolves. */
-  async create (): Promise<SandboxHandle> {
+  /** Makes, starts and connects to one container (with these volumes); its agent is ready when this resolves. */
+  async create (binds?: VolumeBind[]): Promise<SandboxHandle> {
     const base = this.agentBase
     const dir = base ? await makeAgentDir(base, this.opts.agentDirGroup) : undefined
     if (dir) this.making.add(dir)
     try {
-      return await this.createIn(dir)
+      return await this.createIn(dir, binds)
     } finally {
       if (dir) this.making.delete(dir)
     }
   }
 
-  private async createIn (dir: string | undefined): Promise<SandboxHandle> {
+  private async createIn (dir: string | undefined, binds: VolumeBind[] | undefined): Promise<SandboxHandle> {
     let id: string
     try {
-      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir })
+      id = await this.driver.create({ limits: this.opts.limits, namespace: this.opts.namespace, instance: this.opts.instance, agentDir: dir, binds })
     } catch (err) {
       if (dir) await removeAgentDir(dir).catch(() => {})
       throw this.dockerError('create', err)

@@ -5,6 +5,7 @@ import { PassThrough, type Duplex } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { AgentClient } from './agent-client.js'
 import { containerSpec, LABEL, NAMESPACE_LABEL, type SandboxLimits } from './container.js'
+import type { VolumeBind } from './volumes.js'
 
 /** What a new sandbox container is made from. */
 export interface ContainerRequest {
@@ -14,6 +15,8 @@ export interface ContainerRequest {
   instance?: string
   /** The host directory bind-mounted for the agent's socket, when the socket channel is used. */
   agentDir?: string
+  /** Host directories bind-mounted into it (named volumes). */
+  binds?: VolumeBind[]
 }
 
 /** A container as the engine reports it. */
@@ -98,7 +101,7 @@ export class DockerDriver implements SandboxDriver {
   }
 
   async create (request: ContainerRequest): Promise<string> {
-    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir))
+    const container = await this.docker.createContainer(containerSpec(request.limits, request.namespace, request.instance, request.agentDir, request.binds))
     return container.id
   }
 

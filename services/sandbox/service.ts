@@ -13,7 +13,8 @@ import type { SandboxHandle } from './sandbox.js'
 import { PauseFailed, type PauseMode } from './containers.js'
 import type { ImageProfile } from './image.js'
 import { findLanguage, freshProcess, languagesOf, type LanguageSpec } from './languages.js'
-import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord, SnapshotRecord } from '../../schemas/sandboxes.js'
+import type { CreateSandbox, Execution, ExecutionEvent, Language, Sandbox, SandboxRecord, SnapshotRecord, VolumeMount } from '../../schemas/sandboxes.js'
+import type { VolumeBind, Volumes } from './volumes.js'
 
 /** What kernels of a sandbox with a network policy see: the relay to the egress proxy, and pip set to use it. */
 const PROXY_ENV: Record<string, string> = {
@@ -85,6 +86,8 @@ export interface SandboxServiceOptions {
   pausedTtlS?: number
   /** Told of each pause and resume (metrics). */
   observePause?: (e: PauseObservation) => void
+  /** The keys' named volumes, which sandboxes may mount. */
+  volumes?: Volumes
 }
 
 /** Kept workspace files a new sandbox starts from: a volume on a host (absent: the first), and their language. */
@@ -212,6 +215,7 @@ export class SandboxService {
     // (whoever set it), also meets the wall.
     const networkTrusted = spec.network === undefined || principal.role === 'admin'
     if (spec.language) this.language(spec.language)
+    const binds = await this.volumeBinds(principal.name, spec.volumes)
     const cpus = spec.resources?.cpus ?? this.opts.cpus
     const memoryMb = spec.resources?.memory_mb ?? this.opts.memoryMb
     // Started from kept files (a snapshot, a fork): on the host that keeps them, with their language unless one is given.
@@ -219,7 +223,8 @@ export class SandboxService {
     const { release, pool } = this.cap.admit(principal.name, memoryMb, await this.store.listSandboxes(), source ? { pool: this.hostSet.poolOf(source) } : undefined)
     let handle: SandboxHandle
     try {
-      handle = await pool.acquire(signal)
+      // A sandbox with volumes starts a container of its own (a warm one has no mounts to give).
+      handle = binds.length ? await pool.containers.create(binds) : await pool.acquire(signal)
     } catch (err) {
       release()
       throw err
@@ -242,6 +247,7 @@ export class SandboxService {
         metadata: spec.metadata ?? {},
         session_id: sessionId,
         ...(spec.on_timeout ? { on_timeout: spec.on_timeout } : {}),
+        ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
         ...(rules.length ? { network: rules.map(r => r.text), network_trusted: networkTrusted } : {}),
         ...(this.pools.length > 1 ? { host: pool.host } : {})
       }
@@ -257,6 +263,13 @@ export class SandboxService {
     } finally {
       release()
     }
+  }
+
+  /** Where a new container mounts the key's volumes a sandbox asks for (404 for one it does not have). */
+  private async volumeBinds (owner: string, mounts: VolumeMount[] | undefined): Promise<VolumeBind[]> {
+    if (!mounts?.length) return []
+    if (!this.opts.volumes) throw new AppError(400, 'volumes_unavailable', 'This server has no volumes')
+    return await this.opts.volumes.binds(owner, mounts)
   }
 
   /** A key's snapshot's files, or a 404. */
@@ -482,7 +495,8 @@ export class SandboxService {
             throw sandboxLost(`The sandbox could not be restored from its checkpoint (${err.message})`)
           })
         } else {
-          handle = await pool.acquire()
+          const binds = await this.volumeBinds(fresh.owner, fresh.volumes)
+          handle = binds.length ? await pool.containers.create(binds) : await pool.acquire()
           try {
             await pool.containers.unpack(handle, volume!)
             // Its resources and network again; the environment given at creation is not kept (the store never holds it).
@@ -662,6 +676,7 @@ export class SandboxService {
       metadata: record.metadata,
       session_id: record.session_id,
       network: record.network?.length ? { allow: record.network } : 'none',
+      ...(record.volumes?.length ? { volumes: record.volumes } : {}),
       on_timeout: this.idleActionOf(record),
       ...(paused ? { paused_at: paused.at, pause_mode: paused.mode } : {})
     }

@@ -77,7 +77,8 @@ export class Snapshots {
         timeout_s: record.timeout_s,
         ...(record.on_timeout ? { on_timeout: record.on_timeout } : {}),
         metadata: record.metadata,
-        network: record.network?.length ? { allow: record.network } : 'none' as const
+        network: record.network?.length ? { allow: record.network } : 'none' as const,
+        ...(record.volumes?.length ? { volumes: record.volumes } : {})
       }
       const from = { volume, ...(record.host ? { host: record.host } : {}) }
       return await Promise.all(Array.from({ length: count }, async () => {
