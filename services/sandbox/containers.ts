@@ -86,6 +86,8 @@ export class SandboxContainers {
 
   get host (): string { return this.opts.host ?? 'local' }
 
+  get runtime (): string { return this.opts.limits.runtime ?? 'runc' }
+
   /** How this process talks to the agents: their unix socket, or docker attach. */
   get channel (): 'socket' | 'attach' { return this.agentBase ? 'socket' : 'attach' }
 

@@ -291,6 +291,8 @@ export class SandboxService {
       await pool.driver.update(handle.containerId, { memoryMb, cpus }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
         // Docker refuses what the host cannot give (more CPUs than it has): the client's 400, in our words.
         if (err.statusCode === 400) throw new AppError(400, 'validation_error', `body/resources: this Docker host cannot give ${cpus} CPUs and ${memoryMb} MB`)
+        // gVisor's runsc cannot change a running container's limits (`runsc update` does not exist).
+        if (this.pools[0].containers.runtime === 'runsc') throw new AppError(400, 'validation_error', `body/resources: under gVisor every sandbox has the server's ${this.opts.cpus} CPUs and ${this.opts.memoryMb} MB (SANDBOX_CPUS, SANDBOX_MEMORY_MB)`)
         throw err
       })
     }

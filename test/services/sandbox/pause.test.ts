@@ -4,7 +4,8 @@
 // docs/sandboxes.md, "Pausing").
 import t from 'tap'
 import Docker from 'dockerode'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, waitFor, fakeLlmConfig, fakeLlmApp } from '../../helper.js'
+import { FakeLlm } from '../../fake-llm.js'
 
 const alice = auth(KEYS.alice)
 const bob = auth(KEYS.bob)
@@ -104,6 +105,11 @@ t.test('idle sandboxes pause instead of going (on_timeout, SANDBOX_IDLE_ACTION);
   const app = await build(t, config)
   const bad = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { on_timeout: 'sleep' } })
   t.equal(bad.statusCode, 400)
+  if (runsc) {
+    const sized = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { resources: { memory_mb: 256 } } })
+    t.equal(sized.statusCode, 400, 'gVisor cannot change a container\'s limits: a clear 400, not a 500')
+    t.match(sized.json().error.message, /under gVisor/)
+  }
   const created = await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: { timeout_s: 1, on_timeout: 'pause' } })
   t.match(created.json(), { on_timeout: 'pause' })
   const id = created.json().id as string
@@ -140,4 +146,31 @@ t.test('a sandbox running code is not paused', async (t) => {
   t.equal(busy.statusCode, 409)
   t.equal(busy.json().error.code, 'sandbox_busy')
   t.equal((await slow).json().stdout, 'done\n', 'the run went on')
+})
+
+t.test('a session whose sandbox paused while idle goes on with its next turn (SANDBOX_IDLE_ACTION=pause)', async (t) => {
+  const fake = new FakeLlm()
+  await fake.start()
+  t.teardown(() => fake.stop())
+  const config = await fakeLlmConfig(fake.url, { SANDBOX_IDLE_ACTION: 'pause', SANDBOX_TIMEOUT_S: '1', SANDBOX_REAP_INTERVAL_MS: '100', ...(pauseMode ? { SANDBOX_PAUSE_MODE: pauseMode } : {}) })
+  t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
+  const app = await fakeLlmApp(config)
+  t.teardown(() => app.close())
+  const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: alice, payload: {} })).json().id as string
+  const turn = (content: string) => app.inject({ method: 'POST', url: '/v1/chat', headers: alice, payload: { session_id: session, messages: [{ role: 'user', content }], config: { llm: { model: 'gpt' } } } })
+  fake.script('gpt-test', { code: { language: 'python', code: 'x = 42' } }, { text: 'Stored.' })
+  t.equal((await turn('store 42')).statusCode, 200)
+  const sandboxId = (await app.store.getSession(session))!.sandbox_id!
+  await waitFor('the idle session sandbox to pause', async () => (await app.store.getSandbox(sandboxId))?.paused !== undefined)
+  const mode = (await app.store.getSandbox(sandboxId))!.paused!.mode
+  let told = ''
+  fake.script('gpt-test', { code: { language: 'python', code: 'print(x)' } }, (body) => {
+    const messages = body.messages as Array<{ content: unknown }>
+    told = JSON.stringify(messages[messages.length - 1].content)
+    return { text: 'Done.' }
+  })
+  t.equal((await turn('print it')).statusCode, 200)
+  t.equal((await app.store.getSession(session))!.sandbox_id, sandboxId, 'the same sandbox, resumed')
+  if (mode === 'memory') t.match(told, /42/, 'the variable was there for the next turn')
+  else t.match(told, /variables are gone/, 'the model is told the kernel started afresh')
 })
