@@ -79,7 +79,7 @@ class Channel:
             while data:
                 data = data[os.write(self.wfd, data):]
         except OSError:
-            if self.sock is None:  # the attach stream broke: the server detached for good
+            if self.sock is None and not SOCKET_DIR:  # the attach stream broke: the server detached for good
                 os._exit(0)
             self.close()
 
@@ -89,6 +89,7 @@ class Channel:
         self.closed = True
         if self.sock is not None:
             self.sock.close()
+        if self in CHANNELS:
             CHANNELS.remove(self)
 
 
@@ -828,7 +829,9 @@ class Agent:
         if data is None:
             return
         if not data:
-            if ch is STDIO:
+            # The attach stream's end stops the agent when it is the server's channel. With the socket channel stdin
+            # is unused, and a restored checkpoint may give an ended one: the agent goes on.
+            if ch is STDIO and not SOCKET_DIR:
                 self.stop = True
             else:
                 ch.close()

@@ -94,6 +94,7 @@ export type SandboxRecord = Static<typeof SandboxRecordSchema>
 export const SandboxSchema = Type.Object({
   id: Type.String(),
   object: Type.Literal('sandbox'),
+  owner: Type.String({ description: 'the name of the key it belongs to' }),
   language: Language,
   status: Type.Union([Type.Literal('ready'), Type.Literal('busy'), Type.Literal('paused')], { description: 'paused: it holds no memory or CPU; its next use (or POST .../resume) resumes it' }),
   created_at: Type.String({ format: 'date-time' }),

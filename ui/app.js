@@ -144,7 +144,7 @@ function showTab (tab) {
   state.timers = []
   if (tab !== 'logs') stopLogs()
   if (tab !== 'sessions') stopFollowing()
-  const open = { status: openStatus, sessions: openSessions, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
+  const open = { status: openStatus, sessions: openSessions, sandboxes: openSandboxes, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
   void attempt(open)
 }
 
@@ -185,6 +185,19 @@ async function openSessions () {
   const items = list.data.map(s => el('li', { 'data-id': s.id, onclick: () => attempt(() => openTranscript(s.id)) },
     s.title ?? s.id, el('small', {}, `${s.owner} · ${s.message_count} messages · ${new Date(s.created_at).toLocaleString()}`)))
   $('#session-list').replaceChildren(...(items.length ? items : [el('li', {}, 'No sessions yet.')]))
+}
+
+/** The sandboxes the key may see (an admin: all), each with what can be done to it: pause or resume, delete. */
+async function openSandboxes () {
+  const list = await api('GET', `/v1/sandboxes${state.admin ? '?all=true' : ''}`)
+  const act = (label, method, path) => el('button', { class: 'quiet', 'data-action': label, onclick: () => attempt(async () => { await api(method, path); await openSandboxes() }) }, label)
+  const rows = list.data.map(s => el('tr', { 'data-id': s.id },
+    el('td', {}, s.id), el('td', {}, s.owner), el('td', {}, s.language),
+    el('td', { class: `state ${s.status}` }, s.status === 'paused' ? `paused (${s.pause_mode === 'memory' ? 'memory kept' : 'files kept'})` : s.status),
+    el('td', {}, s.on_timeout), el('td', {}, new Date(s.last_used_at).toLocaleString()),
+    el('td', {}, s.status === 'paused' ? act('resume', 'POST', `/v1/sandboxes/${s.id}/resume`) : act('pause', 'POST', `/v1/sandboxes/${s.id}/pause`),
+      act('delete', 'DELETE', `/v1/sandboxes/${s.id}`))))
+  $('#sandbox-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: '7' }, 'No sandboxes.'))]))
 }
 
 /**

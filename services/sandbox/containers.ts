@@ -309,6 +309,8 @@ export class SandboxContainers {
     handle.agent.close()
     try {
       await this.driver.checkpoint(id, CHECKPOINT)
+      // Docker answers before it has seen the container exit; a restore before that would find it "running".
+      for (let i = 0; i < 100 && (await this.driver.inspect(id))?.running; i++) await new Promise(resolve => setTimeout(resolve, 50))
     } catch (err) {
       if (dir) await wakeAgent(dir).catch(() => {})
       const running = (await this.driver.inspect(id).catch(() => null))?.running === true

@@ -120,12 +120,13 @@ export class DockerDriver implements SandboxDriver {
 
   async restore (id: string, name: string): Promise<void> {
     // containerd now and then refuses the checkpoint's upload as content that "already exists" (a blob of an earlier
-    // restore it has not let go of yet): the same restore a moment later goes through.
+    // restore it has not let go of yet), and Docker may not have seen the checkpoint's exit yet: the same restore a
+    // moment later goes through.
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.startFrom(id, name)
       } catch (err) {
-        if (attempt >= 5 || !/already exists/.test((err as Error).message)) throw err
+        if (attempt >= 5 || !/already exists|still running/.test((err as Error).message)) throw err
         await new Promise(resolve => setTimeout(resolve, 200 * attempt))
       }
     }
@@ -138,7 +139,8 @@ export class DockerDriver implements SandboxDriver {
         path: `/containers/${encodeURIComponent(id)}/start?`,
         method: 'POST',
         options: { _query: { checkpoint: name }, _body: {} }, // an empty body is sent as none
-        statusCodes: { 204: true, 304: true, 404: 'no such container', 500: 'server error' }
+        // 304: Docker still counts the container running (its checkpoint's exit not yet seen): nothing was restored.
+        statusCodes: { 204: true, 304: 'the container is still running', 404: 'no such container', 500: 'server error' }
       }, (err: Error | null) => { if (err) reject(err); else resolve() })
     })
   }

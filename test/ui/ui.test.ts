@@ -105,6 +105,28 @@ t.test('sessions: a user key sees its own transcript, never another key\'s sessi
   await admin.close()
 })
 
+t.test('sandboxes: the key\'s sandboxes with their state; pause and resume from the page', async (t) => {
+  const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(KEYS.alice), payload: { on_timeout: 'pause' } })).json().id as string
+  await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(KEYS.bob), payload: {} })
+  const page = await signedIn(KEYS.alice)
+  await page.click('[data-tab="sandboxes"]')
+  const row = `#sandbox-rows tr[data-id="${id}"]`
+  await page.waitForSelector(row)
+  t.equal(await page.locator('#sandbox-rows tr[data-id]').count(), 1, "alice sees her sandbox only, not bob's")
+  t.equal(await page.textContent(`${row} td.state`), 'ready')
+  await page.click(`${row} [data-action="pause"]`)
+  await page.waitForSelector(`${row} td.state.paused`)
+  t.match(await page.textContent(`${row} td.state`), /^paused \((memory|files) kept\)$/)
+  t.equal((await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.alice) })).json().status, 'paused', 'the server paused it')
+  await page.screenshot({ path: `${SHOTS}/07-sandboxes-paused.png`, fullPage: true })
+  await page.click(`${row} [data-action="resume"]`)
+  await page.waitForSelector(`${row} td.state.ready`)
+  await page.click(`${row} [data-action="delete"]`)
+  await page.waitForSelector(row, { state: 'detached' })
+  t.equal((await app.inject({ method: 'GET', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.alice) })).statusCode, 404)
+  await page.close()
+})
+
 t.test('sessions: an open transcript follows a running turn live, approval included', async (t) => {
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { title: 'watched live' } })).json()
   const page = await signedIn(KEYS.alice)
