@@ -352,16 +352,21 @@ export class SandboxService {
   }
 
   /** The live container of a sandbox, attaching to it when this process has not yet (restart, other replica). */
-  async handle (record: SandboxRecord): Promise<SandboxHandle> {
+  async handle (record: SandboxRecord, inTransition = false): Promise<SandboxHandle> {
     const pool = this.hostSet.poolOf(record)
     // With several hosts, one that does not answer is not used even over a connection that still works (it cannot be
     // managed, and its sandboxes should fail alike from every replica); with one host, what still works is used.
     if (this.pools.length > 1 && this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
     const known = this.live.get(record.id)
     if (known?.agent.alive) return known
-    // Not attached here: it may have been paused since this record was read (a stopped container is no loss then).
-    const current = record.paused ? record : await this.store.getSandbox(record.id)
-    if (current?.paused) {
+    // Not attached here: it may be being paused or resumed now, or have been since this record was read (its
+    // container stopped at a checkpoint, or replaced): the stored record after any transition says which.
+    if (!inTransition) await this.settled(record.id)
+    const current = await this.store.getSandbox(record.id)
+    if (!current) throw SandboxNotFound()
+    if (!current.paused) delete record.paused
+    Object.assign(record, current)
+    if (current.paused) {
       const resumed = await this.resume(current)
       Object.assign(record, resumed.record)
       delete record.paused
@@ -396,6 +401,13 @@ export class SandboxService {
     await this.store.deleteSandbox(record.id, record.owner)
     if (record.paused) this.cap.countOn(this.hostSet.hostOf(record), 0, 0, -1)
     else this.cap.countOn(this.hostSet.hostOf(record), -1, record.memory_mb)
+  }
+
+  /** Resolves once no pause or resume of the sandbox is under way, here or (its lock in the store) elsewhere. */
+  private async settled (id: string): Promise<void> {
+    for (let pending = this.transitions.get(id); pending; pending = this.transitions.get(id)) await pending.catch(() => {})
+    const until = Date.now() + 60_000
+    while (Date.now() < until && await this.store.lockHolder(`sandbox-transition:${id}`)) await new Promise(resolve => setTimeout(resolve, 100))
   }
 
   /**
@@ -437,7 +449,7 @@ export class SandboxService {
       if (!fresh) throw SandboxNotFound()
       if (fresh.paused) return fresh
       const pool = this.hostSet.poolOf(fresh)
-      const handle = await this.handle(fresh)
+      const handle = await this.handle(fresh, true)
       if (handle.busy) throw new AppError(409, 'sandbox_busy', 'The sandbox is running code; pause it once the run ends')
       const mode = await pool.containers.pauseMode(fresh.restored === true)
       const began = Date.now()
@@ -458,7 +470,7 @@ export class SandboxService {
           await this.destroy(fresh).catch(() => {})
           throw sandboxLost(`The sandbox stopped while it was being paused (${err.message})`)
         }
-        await this.handle(fresh).catch(() => {}) // attached again (its egress proxy too)
+        await this.handle(fresh, true).catch(() => {}) // attached again (its egress proxy too)
         throw new AppError(409, 'pause_failed', `The sandbox could not be paused (${err.message}); it keeps running`, 'sandbox_error')
       }
       this.forget(fresh.id)
@@ -482,7 +494,7 @@ export class SandboxService {
     return await this.transition(record.id, async () => {
       const fresh = await this.store.getSandbox(record.id)
       if (!fresh) throw sandboxLost('The sandbox was removed')
-      if (!fresh.paused) return { record: fresh, handle: await this.handle(fresh), stateLost: false }
+      if (!fresh.paused) return { record: fresh, handle: await this.handle(fresh, true), stateLost: false }
       const { mode, volume } = fresh.paused
       const pool = this.hostSet.poolOf(fresh)
       if (this.hostSet.isDown(pool.host)) throw hostUnavailable(pool.host)
