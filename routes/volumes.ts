@@ -29,7 +29,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   app.delete('/:name', {
     schema: { tags, summary: 'Delete a volume and its files (409 volume_in_use while a sandbox mounts it)', params: VolumeParamsSchema, response: { 204: Type.Null(), ...errors } }
   }, async (request, reply) => {
-    await app.volumes.delete(request.principal, request.params.name, await app.sandboxes.list(request.principal, true))
+    await app.volumes.delete(request.principal, request.params.name, await app.sandboxes.list(request.principal))
     return reply.status(204).send(null)
   })
 }

@@ -22,7 +22,7 @@ t.test('promtool accepts the alert rules', async (t) => {
     throw new Error(`promtool (Debian's prometheus package, installed by scripts/setup.sh) failed: ${(err as Error).message}`)
   }
   t.match(out, /SUCCESS: \d+ rules found/)
-  t.same(rules.groups[0].rules.map(r => r.alert).sort(), ['InterpreterServerDown', 'InterpreterServerErrorRate', 'InterpreterServerSlowRequests', 'RedisUnavailable', 'SandboxCapacityExhausted', 'SandboxMemoryBudgetNearlyUsed', 'SandboxStartFailures', 'SandboxStartQueueBacklog', 'SandboxStartsSlow'])
+  t.same(rules.groups[0].rules.map(r => r.alert).sort(), ['InterpreterServerDown', 'InterpreterServerErrorRate', 'InterpreterServerSlowRequests', 'RedisUnavailable', 'SandboxCapacityExhausted', 'SandboxMemoryBudgetNearlyUsed', 'SandboxResumesSlow', 'SandboxStartFailures', 'SandboxStartQueueBacklog', 'SandboxStartsSlow'])
 })
 
 t.test('every metric the rules and the dashboard use is exported by /metrics', async (t) => {
