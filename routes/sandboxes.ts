@@ -33,7 +33,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.get('', {
     schema: { tags, summary: "List this key's sandboxes (every key's with all=true, admin keys only), newest first", querystring: Type.Object({ all: Type.Boolean({ default: false }) }), response: { 200: SandboxListSchema, 403: ErrorSchema, ...commonErrors } }
-  }, async (request) => ({ object: 'list' as const, data: (await sandboxes.list(request.principal, request.query.all)).map(r => sandboxes.view(r)) }))
+  }, async (request) => {
+    if (request.query.all && request.principal.role !== 'admin') throw new AppError(403, 'admin_required', 'Listing every key\'s sandboxes needs an admin key')
+    return { object: 'list' as const, data: (await sandboxes.list(request.principal, request.query.all)).map(r => sandboxes.view(r)) }
+  })
 
   app.get('/:id', {
     schema: { tags, summary: 'Get a sandbox', params: IdParamsSchema, response: { 200: SandboxSchema, ...errors } }

@@ -344,9 +344,8 @@ export class SandboxService {
     return record
   }
 
-  /** This key's sandboxes, newest first; with `all`, every key's (admin keys only). */
+  /** This key's sandboxes, newest first; with `all`, every key's (the caller checks the key may see them). */
   async list (principal: Principal, all = false): Promise<SandboxRecord[]> {
-    if (all && principal.role !== 'admin') throw new AppError(403, 'admin_required', 'Listing every key\'s sandboxes needs an admin key')
     const records = await this.store.listSandboxes(all ? undefined : principal.name)
     return records.sort((a, b) => b.created_at.localeCompare(a.created_at))
   }
