@@ -328,18 +328,14 @@ export class SandboxContainers {
       })
     }
     const dir = state.labels[AGENT_DIR_LABEL]
-    // The agent listens again a moment after its wake-up (told again if it does not answer).
-    for (let attempt = 1; attempt <= 3; attempt++) {
-      if (dir) await wakeAgent(dir).catch(() => {})
-      const agent = await this.connect(containerId, dir, 5000)
-      if (await answers(agent)) {
-        await this.driver.deleteCheckpoint(containerId, CHECKPOINT).catch(() => {})
-        return new SandboxHandle(containerId, agent)
-      }
+    if (dir) await wakeAgent(dir).catch(() => {})
+    const agent = await this.connect(containerId, dir, 5000) // the agent listens again a moment after its wake-up
+    if (!await answers(agent)) {
       agent.close()
-      this.log.warn({ container: containerId.slice(0, 12), attempt }, 'a restored agent did not answer')
+      throw new Error('its agent did not answer after the restore')
     }
-    throw new Error('its agent did not answer after the restore')
+    await this.driver.deleteCheckpoint(containerId, CHECKPOINT).catch(() => {})
+    return new SandboxHandle(containerId, agent)
   }
 
   /** The name of a volume of kept files: `<namespace>-<purpose>-<id>` (id: [A-Za-z0-9_-]). */
@@ -348,7 +344,8 @@ export class SandboxContainers {
   }
 
   /** Copies a sandbox's workspace into a new volume of this host (a pause that keeps the files); its size in bytes. */
-  async pack (handle: SandboxHandle, volume: string, purpose: KeptFor, whose: string): Promise<number> {
+  async pack (handle: SandboxHandle, purpose: KeptFor, whose: string, id = whose): Promise<{ volume: string, bytes: number }> {
+    const volume = this.volumeFor(purpose, id)
     let bytes = 0
     const packed = handle.pack()
     const tar = packed.pipe(new Transform({ transform (chunk: Buffer, _encoding, done) { bytes += chunk.length; done(null, chunk) } }))
@@ -362,7 +359,7 @@ export class SandboxContainers {
       await this.driver.removeVolume(volume).catch(() => {})
       throw new PauseFailed(`the workspace could not be kept: ${(err as Error).message}`, handle.agent.alive, { cause: err })
     }
-    return bytes
+    return { volume, bytes }
   }
 
   /** Unpacks a volume's files into a sandbox's workspace (a resume, or a start from a snapshot); the bytes moved. */

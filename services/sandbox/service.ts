@@ -459,8 +459,7 @@ export class SandboxService {
           await this.opts.egress?.close(fresh.id) // its host socket, like the agent's, may not cross a checkpoint
           await pool.containers.checkpoint(handle)
         } else {
-          volume = pool.containers.volumeFor('paused', fresh.id)
-          bytes = await pool.containers.pack(handle, volume, 'paused', fresh.id)
+          ;({ volume, bytes } = await pool.containers.pack(handle, 'paused', fresh.id))
         }
       } catch (err) {
         if (!(err instanceof PauseFailed)) throw err

@@ -98,10 +98,8 @@ export class Snapshots {
   private async keep (record: SandboxRecord, purpose: 'snapshot' | 'fork'): Promise<{ volume: string, bytes: number }> {
     const handle = await this.sandboxes.handle(record)
     if (handle.busy) throw new AppError(409, 'sandbox_busy', `The sandbox is running code; take the ${purpose} once the run ends`)
-    const { containers } = this.sandboxes.poolOn(record.host)
-    const volume = containers.volumeFor(purpose, randomBytes(9).toString('base64url'))
     try {
-      return { volume, bytes: await containers.pack(handle, volume, purpose, record.id) }
+      return await this.sandboxes.poolOn(record.host).containers.pack(handle, purpose, record.id, randomBytes(9).toString('base64url'))
     } catch (err) {
       if (!(err instanceof PauseFailed)) throw err
       throw new AppError(409, `${purpose}_failed`, `The sandbox's workspace could not be kept (${err.message})`, 'sandbox_error')
