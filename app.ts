@@ -26,6 +26,8 @@ import sessionRoutes from './routes/sessions.js'
 import sandboxRoutes from './routes/sandboxes.js'
 import snapshotRoutes from './routes/snapshots.js'
 import volumeRoutes from './routes/volumes.js'
+import processRoutes from './routes/processes.js'
+import { sandboxPortRoutes, signedPortRoutes } from './routes/ports.js'
 import languageRoutes from './routes/languages.js'
 import metricsRoutes from './routes/metrics.js'
 import chatRoutes from './routes/chat.js'
@@ -87,6 +89,9 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(healthRoutes, { prefix: '/v1' })
   await app.register(sessionRoutes, { prefix: '/v1/sessions' })
   await app.register(sandboxRoutes, { prefix: '/v1/sandboxes' })
+  await app.register(processRoutes, { prefix: '/v1/sandboxes' })
+  await app.register(sandboxPortRoutes, { prefix: '/v1/sandboxes' })
+  await app.register(signedPortRoutes, { prefix: '/v1/ports' })
   await app.register(snapshotRoutes, { prefix: '/v1/snapshots' })
   await app.register(volumeRoutes, { prefix: '/v1/volumes' })
   await app.register(languageRoutes, { prefix: '/v1' })

@@ -1,9 +1,9 @@
 import fp from 'fastify-plugin'
-import { protocolErrors } from './route-kit.js'
+import { errorBody, protocolErrors } from './route-kit.js'
 
 /** The one error handler: every error becomes {"error": {message, type, code}}; 5xx details stay in the log. */
 export default fp(async (app) => {
-  app.setErrorHandler(protocolErrors(e => ({ error: { message: e.message, type: e.type, code: e.code, ...e.extra } }), undefined, (e) => {
+  app.setErrorHandler(protocolErrors(errorBody, undefined, (e) => {
     if (e.code === 'redis_unavailable') app.metrics?.redisErrors.inc()
   }))
   app.setNotFoundHandler((request, reply) => {

@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { Registry, Counter, Histogram, collectDefaultMetrics } from 'prom-client'
+import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client'
 
 export interface Metrics {
   registry: Registry
@@ -13,6 +13,10 @@ export interface Metrics {
   capacityRejections: Counter<'reason'>
   pauses: Histogram<'action' | 'mode'>
   pausedBytes: Counter
+  processes: Counter<'kind'>
+  portBytes: Counter<'direction'>
+  portConnections: Counter<'status'>
+  streamsOpen: Gauge<'kind'>
 }
 
 declare module 'fastify' {
@@ -34,7 +38,11 @@ export default fp(async (app) => {
     sandboxStartFailures: new Counter({ name: 'sandbox_start_failures_total', help: 'Container starts that failed (the container is removed)', registers: [registry] }),
     capacityRejections: new Counter({ name: 'sandbox_capacity_rejections_total', help: 'Sandbox requests refused with 503 capacity_exhausted, by reason', labelNames: ['reason'], registers: [registry] }),
     pauses: new Histogram({ name: 'sandbox_pause_duration_seconds', help: 'Pauses and resumes of sandboxes (action), by how the host keeps them (mode: memory, files)', labelNames: ['action', 'mode'], buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers: [registry] }),
-    pausedBytes: new Counter({ name: 'sandbox_pause_files_bytes_total', help: 'Workspace bytes kept by pauses that keep files (hosts that cannot checkpoint)', registers: [registry] })
+    pausedBytes: new Counter({ name: 'sandbox_pause_files_bytes_total', help: 'Workspace bytes kept by pauses that keep files (hosts that cannot checkpoint)', registers: [registry] }),
+    processes: new Counter({ name: 'sandbox_processes_started_total', help: 'Commands started in sandboxes, by kind (command: to its end; background; terminal)', labelNames: ['kind'], registers: [registry] }),
+    portBytes: new Counter({ name: 'sandbox_port_bytes_total', help: 'Bytes proxied to (in) and from (out) ports inside sandboxes', labelNames: ['direction'], registers: [registry] }),
+    portConnections: new Counter({ name: 'sandbox_port_connections_total', help: 'Connections to ports inside sandboxes, by outcome (ok, refused: nothing listened)', labelNames: ['status'], registers: [registry] }),
+    streamsOpen: new Gauge({ name: 'sandbox_streams_open', help: 'Open terminal, process-output and watcher streams, by kind', labelNames: ['kind'], registers: [registry] })
   }
   app.decorate('metrics', metrics)
   app.addHook('onResponse', async (request, reply) => {

@@ -21,6 +21,12 @@ export function toAppError (err: FastifyError | Error): AppError {
   return new AppError(status >= 500 ? status : 500, 'internal_error', 'Internal server error')
 }
 
+/** The documented error body (ErrorSchema) of any error: what REST answers, and what streams send before they close. */
+export function errorBody (err: unknown): { error: { message: string, type: string, code: string } & Record<string, unknown> } {
+  const e = toAppError(err as Error)
+  return { error: { message: e.message, type: e.type, code: e.code, ...e.extra } }
+}
+
 /** Logs an error at the level its kind deserves: overload and upstream faults are warnings, our faults errors. */
 export function logError (request: FastifyRequest, err: unknown, error: AppError): void {
   if (error.code === 'capacity_exhausted') {

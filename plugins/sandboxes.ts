@@ -10,9 +10,10 @@ import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
 import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
 import { Snapshots } from '../services/sandbox/snapshots.js'
 import { Volumes } from '../services/sandbox/volumes.js'
+import { Workspace } from '../services/sandbox/workspace.js'
 
 declare module 'fastify' {
-  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes }
+  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes, workspace: Workspace }
 }
 
 export interface SandboxPluginOptions {
@@ -112,6 +113,17 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   app.decorate('sandboxes', service)
   app.decorate('volumes', volumes)
   app.decorate('snapshots', new Snapshots(service, app.store, { maxPerKey: c.SANDBOX_MAX_SNAPSHOTS_PER_KEY, maxFork: c.SANDBOX_MAX_FORK }, log))
+  let secret: Promise<string> | undefined
+  app.decorate('workspace', new Workspace(service, {
+    maxProcesses: c.SANDBOX_MAX_PROCESSES,
+    maxTerminals: c.SANDBOX_MAX_TERMINALS,
+    maxWatchers: c.SANDBOX_MAX_WATCHERS,
+    outputLimit: c.SANDBOX_OUTPUT_LIMIT,
+    maxUrlTtlS: c.PORT_URL_MAX_TTL_S,
+    secret: () => (secret ??= c.PORT_URL_SECRET ? Promise.resolve(c.PORT_URL_SECRET) : app.store.sharedSecret('port-url').catch((err: Error) => { secret = undefined; throw err })),
+    observeProcess: kind => app.metrics.processes.inc({ kind }),
+    observeProxied: (direction, bytes) => app.metrics.portBytes.inc({ direction }, bytes)
+  }))
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [app.metrics.registry], collect () { this.set(read()) } })
   const sum = (read: (p: SandboxPool) => number) => () => pools.reduce((n, p) => n + read(p), 0)

@@ -8,6 +8,8 @@ so user code can neither signal this process nor read its environment.
 """
 import base64
 import codecs
+import collections
+import ctypes
 import errno
 import fcntl
 import json
@@ -19,8 +21,11 @@ import signal
 import socket
 import subprocess
 import stat
+import struct
 import sys
 import tempfile
+import termios
+import threading
 import time
 
 WORKSPACE = '/home/user'
@@ -91,11 +96,16 @@ class Channel:
             self.sock.close()
         if self in CHANNELS:
             CHANNELS.remove(self)
+        for rid in [r for r, ch in ROUTES.items() if ch is self]:  # its follows and watches end with it
+            ROUTES.pop(rid, None)
+            if AGENT is not None:
+                AGENT.forget(rid)
 
 
 STDIO = Channel(0, 1)
 CHANNELS = [STDIO]
 ROUTES = {}  # request id -> the channel it came from, while the request is answered
+AGENT = None  # the one Agent (a closing channel tells it which follows and watches end)
 
 
 def emit(event):
@@ -280,6 +290,211 @@ class Kernel:
                 pass
 
 
+# --- workspace primitives: processes, terminals, watchers, ports (see services/sandbox/workspace.ts) ---------
+PROC_KEEP_EXITED = 64  # finished processes kept in the table (their exit code and output) for late readers
+EXIT_DRAIN_S = 0.05  # after a process exits, how long its output may still arrive (a PTY flushes late)
+STDIN_LIMIT = 1024 * 1024  # input written to a process that has not read it yet
+SIGNALS = {name: getattr(signal, name) for name in ('SIGINT', 'SIGTERM', 'SIGKILL', 'SIGHUP', 'SIGQUIT', 'SIGUSR1',
+                                                      'SIGUSR2', 'SIGSTOP', 'SIGCONT', 'SIGWINCH')}
+
+
+class Process:
+    """A command started by spawn: its output kept (the last `keep` bytes) for followers, who read it by offset."""
+    def __init__(self, pid, cmd, tag, fds, stdin_fd, master, keep, timeout):
+        self.pid, self.cmd, self.tag = pid, cmd, tag
+        self.fds = fds  # fd -> stream name ('stdout', 'stderr', or 'pty')
+        self.stdin_fd = stdin_fd
+        self.master = master  # the PTY's master fd, or None
+        self.keep = keep
+        self.started = time.time()
+        self.began = time.monotonic()
+        self.chunks = collections.deque()  # (offset, stream, bytes)
+        self.start = 0  # offset of the oldest byte kept
+        self.end = 0  # offset after the newest byte
+        self.followers = {}  # follow request id -> [bytes it may still get, or None]
+        self.status = None  # the wait status once reaped
+        self.exit = None  # the exit event's fields once finished
+        self.drain_until = None
+        self.deadline = time.monotonic() + timeout / 1000 if timeout else None
+        self.kill_at = None
+        self.timed_out = False
+        self.pending_in = b''
+        self.close_stdin_after = False
+
+    @property
+    def running(self):
+        return self.exit is None
+
+    def record(self, stream, data):
+        self.chunks.append((self.end, stream, data))
+        self.end += len(data)
+        while self.end - self.start > self.keep and self.chunks:
+            off, st, old = self.chunks[0]
+            drop = min(len(old), self.end - self.start - self.keep)
+            if drop >= len(old):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = (off + drop, st, old[drop:])
+            self.start += drop
+
+    def since(self, offset):
+        """The kept output from `offset` on, as (offset, stream, bytes)."""
+        for off, st, data in self.chunks:
+            if off + len(data) <= offset:
+                continue
+            cut = max(0, offset - off)
+            yield off + cut, st, data[cut:]
+
+    def view(self):
+        v = {'pid': self.pid, 'cmd': self.cmd, 'tag': self.tag, 'pty': self.master is not None,
+             'started_at': self.started, 'running': self.running, 'output_bytes': self.end}
+        if self.exit is not None:
+            v.update(self.exit)
+        return v
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x4, 0x40, 0x80, 0x100, 0x200
+IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x400, 0x800, 0x4000, 0x8000, 0x40000000
+WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+WATCH_DIRS = 4096  # directories one recursive watch follows
+KINDS = ((IN_CREATE, 'create'), (IN_MODIFY, 'write'), (IN_DELETE, 'remove'), (IN_MOVED_FROM, 'rename'),
+         (IN_MOVED_TO, 'rename'), (IN_ATTRIB, 'chmod'))
+
+
+class Watch:
+    """One watched directory (and with `recursive` its subdirectories): an inotify instance read by the main loop."""
+    def __init__(self, rid, root, rel, recursive):
+        self.rid, self.root, self.rel, self.recursive = rid, root, rel, recursive
+        self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, 'inotify: %s' % os.strerror(e))
+        self.dirs = {}  # watch descriptor -> directory relative to the workspace
+        self.add(root, rel)
+        if recursive:
+            for dirpath, dirnames, _ in os.walk(root):
+                for name in dirnames:
+                    full = os.path.join(dirpath, name)
+                    if not os.path.islink(full):
+                        self.add(full, os.path.relpath(full, WORKSPACE))
+
+    def add(self, full, rel):
+        if len(self.dirs) >= WATCH_DIRS:
+            return
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(full), WATCH_MASK)
+        if wd < 0:
+            e = ctypes.get_errno()
+            if not self.dirs:  # the root itself: the request fails
+                os.close(self.fd)
+                raise OSError(e, os.strerror(e))
+            return
+        self.dirs[wd] = '' if rel == '.' else rel
+
+    def events(self):
+        """What happened since the last read, as fs_event fields (repeats within one read folded)."""
+        data = read_available(self.fd) or b''
+        seen, out, pos = set(), [], 0
+        while pos + 16 <= len(data):
+            wd, mask, _cookie, length = struct.unpack_from('iIII', data, pos)
+            name = data[pos + 16:pos + 16 + length].rstrip(b'\0').decode(errors='replace')
+            pos += 16 + length
+            if mask & IN_Q_OVERFLOW:
+                out.append({'kind': 'overflow', 'path': self.rel, 'is_dir': True})
+                continue
+            base = self.dirs.get(wd)
+            if base is None:
+                continue
+            if mask & IN_IGNORED:
+                self.dirs.pop(wd, None)
+                continue
+            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
+                if base == ('' if self.rel == '.' else self.rel):
+                    out.append({'kind': 'remove' if mask & IN_DELETE_SELF else 'rename', 'path': self.rel, 'is_dir': True})
+                continue
+            path = os.path.join(base, name) if base else name
+            is_dir = bool(mask & IN_ISDIR)
+            if is_dir and self.recursive and mask & (IN_CREATE | IN_MOVED_TO):
+                with AsUser():
+                    self.add(os.path.join(WORKSPACE, path), path)
+            for bit, kind in KINDS:
+                if mask & bit and (kind, path) not in seen:
+                    seen.add((kind, path))
+                    out.append({'kind': kind, 'path': path, 'is_dir': is_dir})
+        return out
+
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def relay(a, b, done):
+    """Copies bytes from socket a to socket b until a ends, then ends b's writing side."""
+    try:
+        while True:
+            data = a.recv(CHUNK)
+            if not data:
+                break
+            b.sendall(data)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    done()
+
+
+class PortRelay:
+    """A server connection turned into a byte pipe to a port inside the sandbox (two threads, one per direction)."""
+    def __init__(self, sock, tcp, leftover):
+        self.sock, self.tcp = sock, tcp
+        self.left = 2
+        self.lock = threading.Lock()
+        if leftover:
+            tcp.sendall(leftover)
+        for a, b in ((sock, tcp), (tcp, sock)):
+            threading.Thread(target=relay, args=(a, b, self.half_done), daemon=True).start()
+
+    def half_done(self):
+        with self.lock:
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            self.close()
+
+    def close(self):
+        for s in (self.sock, self.tcp):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        RELAYS.discard(self)
+
+
+RELAYS = set()
+
+
+def open_port(port):
+    """A connection to a port something listens on inside the sandbox (IPv4 loopback, then IPv6)."""
+    last = None
+    for family, addr in ((socket.AF_INET, ('127.0.0.1', port)), (socket.AF_INET6, ('::1', port))):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.settimeout(2)
+            s.connect(addr)
+            s.settimeout(None)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        except OSError as e:
+            s.close()
+            last = e
+    raise last
+
+
 class Agent:
     def __init__(self):
         self.env = {}
@@ -290,6 +505,10 @@ class Agent:
         self.writes = {}
         self.stop = False
         self.hold = None  # until when queued events wait for more (a run's start, for its first output or end)
+        self.procs = {}  # pid -> Process (running, and the last PROC_KEEP_EXITED finished)
+        self.follows = {}  # follow request id -> its Process
+        self.watches = {}  # watch request id -> Watch
+        self.wakeup_r = None  # readable when a child changed state (SIGCHLD)
 
     # --- kernels -----------------------------------------------------------------------------
     def kernel(self, language):
@@ -494,7 +713,8 @@ class Agent:
         try:
             self.dispatch(rid, op, req)
         finally:
-            if self.current is None or self.current['id'] != rid:  # answered already; a run answers until its end
+            # Answered already, unless it answers on: a run until its end, a follow or a watch until it is ended.
+            if (self.current is None or self.current['id'] != rid) and rid not in self.follows and rid not in self.watches:
                 ROUTES.pop(rid, None)
 
     def dispatch(self, rid, op, req):
@@ -504,6 +724,8 @@ class Agent:
             code = {errno.ENOENT: 'file_not_found', errno.ENOSPC: 'disk_full', errno.EISDIR: 'is_a_directory',
                     errno.ENOTDIR: 'not_a_directory', errno.EFBIG: 'file_too_large'}.get(e.errno, 'os_error')
             emit({'id': rid, 'type': 'error', 'code': code, 'name': type(e).__name__, 'value': e.strerror or str(e)})
+        except (ValueError, TypeError, KeyError) as e:  # a request with fields of the wrong kind
+            self.fail(rid, 'bad_request', 'bad request: %s' % e)
 
     def op_unknown(self, rid, req):
         emit({'id': rid, 'type': 'error', 'code': 'bad_request', 'name': 'BadRequest',
@@ -603,6 +825,7 @@ class Agent:
         emit({'id': rid, 'type': 'done'})
 
     def tick(self):
+        self.proc_wake = self.process_ticks(time.monotonic()) if self.procs else None
         cur = self.current
         if cur is None:
             return
@@ -618,10 +841,362 @@ class Agent:
 
     def next_wakeup(self):
         cur = self.current
+        wake = self.proc_wake
         if cur is None:
-            return None
-        at = cur['kill_at'] if cur['interrupted'] else cur['deadline']
-        return max(0.0, at - time.monotonic())
+            return wake
+        at = max(0.0, (cur['kill_at'] if cur['interrupted'] else cur['deadline']) - time.monotonic())
+        return at if wake is None else min(at, wake)
+
+    # --- processes and terminals ----------------------------------------------------------------
+    def fail(self, rid, code, value, name='BadRequest'):
+        emit({'id': rid, 'type': 'error', 'code': code, 'name': name, 'value': value})
+
+    def process(self, rid, req, running=False):
+        p = self.procs.get(req.get('pid'))
+        if p is None:
+            self.fail(rid, 'no_process', 'no process %r in this sandbox' % req.get('pid'), 'NotFound')
+        elif running and not p.running:
+            self.fail(rid, 'process_exited', 'process %d has exited' % p.pid, 'ProcessExited')
+            p = None
+        return p
+
+    def op_spawn(self, rid, req):
+        """Starts a command as the user (argv, cwd, env, stdin, a PTY, a timeout); answers `spawned` with its pid."""
+        argv = req.get('cmd')
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a and '\0' not in a for a in argv):
+            return self.fail(rid, 'bad_request', 'cmd must be a non-empty list of strings')
+        term = req.get('pty')
+        live = [p for p in self.procs.values() if p.running]
+        if len(live) >= int(req.get('max_processes') or 64):
+            return self.fail(rid, 'too_many_processes', 'this sandbox already runs %d processes' % len(live), 'TooMany')
+        if term and sum(1 for p in live if p.master is not None) >= int(req.get('max_terminals') or 8):
+            return self.fail(rid, 'too_many_terminals', 'this sandbox already has the most terminals it may have', 'TooMany')
+        cwd = str(req.get('cwd') or WORKSPACE)
+        cwd = cwd if cwd.startswith('/') else os.path.join(WORKSPACE, cwd)
+        with AsUser():
+            if not os.path.isdir(cwd):
+                return self.fail(rid, 'file_not_found', 'the working directory %s is not a directory the user can enter' % cwd, 'FileNotFoundError')
+        env = user_env(self.env)
+        env.update({str(k): str(v) for k, v in (req.get('env') or {}).items()})
+        if term:
+            env['TERM'] = env.get('TERM') if env.get('TERM', 'dumb') != 'dumb' else 'xterm-256color'
+            master, slave = os.openpty()
+            self.winsize(master, term)
+            child_fds, stdin_w = {0: slave, 1: slave, 2: slave}, None
+            mine, theirs = {master: 'pty'}, [slave]
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            if req.get('stdin'):
+                in_r, stdin_w = os.pipe()
+            else:
+                in_r, stdin_w = os.open('/dev/null', os.O_RDONLY), None
+            child_fds, master = {0: in_r, 1: out_w, 2: err_w}, None
+            mine, theirs = {out_r: 'stdout', err_r: 'stderr'}, [in_r, out_w, err_w]
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                if term:
+                    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+                for target, fd in child_fds.items():
+                    os.dup2(fd, target)
+                for fd in os.listdir('/proc/self/fd'):
+                    if int(fd) > 2:
+                        try:
+                            os.close(int(fd))
+                        except OSError:
+                            pass
+                for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGXFSZ):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+                with AsUser():
+                    os.chdir(cwd)
+                if NPROC:
+                    resource.setrlimit(resource.RLIMIT_NPROC, (NPROC, NPROC))
+                os.execvpe(DROP[0], DROP + argv, env)
+            finally:
+                os._exit(127)
+        for fd in theirs:
+            os.close(fd)
+        for fd in mine:
+            set_nonblocking(fd)
+        if stdin_w is not None:
+            set_nonblocking(stdin_w)
+        p = Process(pid, argv, req.get('tag'), mine, master if term else stdin_w, master, int(req.get('keep_bytes') or DEFAULT_OUTPUT_CAP),
+                    float(req.get('timeout_ms') or 0))
+        self.procs[pid] = p
+        emit({'id': rid, 'type': 'spawned', 'pid': pid})
+
+    def winsize(self, fd, size):
+        cols, rows = size.get('cols'), size.get('rows')
+        if not all(isinstance(n, int) and 1 <= n <= 1000 for n in (cols, rows)):
+            raise ValueError('cols and rows must be whole numbers from 1 to 1000')
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack('HHHH', rows, cols, 0, 0))
+
+    def op_proc_list(self, rid, req):
+        emit({'id': rid, 'type': 'processes', 'processes': [p.view() for p in self.procs.values()]})
+
+    def op_proc_follow(self, rid, req):
+        """The process's output from `offset` (or its last `tail` bytes), then live until it exits (`proc_exit`);
+        `limit`: after this many bytes the follower gets no more output, only the exit."""
+        p = self.process(rid, req)
+        if p is None:
+            return
+        start = max(p.start, p.end - int(req['tail'])) if req.get('tail') is not None else max(p.start, int(req.get('offset') or 0))
+        limit = req.get('limit')
+        state = [int(limit) if limit else None]
+        emit({'id': rid, 'type': 'proc_follow', 'pid': p.pid, 'offset': min(start, p.end), 'end': p.end, 'pty': p.master is not None})
+        for off, stream, data in p.since(start):
+            self.send_output(rid, state, p, off, stream, data)
+        if p.running:
+            p.followers[rid] = state
+            self.follows[rid] = p
+        else:
+            emit(dict(p.exit, id=rid, type='proc_exit', pid=p.pid))
+
+    def send_output(self, rid, state, p, off, stream, data):
+        if state[0] is not None:
+            if state[0] <= 0:
+                return
+            if len(data) >= state[0]:
+                data = data[:state[0]]
+                emit({'id': rid, 'type': 'proc_output', 'pid': p.pid, 'stream': stream, 'offset': off,
+                      'data': base64.b64encode(data).decode(), 'truncated': True})
+                state[0] = 0
+                return
+            state[0] -= len(data)
+        emit({'id': rid, 'type': 'proc_output', 'pid': p.pid, 'stream': stream, 'offset': off,
+              'data': base64.b64encode(data).decode()})
+
+    def op_proc_unfollow(self, rid, req):
+        self.end_follow(req.get('follow'))
+        emit({'id': rid, 'type': 'done'})
+
+    def end_follow(self, follow):
+        p = self.follows.pop(follow, None)
+        if p is not None:
+            p.followers.pop(follow, None)
+            emit({'id': follow, 'type': 'done'})
+            ROUTES.pop(follow, None)
+
+    def op_proc_input(self, rid, req):
+        p = self.process(rid, req, running=True)
+        if p is None:
+            return
+        if p.stdin_fd is None:
+            return self.fail(rid, 'no_stdin', 'process %d was started without stdin (or it was closed)' % p.pid, 'NoStdin')
+        data = base64.b64decode(req.get('data') or '')
+        if len(p.pending_in) + len(data) > STDIN_LIMIT:
+            return self.fail(rid, 'stdin_full', 'process %d has not read %d bytes of its input yet' % (p.pid, len(p.pending_in)), 'StdinFull')
+        p.pending_in += data
+        if req.get('eof'):
+            if p.master is not None:
+                p.pending_in += b'\x04'
+            else:
+                p.close_stdin_after = True
+        self.write_stdin(p)
+        emit({'id': rid, 'type': 'done'})
+
+    def write_stdin(self, p):
+        try:
+            while p.pending_in:
+                n = os.write(p.stdin_fd, p.pending_in[:CHUNK])
+                p.pending_in = p.pending_in[n:]
+        except BlockingIOError:
+            return
+        except OSError:  # it closed its stdin: what it did not read is dropped
+            p.pending_in = b''
+        if p.close_stdin_after and not p.pending_in and p.stdin_fd is not None:
+            os.close(p.stdin_fd)
+            p.stdin_fd = None
+
+    def op_proc_signal(self, rid, req):
+        sig = SIGNALS.get(str(req.get('signal')))
+        if sig is None:
+            return self.fail(rid, 'bad_request', 'signal must be one of %s' % ', '.join(SIGNALS))
+        p = self.process(rid, req, running=True)
+        if p is None:
+            return
+        self.signal_group(p, sig)
+        emit({'id': rid, 'type': 'done'})
+
+    def signal_group(self, p, sig):
+        for target in (lambda: os.killpg(p.pid, sig), lambda: os.kill(p.pid, sig)):
+            try:
+                return target()
+            except ProcessLookupError:
+                pass
+
+    def op_proc_resize(self, rid, req):
+        p = self.process(rid, req, running=True)
+        if p is None:
+            return
+        if p.master is None:
+            return self.fail(rid, 'not_a_terminal', 'process %d has no terminal' % p.pid, 'NotATerminal')
+        try:
+            self.winsize(p.master, req)
+        except ValueError as e:
+            return self.fail(rid, 'bad_request', str(e))
+        emit({'id': rid, 'type': 'done'})
+
+    def process_output(self, p, fd, reap=True):
+        stream = p.fds[fd]
+        ended = False
+        try:
+            for chunk in read_chunks(fd):
+                if not chunk:
+                    ended = True
+                    break
+                self.hold = None
+                off = p.end
+                p.record(stream, chunk)
+                for rid, state in list(p.followers.items()):
+                    self.send_output(rid, state, p, off, stream, chunk)
+        except OSError:  # EIO: a PTY whose other end closed
+            ended = True
+        if ended:
+            del p.fds[fd]
+            os.close(fd)
+            if fd == p.stdin_fd:  # a PTY's master
+                p.stdin_fd = None
+            if not p.fds and reap:
+                self.reap_process(p)
+
+    def reap_process(self, p):
+        if p.status is None:
+            try:
+                pid, status = os.waitpid(p.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = p.pid, 0
+            if not pid:
+                return
+            p.status = status
+            p.drain_until = time.monotonic() + EXIT_DRAIN_S
+        if p.fds and time.monotonic() < p.drain_until:
+            return  # its last output may still be on the way
+        for fd in list(p.fds):
+            self.process_output(p, fd, reap=False)
+            if fd in p.fds:
+                del p.fds[fd]
+                os.close(fd)
+        if p.stdin_fd is not None and p.stdin_fd == p.master:
+            p.stdin_fd = None  # closed with the output above
+        if p.stdin_fd is not None:
+            try:
+                os.close(p.stdin_fd)
+            except OSError:
+                pass
+            p.stdin_fd = None
+        status = p.status
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        names = {v: k for k, v in SIGNALS.items()}
+        p.exit = {'exit_code': os.WEXITSTATUS(status) if sig is None else 128 + sig,
+                  'signal': names.get(sig, str(sig)) if sig is not None else None,
+                  'status': 'timeout' if p.timed_out else 'killed' if sig is not None else 'exited',
+                  'duration_ms': round((time.monotonic() - p.began) * 1000, 3), 'ended_at': time.time()}
+        for rid in list(p.followers):
+            emit(dict(p.exit, id=rid, type='proc_exit', pid=p.pid))
+            self.follows.pop(rid, None)
+            ROUTES.pop(rid, None)
+        p.followers = {}
+        done = [q for q in self.procs.values() if not q.running]
+        for q in sorted(done, key=lambda q: q.exit['ended_at'])[:max(0, len(done) - PROC_KEEP_EXITED)]:
+            del self.procs[q.pid]
+
+    def children_changed(self):
+        read_available(self.wakeup_r)
+        for p in list(self.procs.values()):
+            if p.running:
+                self.reap_process(p)
+
+    def process_ticks(self, now):
+        wake = None
+        for p in list(self.procs.values()):
+            if not p.running:
+                continue
+            if p.deadline is not None and now >= p.deadline and not p.timed_out:
+                p.timed_out = True
+                self.signal_group(p, signal.SIGTERM)
+                p.kill_at = now + GRACE_S
+            if p.kill_at is not None and now >= p.kill_at:
+                self.signal_group(p, signal.SIGKILL)
+                p.kill_at = None
+            if p.status is not None:
+                self.reap_process(p)
+                if p.running:
+                    wake = min(wake or 1, max(0.0, p.drain_until - now))
+            for at in (p.deadline if not p.timed_out else None, p.kill_at):
+                if at is not None:
+                    wake = max(0.0, at - now) if wake is None else min(wake, max(0.0, at - now))
+        return wake
+
+    # --- watching directories ------------------------------------------------------------------
+    def op_watch(self, rid, req):
+        if len(self.watches) >= int(req.get('max_watchers') or 8):
+            return self.fail(rid, 'too_many_watchers', 'this sandbox already has %d watchers' % len(self.watches), 'TooMany')
+
+        def run():
+            root = self.resolve(req.get('path'))
+            if not os.path.exists(root):
+                raise FileNotFoundError(errno.ENOENT, 'no such directory')
+            if not os.path.isdir(root):
+                raise NotADirectoryError(errno.ENOTDIR, 'the path is not a directory')
+            rel = os.path.relpath(root, WORKSPACE)
+            self.watches[rid] = Watch(rid, root, rel, bool(req.get('recursive')))
+            emit({'id': rid, 'type': 'watching', 'path': rel})
+        self.handle_denied(rid, run)
+
+    def op_unwatch(self, rid, req):
+        self.end_watch(req.get('watch'))
+        emit({'id': rid, 'type': 'done'})
+
+    def end_watch(self, watch):
+        w = self.watches.pop(watch, None)
+        if w is not None:
+            w.close()
+            emit({'id': watch, 'type': 'done'})
+            ROUTES.pop(watch, None)
+
+    def watch_events(self, w):
+        for ev in w.events():
+            emit(dict(ev, id=w.rid, type='fs_event'))
+
+    def forget(self, rid):
+        """A channel closed: its follows and watches end (nobody reads them)."""
+        p = self.follows.pop(rid, None)
+        if p is not None:
+            p.followers.pop(rid, None)
+        w = self.watches.pop(rid, None)
+        if w is not None:
+            w.close()
+
+    # --- ports ---------------------------------------------------------------------------------
+    def connect_port(self, ch, req):
+        """Turns a socket channel into a byte pipe to a port inside the sandbox: one line answers (`done`, or an error
+        naming why), then the bytes flow both ways until either side closes."""
+        port = req.get('port')
+        rid = req.get('id')
+        if ch.sock is None or not isinstance(port, int) or not 1 <= port <= 65535:
+            emit_to(ch, {'id': rid, 'type': 'error', 'code': 'bad_request', 'name': 'BadRequest',
+                         'value': 'connect needs a port from 1 to 65535, on a socket channel'})
+            return ch.flush()
+        try:
+            tcp = open_port(port)
+        except OSError as e:
+            emit_to(ch, {'id': rid, 'type': 'error', 'code': 'port_closed', 'name': 'PortClosed',
+                         'value': 'nothing listens on port %d inside the sandbox (%s)' % (port, e.strerror or e)})
+            ch.flush()
+            return ch.close()
+        emit_to(ch, {'id': rid, 'type': 'done'})
+        ch.flush()
+        if ch.closed:  # the server went away meanwhile
+            tcp.close()
+            return
+        CHANNELS.remove(ch)
+        ch.closed = True  # the socket now belongs to the relay
+        RELAYS.add(PortRelay(ch.sock, tcp, ch.inbuf))
+        ch.inbuf = b''
 
     # --- files (all paths relative to the workspace) -------------------------------------------
     def resolve(self, path, must_exist=True):
@@ -803,6 +1378,8 @@ class Agent:
         flush_all()
         for ch in [c for c in CHANNELS if c.sock is not None]:
             ch.close()
+        for r in list(RELAYS):  # proxied connections to ports are host sockets too
+            r.close()
         self.listener.close()
         self.listener = None
         path = os.path.join(SOCKET_DIR, 'agent.sock')
@@ -846,6 +1423,8 @@ class Agent:
             except ValueError:
                 ch.queue(b'{"type":"error","code":"bad_request","name":"BadRequest","value":"invalid JSON"}\n')
                 continue
+            if isinstance(req, dict) and req.get('op') == 'connect':  # the rest of this channel is a port's bytes
+                return self.connect_port(ch, req)
             self.handle(req, ch)
 
     def accept(self, listener):
@@ -862,6 +1441,12 @@ class Agent:
 
     def run(self):
         set_nonblocking(0)
+        self.wakeup_r, wakeup_w = os.pipe()
+        set_nonblocking(self.wakeup_r)
+        set_nonblocking(wakeup_w)
+        signal.set_wakeup_fd(wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler (not the default), so that the wakeup fd hears of it
+        self.proc_wake = None
         self.listener = listen(SOCKET_DIR) if SOCKET_DIR else None
         self.kernel('python')
         while not self.stop:
@@ -877,11 +1462,24 @@ class Agent:
             owners = self.fd_owner()
             channels = {ch.rfd: ch for ch in CHANNELS}
             listener = self.listener
-            wanted = list(channels) + list(owners) + ([listener.fileno()] if listener else [])
-            readable, _, _ = select.select(wanted, [], [], timeout)
+            procs = {fd: p for p in self.procs.values() for fd in p.fds}
+            watches = {w.fd: w for w in self.watches.values()}
+            stdins = {p.stdin_fd: p for p in self.procs.values() if p.pending_in and p.stdin_fd is not None}
+            wanted = list(channels) + list(owners) + list(procs) + list(watches) + [self.wakeup_r] + ([listener.fileno()] if listener else [])
+            readable, writable, _ = select.select(wanted, list(stdins), [], timeout)
+            for fd in writable:
+                self.write_stdin(stdins[fd])
             ready = {}  # kernel -> its readable fds
             for fd in readable:
-                if fd in channels:
+                if fd == self.wakeup_r:
+                    self.children_changed()
+                elif fd in procs:
+                    if fd in procs[fd].fds:
+                        self.process_output(procs[fd], fd)
+                elif fd in watches:
+                    if watches[fd].rid in self.watches:
+                        self.watch_events(watches[fd])
+                elif fd in channels:
                     if not channels[fd].closed:
                         self.read_requests(channels[fd])
                 elif listener is not None and fd == listener.fileno():
@@ -946,4 +1544,5 @@ def prepare_workspace():
 if __name__ == '__main__':
     with AsUser():
         prepare_workspace()
-    Agent().run()
+    AGENT = Agent()
+    AGENT.run()

@@ -23,7 +23,33 @@ export const AgentRequests = {
   write_close: Type.Object({ upload: Type.String(), abort: Type.Optional(Type.Boolean()) }),
   delete: Type.Object({ path: Path }),
   pack: Type.Object({}, { description: 'the workspace as a tar stream (file_chunk events, then done with its size): a pause that keeps files' }),
-  suspend: Type.Object({}, { description: 'before a checkpoint: the agent closes its socket channels and listener, and listens again once the file `resume` appears in its directory' })
+  suspend: Type.Object({}, { description: 'before a checkpoint: the agent closes its socket channels and listener, and listens again once the file `resume` appears in its directory' }),
+  spawn: Type.Object({
+    cmd: Type.Array(Type.String(), { minItems: 1, description: 'argv, run as the user' }),
+    cwd: Type.Optional(Type.String({ description: 'absolute, or relative to the workspace' })),
+    env: Type.Optional(Type.Record(Type.String(), Type.String())),
+    stdin: Type.Optional(Type.Boolean({ description: 'keep a pipe to its stdin open (else /dev/null)' })),
+    pty: Type.Optional(Type.Object({ cols: Type.Integer(), rows: Type.Integer() }, { description: 'run it in a terminal of this size' })),
+    timeout_ms: Type.Optional(Type.Number({ description: 'SIGTERM, then SIGKILL, after this long (0: never)' })),
+    keep_bytes: Type.Optional(Type.Integer({ description: 'how much of its latest output is kept for followers' })),
+    tag: Type.Optional(Type.String()),
+    max_processes: Type.Optional(Type.Integer()),
+    max_terminals: Type.Optional(Type.Integer())
+  }, { description: 'start a command (answers spawned with its pid)' }),
+  proc_list: Type.Object({}),
+  proc_follow: Type.Object({
+    pid: Type.Integer(),
+    offset: Type.Optional(Type.Integer()),
+    tail: Type.Optional(Type.Integer({ description: 'start this many bytes before the end instead' })),
+    limit: Type.Optional(Type.Integer({ description: 'the most output bytes this follower gets' }))
+  }, { description: 'a process\'s kept output from an offset, then live output until it exits (proc_exit), or until proc_unfollow' }),
+  proc_unfollow: Type.Object({ follow: Type.String({ description: 'the id of the proc_follow request' }) }),
+  proc_input: Type.Object({ pid: Type.Integer(), data: Type.String({ description: 'base64' }), eof: Type.Optional(Type.Boolean()) }),
+  proc_signal: Type.Object({ pid: Type.Integer(), signal: Type.String() }),
+  proc_resize: Type.Object({ pid: Type.Integer(), cols: Type.Integer(), rows: Type.Integer() }),
+  watch: Type.Object({ path: Path, recursive: Type.Optional(Type.Boolean()), max_watchers: Type.Optional(Type.Integer()) }, { description: 'file events under a directory (watching, then fs_event until unwatch)' }),
+  unwatch: Type.Object({ watch: Type.String({ description: 'the id of the watch request' }) }),
+  connect: Type.Object({ port: Type.Integer() }, { description: 'on a connection of its own: after the answer (done or error), the connection carries the bytes of a TCP connection to this port inside the sandbox' })
 }
 export type AgentOp = keyof typeof AgentRequests
 export type AgentRequest<O extends AgentOp> = Static<typeof AgentRequests[O]>
@@ -38,6 +64,29 @@ const FileEntry = Type.Object({
   type: Type.Union([Type.Literal('file'), Type.Literal('directory'), Type.Literal('symlink')]),
   size: Type.Integer(),
   modified: Type.Number()
+})
+
+const ExitFields = {
+  exit_code: Type.Integer({ description: '128 + the signal when killed by one' }),
+  signal: Type.Union([Type.String(), Type.Null()]),
+  status: Type.Union([Type.Literal('exited'), Type.Literal('killed'), Type.Literal('timeout')]),
+  duration_ms: Type.Number(),
+  ended_at: Type.Number()
+}
+
+const ProcessInfo = Type.Object({
+  pid: Type.Integer(),
+  cmd: Type.Array(Type.String()),
+  tag: Type.Union([Type.String(), Type.Null()]),
+  pty: Type.Boolean(),
+  started_at: Type.Number(),
+  running: Type.Boolean(),
+  output_bytes: Type.Integer(),
+  exit_code: Type.Optional(ExitFields.exit_code),
+  signal: Type.Optional(ExitFields.signal),
+  status: Type.Optional(ExitFields.status),
+  duration_ms: Type.Optional(ExitFields.duration_ms),
+  ended_at: Type.Optional(ExitFields.ended_at)
 })
 
 /** Every event the agent sends. */
@@ -66,7 +115,24 @@ export const AgentEventSchema = Type.Union([
   }, 'ends an execution'),
   event('files', { entries: Type.Array(FileEntry) }, 'answers list'),
   event('file_start', { size: Type.Integer() }, 'a read opened the file'),
-  event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file (or of a pack)')
+  event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file (or of a pack)'),
+  event('spawned', { pid: Type.Integer() }, 'answers spawn'),
+  event('processes', { processes: Type.Array(ProcessInfo) }, 'answers proc_list'),
+  event('proc_follow', { pid: Type.Integer(), offset: Type.Integer({ description: 'where this follower\'s output starts' }), end: Type.Integer(), pty: Type.Boolean() }, 'a follow began'),
+  event('proc_output', {
+    pid: Type.Integer(),
+    stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr'), Type.Literal('pty')]),
+    offset: Type.Integer(),
+    data: Type.String({ description: 'base64' }),
+    truncated: Type.Optional(Type.Boolean({ description: 'the follower\'s limit: no more output follows' }))
+  }, 'output of a followed process'),
+  event('proc_exit', { pid: Type.Integer(), ...ExitFields }, 'a followed process ended'),
+  event('watching', { path: Type.String() }, 'a watch began'),
+  event('fs_event', {
+    kind: Type.Union(['create', 'write', 'remove', 'rename', 'chmod', 'overflow'].map(k => Type.Literal(k))),
+    path: Type.String(),
+    is_dir: Type.Boolean()
+  }, 'something changed under a watched directory')
 ])
 export type AgentEvent = Static<typeof AgentEventSchema>
 export type AgentEventOf<T extends AgentEvent['type']> = Extract<AgentEvent, { type: T }>

@@ -28,7 +28,7 @@ type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: 
 /** How long a non-execute call (files, interrupt, restart, env) may go without a word from the agent. */
 export const AGENT_CALL_IDLE_MS = 30_000
 
-const TERMINAL = new Set(['end', 'done', 'pong', 'files'])
+const TERMINAL = new Set(['end', 'done', 'pong', 'files', 'spawned', 'processes', 'proc_exit'])
 // Request ids: unique among every replica talking to one agent (a random prefix per process), and cheap (a counter).
 const ID_PREFIX = randomBytes(6).toString('base64url')
 let idCount = 0
@@ -137,16 +137,27 @@ export class AgentClient extends EventEmitter {
    * AgentTimeout when `idleMs` pass without an event for it (each event restarts the clock).
    */
   request<O extends AgentOp> (op: O, body: AgentRequest<O>, onEvent: (e: AgentEvent) => void = () => {}, idleMs = AGENT_CALL_IDLE_MS): Promise<void> {
-    if (this.closed) return Promise.reject(new AgentGone('the sandbox agent is gone'))
+    return this.open(op, body, onEvent, idleMs).done
+  }
+
+  /**
+   * Like request, with the request's id (which proc_unfollow and unwatch name); `idleMs` 0: no deadline (a follow or a
+   * watch, which may stay silent for as long as its process or directory does).
+   */
+  open<O extends AgentOp> (op: O, body: AgentRequest<O>, onEvent: (e: AgentEvent) => void = () => {}, idleMs = AGENT_CALL_IDLE_MS): { id: string, done: Promise<void> } {
     const id = nextId()
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        if (this.pending.delete(id)) reject(new AgentTimeout(op, idleMs))
-      }, idleMs)
-      timer.unref()
+    if (this.closed) return { id, done: Promise.reject(new AgentGone('the sandbox agent is gone')) }
+    const done = new Promise<void>((resolve, reject) => {
+      const timer = idleMs > 0
+        ? setTimeout(() => {
+          if (this.pending.delete(id)) reject(new AgentTimeout(op, idleMs))
+        }, idleMs)
+        : undefined
+      timer?.unref()
       this.pending.set(id, { onEvent, resolve, reject, started: false, timer })
       this.stream.write(JSON.stringify({ ...body, id, op }) + '\n')
     })
+    return { id, done }
   }
 
   /** A request whose answer is a single event (or an error event). */

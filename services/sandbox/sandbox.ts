@@ -1,6 +1,6 @@
 import { PassThrough, type Readable } from 'node:stream'
 import type { AgentClient } from './agent-client.js'
-import type { AgentEventOf } from '../../schemas/agent.js'
+import type { AgentEvent, AgentEventOf, AgentRequest } from '../../schemas/agent.js'
 import type { Execution, ExecutionEvent, FileEntry, KernelLanguage, Language } from '../../schemas/sandboxes.js'
 import { AppError } from '../errors.js'
 
@@ -13,6 +13,46 @@ const FILE_ERRORS: Record<string, [number, string]> = {
   disk_full: [507, 'The sandbox workspace is full'],
   file_too_large: [413, 'The file is larger than the sandbox allows']
 }
+
+/** What the agent's process, terminal and watcher errors mean to a caller. */
+const WORKSPACE_ERRORS: Record<string, [number, string]> = {
+  no_process: [404, 'process_not_found'],
+  process_exited: [409, 'process_exited'],
+  no_stdin: [409, 'no_stdin'],
+  not_a_terminal: [409, 'not_a_terminal'],
+  stdin_full: [429, 'stdin_full'],
+  too_many_processes: [429, 'too_many_processes'],
+  too_many_terminals: [429, 'too_many_terminals'],
+  too_many_watchers: [429, 'too_many_watchers'],
+  bad_request: [400, 'validation_error']
+}
+
+export function workspaceError (event: AgentEventOf<'error'>): AppError {
+  const known = WORKSPACE_ERRORS[event.code ?? '']
+  if (!known) return fileError(event)
+  return new AppError(known[0], known[1], event.value ?? event.name, known[0] === 429 ? 'rate_limit_error' : 'invalid_request_error')
+}
+
+export interface SpawnOptions {
+  cmd: string[]
+  cwd?: string
+  env?: Record<string, string>
+  stdin?: boolean
+  pty?: { cols: number, rows: number }
+  timeoutMs?: number
+  keepBytes: number
+  tag?: string
+  maxProcesses: number
+  maxTerminals: number
+}
+
+export type ProcessInfo = AgentEventOf<'processes'>['processes'][number]
+export type ProcessExit = Omit<AgentEventOf<'proc_exit'>, 'id' | 'type'>
+export type FollowEvent = AgentEventOf<'proc_follow'> | AgentEventOf<'proc_output'> | AgentEventOf<'proc_exit'>
+export type WatchEvent = AgentEventOf<'watching'> | AgentEventOf<'fs_event'>
+
+/** A follow or a watch: events until it ends (`done`), or until `stop()`. */
+export interface Subscription { done: Promise<void>, stop: () => Promise<void> }
 
 function fileError (event: AgentEventOf<'error'>): AppError {
   const code = event.code ?? 'file_error'
@@ -184,6 +224,76 @@ export class SandboxHandle {
       else if (e.type === 'done') stream.end()
     }).catch((err: Error) => stream.destroy(err))
     return stream
+  }
+
+  /** Starts a command as the user; its pid. */
+  async spawn (opts: SpawnOptions): Promise<number> {
+    const answer = await this.agent.call('spawn', {
+      cmd: opts.cmd,
+      ...(opts.cwd ? { cwd: opts.cwd } : {}),
+      ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.stdin ? { stdin: true } : {}),
+      ...(opts.pty ? { pty: opts.pty } : {}),
+      ...(opts.timeoutMs ? { timeout_ms: opts.timeoutMs } : {}),
+      ...(opts.tag ? { tag: opts.tag } : {}),
+      keep_bytes: opts.keepBytes,
+      max_processes: opts.maxProcesses,
+      max_terminals: opts.maxTerminals
+    })
+    if (answer.type === 'error') throw workspaceError(answer)
+    if (answer.type !== 'spawned') throw new AppError(500, 'agent_protocol', `spawn answered with ${answer.type}`, 'sandbox_error')
+    return answer.pid
+  }
+
+  async processes (): Promise<ProcessInfo[]> {
+    const answer = await this.agent.call('proc_list', {})
+    if (answer.type !== 'processes') throw new AppError(500, 'agent_protocol', `proc_list answered with ${answer.type}`, 'sandbox_error')
+    return answer.processes
+  }
+
+  /**
+   * A process's output from `from` (an offset, or the last `tail` bytes), then live until it exits; `onEvent` sees
+   * proc_follow first. Rejects (before any event) if there is no such process.
+   */
+  async follow (pid: number, from: { offset?: number, tail?: number, limit?: number }, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
+    return await this.subscribe('proc_follow', { pid, ...from }, 'proc_follow', onEvent as (e: AgentEvent) => void, id => this.agent.call('proc_unfollow', { follow: id }))
+  }
+
+  /** File events under a workspace directory; `onEvent` sees watching first. */
+  async watch (path: string, recursive: boolean, maxWatchers: number, onEvent: (e: WatchEvent) => void): Promise<Subscription> {
+    return await this.subscribe('watch', { path, recursive, max_watchers: maxWatchers }, 'watching', onEvent as (e: AgentEvent) => void, id => this.agent.call('unwatch', { watch: id }))
+  }
+
+  private subscribe<O extends 'proc_follow' | 'watch'> (op: O, body: AgentRequest<O>, first: string, onEvent: (e: AgentEvent) => void, end: (id: string) => Promise<unknown>): Promise<Subscription> {
+    return new Promise((resolve, reject) => {
+      let started = false
+      const { id, done } = this.agent.open(op, body, (e) => {
+        if (!started) {
+          if (e.type === 'error') return reject(workspaceError(e))
+          if (e.type === first) {
+            started = true
+            resolve({ done, stop: async () => { if (this.agent.alive) await end(id).catch(() => {}) } })
+          }
+        }
+        onEvent(e)
+      }, 0)
+      done.catch((err: Error) => { if (!started) reject(err) })
+    })
+  }
+
+  async input (pid: number, data: Buffer, eof = false): Promise<void> {
+    const answer = await this.agent.call('proc_input', { pid, data: data.toString('base64'), ...(eof ? { eof } : {}) })
+    if (answer.type === 'error') throw workspaceError(answer)
+  }
+
+  async signal (pid: number, signal: string): Promise<void> {
+    const answer = await this.agent.call('proc_signal', { pid, signal })
+    if (answer.type === 'error') throw workspaceError(answer)
+  }
+
+  async resize (pid: number, cols: number, rows: number): Promise<void> {
+    const answer = await this.agent.call('proc_resize', { pid, cols, rows })
+    if (answer.type === 'error') throw workspaceError(answer)
   }
 
   /** Before a checkpoint: the agent closes its socket channels and listener (see sandbox/agent.py, op_suspend). */

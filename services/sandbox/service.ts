@@ -388,6 +388,11 @@ export class SandboxService {
     return handle
   }
 
+  /** The host directory where the sandbox's agent listens (its socket channel), if its host offers one. */
+  agentDirOf (record: SandboxRecord): string | undefined {
+    return this.hostSet.poolOf(record).containers.agentDirOf(record.container_id)
+  }
+
   async destroy (record: SandboxRecord): Promise<void> {
     const handle = this.live.get(record.id)
     this.forget(record.id)

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { pageOf, REMOVED_TTL_S, type Named, type Page, type PageRequest, type Store } from './types.js'
@@ -118,6 +119,7 @@ export class MemoryStore implements Store {
   }
 
   private readonly locks = new Map<string, { owner: string, until: number }>()
+  private readonly secrets = new Map<string, string>()
   async lock (name: string, owner: string, ttlMs: number): Promise<boolean> {
     const held = this.locks.get(name)
     if (held && held.until > Date.now() && held.owner !== owner) return false
@@ -127,6 +129,12 @@ export class MemoryStore implements Store {
 
   async unlock (name: string, owner: string): Promise<void> {
     if (this.locks.get(name)?.owner === owner) this.locks.delete(name)
+  }
+
+  async sharedSecret (name: string): Promise<string> {
+    let secret = this.secrets.get(name)
+    if (!secret) this.secrets.set(name, secret = randomBytes(32).toString('base64url'))
+    return secret
   }
 
   async lockHolder (name: string): Promise<string | null> {

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto'
 import type { Redis, Result } from 'ioredis'
 import type { Session, Message } from '../../schemas/sessions.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
@@ -189,6 +190,12 @@ export class RedisStore implements Store {
   async unlock (name: string, owner: string): Promise<void> {
     // Delete only our own lock: compare and delete in one step.
     await this.guard('unlock', () => this.redis.eval('if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0', 1, `lock:${name}`, owner))
+  }
+
+  async sharedSecret (name: string): Promise<string> {
+    const key = `secret:${name}`
+    await this.guard('shared secret', () => this.redis.set(key, randomBytes(32).toString('base64url'), 'NX'))
+    return (await this.guard('shared secret', () => this.redis.get(key)))!
   }
 
   async close (): Promise<void> {}

@@ -39,6 +39,8 @@ export interface Store {
   unlock (name: string, owner: string): Promise<void>
   /** Who holds the lock, or null. */
   lockHolder (name: string): Promise<string | null>
+  /** A random secret every replica reads alike (made by the first to ask; signs port URLs). */
+  sharedSecret (name: string): Promise<string>
   close (): Promise<void>
 }
 

@@ -1,0 +1,189 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import type { Readable } from 'node:stream'
+import { WebSocket, type RawData } from 'ws'
+import { Type } from 'typebox'
+import { ErrorSchema, commonErrors } from '../schemas/common.js'
+import { PortParamsSchema, PortUrlBodySchema, PortUrlSchema } from '../schemas/workspace.js'
+import type { SandboxRecord } from '../schemas/sandboxes.js'
+import { AppError } from '../services/errors.js'
+import { Workspace } from '../services/sandbox/workspace.js'
+import { errorBody, toAppError } from '../plugins/route-kit.js'
+
+// Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
+const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host',
+  'authorization', 'x-api-key', 'proxy-authorization', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions',
+  'sec-websocket-protocol', 'sec-websocket-accept'])
+
+function forwardHeaders (headers: IncomingHttpHeaders): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {}
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined && !DROP.has(name)) out[name] = value
+  }
+  return out
+}
+
+/** The part of the URL after the port's prefix, with the query: what the app inside sees. */
+function innerPath (url: string, prefix: string): string {
+  const rest = url.slice(prefix.length)
+  return rest.startsWith('/') ? rest : `/${rest}`
+}
+
+interface Target { sandbox: SandboxRecord, port: number, prefix: string }
+
+/**
+ * Proxies HTTP (streamed both ways) and WebSocket connections to a port inside a sandbox, through the agent's relay
+ * (services/sandbox/workspace.ts connectPort): the sandbox keeps network `none`.
+ */
+function proxy (app: App) {
+  const { workspace } = app
+  const refused = (err: unknown) => app.metrics.portConnections.inc({ status: err instanceof AppError && err.code === 'port_closed' ? 'refused' : 'failed' })
+
+  const http = async (target: Target, request: FastifyRequest, reply: FastifyReply) => {
+    const socket = await workspace.connectPort(target.sandbox, target.port).catch((err: unknown) => { refused(err); throw err })
+    app.metrics.portConnections.inc({ status: 'ok' })
+    const headers = forwardHeaders(request.headers)
+    headers.host = `localhost:${target.port}`
+    headers['x-forwarded-prefix'] = target.prefix
+    headers['x-forwarded-proto'] = request.protocol
+    headers['x-forwarded-for'] = request.ip
+    const upstream = httpRequest({ createConnection: () => socket, method: request.method, path: innerPath(request.url, target.prefix), headers, agent: false })
+    const answered = new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+      upstream.once('response', resolve)
+      upstream.once('error', (err: Error) => reject(new AppError(502, 'port_error', `The app on port ${target.port} broke the connection: ${err.message}`, 'sandbox_error')))
+    })
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
+    const body = request.body as Readable | undefined
+    if (body && typeof body.pipe === 'function' && request.method !== 'GET' && request.method !== 'HEAD') body.pipe(upstream)
+    else upstream.end()
+    const res = await answered
+    reply.status(res.statusCode ?? 502)
+    for (const [name, value] of Object.entries(res.headers)) {
+      if (value !== undefined && !DROP.has(name) && name !== 'content-length') reply.header(name, value)
+    }
+    if (res.headers['content-length'] !== undefined) reply.header('content-length', res.headers['content-length'])
+    return reply.send(res)
+  }
+
+  const ws = async (target: Target, client: WebSocket, request: FastifyRequest) => {
+    let socket
+    try {
+      socket = await workspace.connectPort(target.sandbox, target.port)
+      app.metrics.portConnections.inc({ status: 'ok' })
+    } catch (err) {
+      refused(err)
+      const e = toAppError(err as Error)
+      if (client.readyState === client.OPEN) client.send(JSON.stringify({ type: 'error', ...errorBody(e) }))
+      client.close(1011, e.code)
+      return
+    }
+    const headers = forwardHeaders(request.headers)
+    delete headers.cookie
+    const inner = new WebSocket(`ws://localhost:${target.port}${innerPath(request.url, target.prefix)}`, {
+      createConnection: () => socket,
+      headers: { ...headers, 'x-forwarded-prefix': target.prefix }
+    } as ConstructorParameters<typeof WebSocket>[2])
+    const pending: Array<[RawData, boolean]> = []
+    client.on('message', (data: RawData, isBinary: boolean) => {
+      if (inner.readyState === inner.OPEN) inner.send(data, { binary: isBinary })
+      else pending.push([data, isBinary])
+    })
+    inner.on('open', () => { for (const [data, binary] of pending.splice(0)) inner.send(data, { binary }) })
+    inner.on('message', (data: RawData, isBinary: boolean) => { if (client.readyState === client.OPEN) client.send(data, { binary: isBinary }) })
+    const code = (c: number) => (c === 1005 || c === 1006 || c === 1015 ? 1000 : c)
+    inner.on('close', (c: number, reason: Buffer) => client.close(code(c), reason.toString()))
+    inner.on('error', (err: Error) => { if (client.readyState === client.OPEN) client.close(1011, `upstream: ${err.message}`.slice(0, 120)) })
+    client.on('close', (c: number, reason: Buffer) => {
+      if (inner.readyState === inner.OPEN) inner.close(code(c), reason.toString())
+      else inner.terminate()
+    })
+    client.on('error', () => inner.terminate())
+  }
+  return { http, ws }
+}
+
+/** A port's root without its slash: redirected to it, so that the app's relative links resolve under the prefix. */
+const slash = (request: FastifyRequest, reply: FastifyReply) => {
+  const [path, query] = request.url.split(/\?(.*)/s)
+  return reply.redirect(`${path}/${query ? `?${query}` : ''}`)
+}
+
+type App = Parameters<FastifyPluginAsyncTypebox>[0]
+
+/** One proxy URL for every method: GET (which a WebSocket upgrade also takes) and the others. */
+function declare (app: App, url: string, schema: object, config: object, wsHandler: (socket: WebSocket, request: FastifyRequest) => void, handler: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>) {
+  app.route({ method: 'GET', url, schema, config, wsHandler, handler })
+  app.route({ method: ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url, schema: { ...schema, hide: true }, config, handler })
+}
+
+const anyBody = (app: App) => {
+  app.removeAllContentTypeParsers()
+  app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
+}
+
+/** /v1/sandboxes/:id/ports/:port/...: a port, reached with an API key; and signed URLs for it. */
+export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sandboxes, workspace } = app
+  const tags = ['ports']
+  const { http, ws } = proxy(app)
+  anyBody(app)
+
+  app.post('/:id/ports/:port/url', {
+    schema: { tags, summary: 'A URL for a port that works without an API key (a browser can open it) until it expires', params: PortParamsSchema, body: PortUrlBodySchema, response: { 200: PortUrlSchema, 404: ErrorSchema, ...commonErrors } }
+  }, async (request) => {
+    const sandbox = await sandboxes.get(request.params.id, request.principal)
+    const { token, expires_at: expires } = await workspace.signPort(sandbox, request.params.port, (request.body ?? {}).expires_in ?? 3600)
+    const path = `/v1/ports/${token}/`
+    return { url: `${request.protocol}://${request.host}${path}`, path, expires_at: expires }
+  })
+
+  const target = async (request: FastifyRequest<{ Params: { id: string, port: number } }>): Promise<Target> => ({
+    sandbox: await sandboxes.get(request.params.id, request.principal),
+    port: request.params.port,
+    prefix: `/v1/sandboxes/${request.params.id}/ports/${request.params.port}`
+  })
+  const schema = {
+    tags,
+    summary: 'Proxy to a port inside the sandbox: HTTP (streamed, any method) and WebSocket; 502 port_closed when nothing listens there',
+    params: Type.Object({ id: PortParamsSchema.properties.id, port: PortParamsSchema.properties.port, '*': Type.Optional(Type.String()) }),
+    response: { 404: ErrorSchema, 502: ErrorSchema, ...commonErrors }
+  }
+  for (const url of ['/:id/ports/:port', '/:id/ports/:port/*']) {
+    declare(app, url, schema, {}, (socket, request) => {
+      void target(request as unknown as FastifyRequest<{ Params: { id: string, port: number } }>)
+        .then(t => ws(t, socket, request))
+        .catch((err: unknown) => socket.close(1008, toAppError(err as Error).code))
+    }, async (request, reply) => {
+      if (!url.endsWith('*')) return slash(request, reply)
+      return await http(await target(request as FastifyRequest<{ Params: { id: string, port: number } }>), request, reply)
+    })
+  }
+}
+
+/** /v1/ports/:token/...: a port reached with a signed URL (no API key), until the URL expires. */
+export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sandboxes, workspace } = app
+  const { http, ws } = proxy(app)
+  anyBody(app)
+  const target = async (token: string): Promise<Target> => {
+    const claims = await workspace.verifyPort(token)
+    return { sandbox: await sandboxes.get(claims.sandbox, Workspace.principalOf(claims)), port: claims.port, prefix: `/v1/ports/${token}` }
+  }
+  const schema = {
+    tags: ['ports'],
+    summary: 'Proxy to a sandbox port through a signed URL (POST /v1/sandboxes/:id/ports/:port/url): no API key; 401 when the URL is expired or tampered with',
+    params: Type.Object({ token: Type.String({ minLength: 1, maxLength: 2048 }), '*': Type.Optional(Type.String()) }),
+    response: { 401: ErrorSchema, 404: ErrorSchema, 502: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }
+  }
+  for (const url of ['/:token', '/:token/*']) {
+    declare(app, url, schema, { public: true }, (socket, request) => {
+      void target((request.params as { token: string }).token)
+        .then(t => ws(t, socket, request))
+        .catch((err: unknown) => socket.close(1008, toAppError(err as Error).code))
+    }, async (request, reply) => {
+      if (!url.endsWith('*')) return slash(request, reply)
+      return await http(await target((request.params as { token: string }).token), request, reply)
+    })
+  }
+}

@@ -1,0 +1,307 @@
+// The workspace verbs (issue 24): commands in the foreground or background, their output followed by offset, stdin,
+// signals, terminals, directory watchers and connections to ports inside a sandbox. Every outward protocol (REST, SSE,
+// WebSocket, and the E2B and agent-SDK adapters after them) calls these; the agent (sandbox/agent.py) keeps the process
+// table, the PTYs and the watchers, and relays port connections, all over its own channel: the sandbox keeps network
+// `none`.
+import { createHmac, timingSafeEqual } from 'node:crypto'
+import { StringDecoder } from 'node:string_decoder'
+import { connect, type Socket } from 'node:net'
+import { join } from 'node:path'
+import { AppError } from '../errors.js'
+import { AgentGone } from './agent-client.js'
+import type { SandboxService } from './service.js'
+import type { FollowEvent, ProcessExit, ProcessInfo, SandboxHandle, Subscription, WatchEvent } from './sandbox.js'
+import type { SandboxRecord } from '../../schemas/sandboxes.js'
+import type { Principal } from '../auth.js'
+
+export interface WorkspaceOptions {
+  /** Processes one sandbox may run at once (kernels aside): SANDBOX_MAX_PROCESSES. */
+  maxProcesses: number
+  /** Terminals one sandbox may have open at once: SANDBOX_MAX_TERMINALS. */
+  maxTerminals: number
+  /** Watchers one sandbox may have at once: SANDBOX_MAX_WATCHERS. */
+  maxWatchers: number
+  /** How much of a process's latest output is kept for readers, and the most a foreground command returns. */
+  outputLimit: number
+  /** The longest a signed port URL may live. */
+  maxUrlTtlS: number
+  /** Signs port URLs; every replica must read the same (the store's shared secret unless configured). */
+  secret: () => Promise<string>
+  observeProcess?: (kind: 'command' | 'background' | 'terminal') => void
+  observeProxied?: (direction: 'in' | 'out', bytes: number) => void
+}
+
+export interface CommandSpec {
+  cmd: string | string[]
+  cwd?: string
+  env?: Record<string, string>
+  timeout_ms?: number
+  tag?: string
+}
+
+export interface CommandResult extends ProcessExit {
+  pid: number
+  stdout: string
+  stderr: string
+  truncated: boolean
+}
+
+export interface PortToken { sandbox: string, port: number, owner: string, expires: number }
+
+/** argv for a command given as one shell string or as argv. */
+export const argvOf = (cmd: string | string[]): string[] => typeof cmd === 'string' ? ['bash', '-c', cmd] : cmd
+
+const TERMINAL_REPLAY = 64 * 1024
+
+export class Workspace {
+  constructor (private readonly sandboxes: SandboxService, private readonly opts: WorkspaceOptions) {}
+
+  private async handle (record: SandboxRecord): Promise<SandboxHandle> {
+    const handle = await this.sandboxes.handle(record)
+    await this.sandboxes.touch(record).catch(() => {})
+    return handle
+  }
+
+  private async guard<T> (record: SandboxRecord, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (err) {
+      if (err instanceof AgentGone) throw new AppError(410, 'sandbox_lost', 'The sandbox stopped; its processes are gone', 'sandbox_error')
+      throw err
+    }
+  }
+
+  private spawnOptions (spec: CommandSpec) {
+    return {
+      cmd: argvOf(spec.cmd),
+      ...(spec.cwd ? { cwd: spec.cwd } : {}),
+      ...(spec.env ? { env: spec.env } : {}),
+      ...(spec.timeout_ms ? { timeoutMs: spec.timeout_ms } : {}),
+      ...(spec.tag ? { tag: spec.tag } : {}),
+      keepBytes: this.opts.outputLimit,
+      maxProcesses: this.opts.maxProcesses,
+      maxTerminals: this.opts.maxTerminals
+    }
+  }
+
+  /**
+   * Runs a command to its end: stdout and stderr (together at most the output limit, then `truncated`), the exit.
+   * `input` is written to its stdin, which then closes. `onEvent` sees the output as it comes.
+   */
+  async run (record: SandboxRecord, spec: CommandSpec & { input?: Buffer }, onEvent?: (e: FollowEvent) => void, signal?: AbortSignal): Promise<CommandResult> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => {
+      const pid = await handle.spawn({ ...this.spawnOptions(spec), stdin: spec.input !== undefined })
+      this.opts.observeProcess?.('command')
+      const text = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') }
+      const out = { stdout: '', stderr: '' }
+      let truncated = false
+      let exit: ProcessExit | undefined
+      // Touched meanwhile, every half idle timeout, so that no reaper takes a sandbox under a long command.
+      const renewal = setInterval(() => { this.sandboxes.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
+      try {
+        const sub = await handle.follow(pid, { offset: 0, limit: this.opts.outputLimit }, (e) => {
+          if (e.type === 'proc_output') {
+            const stream = e.stream === 'stderr' ? 'stderr' : 'stdout'
+            out[stream] += text[stream].write(Buffer.from(e.data, 'base64'))
+            if (e.truncated) truncated = true
+          } else if (e.type === 'proc_exit') {
+            const { id: _id, type: _type, ...rest } = e
+            exit = rest
+          }
+          onEvent?.(e)
+        })
+        const stop = () => { handle.signal(pid, 'SIGKILL').catch(() => {}) }
+        signal?.addEventListener('abort', stop, { once: true })
+        if (spec.input !== undefined) await handle.input(pid, spec.input, true)
+        await sub.done.finally(() => signal?.removeEventListener('abort', stop))
+      } finally {
+        clearInterval(renewal)
+      }
+      out.stdout += text.stdout.end()
+      out.stderr += text.stderr.end()
+      if (truncated) out.stderr += `\n[output truncated: more than ${this.opts.outputLimit} bytes]\n`
+      if (!exit) throw new AppError(502, 'process_lost', 'The command\'s end was not reported', 'sandbox_error')
+      return { ...exit, pid, ...out, truncated }
+    })
+  }
+
+  /** Starts a command in the background; its entry in the process table. */
+  async spawn (record: SandboxRecord, spec: CommandSpec & { stdin?: boolean }): Promise<ProcessInfo> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => {
+      const pid = await handle.spawn({ ...this.spawnOptions(spec), stdin: spec.stdin === true })
+      this.opts.observeProcess?.('background')
+      return await this.process(record, pid, handle)
+    })
+  }
+
+  /** Opens a terminal: a shell (or `cmd`) on a PTY of the given size. */
+  async terminal (record: SandboxRecord, spec: { cmd?: string[], cwd?: string, env?: Record<string, string>, cols: number, rows: number }): Promise<number> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => {
+      const pid = await handle.spawn({
+        ...this.spawnOptions({ cmd: spec.cmd ?? ['bash', '-i'], ...(spec.cwd ? { cwd: spec.cwd } : {}), ...(spec.env ? { env: spec.env } : {}) }),
+        pty: { cols: spec.cols, rows: spec.rows }
+      })
+      this.opts.observeProcess?.('terminal')
+      return pid
+    })
+  }
+
+  async processes (record: SandboxRecord): Promise<ProcessInfo[]> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => await handle.processes())
+  }
+
+  async process (record: SandboxRecord, pid: number, known?: SandboxHandle): Promise<ProcessInfo> {
+    const handle = known ?? await this.handle(record)
+    const found = (await this.guard(record, async () => await handle.processes())).find(p => p.pid === pid)
+    if (!found) throw new AppError(404, 'process_not_found', `No process ${pid} in this sandbox`)
+    return found
+  }
+
+  /**
+   * Follows a process's output from an offset (or its last `tail` bytes; a terminal reattached gets its recent screen),
+   * then live until it exits or `stop()`.
+   */
+  async follow (record: SandboxRecord, pid: number, from: { offset?: number, tail?: number }, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => await handle.follow(pid, from, onEvent))
+  }
+
+  /** Follows a terminal, replaying its recent screen first. */
+  async attach (record: SandboxRecord, pid: number, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
+    return await this.follow(record, pid, { tail: TERMINAL_REPLAY }, onEvent)
+  }
+
+  async input (record: SandboxRecord, pid: number, data: Buffer, eof = false): Promise<void> {
+    const handle = await this.handle(record)
+    await this.guard(record, async () => await handle.input(pid, data, eof))
+  }
+
+  async signal (record: SandboxRecord, pid: number, signal: string): Promise<void> {
+    const handle = await this.handle(record)
+    await this.guard(record, async () => await handle.signal(pid, signal))
+  }
+
+  async resize (record: SandboxRecord, pid: number, cols: number, rows: number): Promise<void> {
+    const handle = await this.handle(record)
+    await this.guard(record, async () => await handle.resize(pid, cols, rows))
+  }
+
+  async watch (record: SandboxRecord, path: string, recursive: boolean, onEvent: (e: WatchEvent) => void): Promise<Subscription> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => await handle.watch(path, recursive, this.opts.maxWatchers, onEvent))
+  }
+
+  /**
+   * A byte stream to `port` inside the sandbox: a connection of its own to the agent's socket, which the agent turns
+   * into a relay to 127.0.0.1:port. 502 `port_closed` when nothing listens there.
+   */
+  async connectPort (record: SandboxRecord, port: number): Promise<Socket> {
+    await this.handle(record)
+    const dir = this.sandboxes.agentDirOf(record)
+    if (!dir) {
+      throw new AppError(502, 'ports_unavailable', 'This sandbox\'s host offers no direct channel to its agent (a remote Docker host, or gVisor without --host-uds): its ports cannot be reached', 'sandbox_error')
+    }
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(join(dir, 'agent.sock'))
+      s.once('connect', () => { s.off('error', reject); resolve(s) })
+      s.once('error', (err) => reject(new AppError(502, 'port_unreachable', `The sandbox's agent did not answer: ${err.message}`, 'sandbox_error')))
+    })
+    socket.setNoDelay(true)
+    socket.write(JSON.stringify({ op: 'connect', id: 'port', port }) + '\n')
+    // The agent greets a new channel (`ready`) before it reads the request: the answer is the line with our id.
+    let parsed: { id?: string, type?: string, code?: string, value?: string } = {}
+    let rest: Buffer = Buffer.alloc(0)
+    for (let lines = 0; parsed.id !== 'port'; lines++) {
+      const answer = await readLine(socket, 10_000, rest).catch((err: Error) => {
+        socket.destroy()
+        throw new AppError(502, 'port_unreachable', `The sandbox's agent did not answer: ${err.message}`, 'sandbox_error')
+      })
+      rest = answer.rest
+      try {
+        parsed = JSON.parse(answer.line) as typeof parsed
+      } catch {
+        parsed = { id: 'port', type: 'error', value: 'an unreadable answer' }
+      }
+      if (lines > 8) parsed = { id: 'port', type: 'error', value: 'no answer to connect' }
+    }
+    if (parsed.type !== 'done') {
+      socket.destroy()
+      throw new AppError(502, parsed.code === 'port_closed' ? 'port_closed' : 'port_unreachable', parsed.value ?? `port ${port} cannot be reached`, 'sandbox_error', { port })
+    }
+    if (rest.length) socket.unshift(rest)
+    socket.once('close', () => {
+      this.opts.observeProxied?.('in', socket.bytesWritten)
+      this.opts.observeProxied?.('out', socket.bytesRead)
+    })
+    return socket
+  }
+
+  /** A token that lets a browser reach one port of one sandbox without a key, until it expires. */
+  async signPort (record: SandboxRecord, port: number, expiresInS: number): Promise<{ token: string, expires_at: string }> {
+    if (expiresInS > this.opts.maxUrlTtlS) throw new AppError(400, 'validation_error', `body/expires_in must be at most ${this.opts.maxUrlTtlS}`)
+    const expires = Math.floor(Date.now() / 1000) + expiresInS
+    const payload = Buffer.from(JSON.stringify({ s: record.id, p: port, o: record.owner, e: expires })).toString('base64url')
+    return { token: `${payload}.${await this.mac(payload)}`, expires_at: new Date(expires * 1000).toISOString() }
+  }
+
+  /** What a signed port token grants; 401 when it is malformed, tampered with or expired. */
+  async verifyPort (token: string): Promise<PortToken> {
+    const refuse = (why: string) => new AppError(401, 'invalid_port_token', `This port URL is not valid: ${why}`, 'authentication_error')
+    const [payload, mac, extra] = token.split('.')
+    if (!payload || !mac || extra !== undefined) throw refuse('malformed')
+    const want = Buffer.from(await this.mac(payload))
+    const got = Buffer.from(mac)
+    if (want.length !== got.length || !timingSafeEqual(want, got)) throw refuse('its signature does not match')
+    let claims: { s?: unknown, p?: unknown, o?: unknown, e?: unknown }
+    try {
+      claims = JSON.parse(Buffer.from(payload, 'base64url').toString()) as typeof claims
+    } catch {
+      throw refuse('malformed')
+    }
+    if (typeof claims.s !== 'string' || typeof claims.p !== 'number' || typeof claims.o !== 'string' || typeof claims.e !== 'number') throw refuse('malformed')
+    if (claims.e * 1000 <= Date.now()) throw refuse('it has expired')
+    return { sandbox: claims.s, port: claims.p, owner: claims.o, expires: claims.e }
+  }
+
+  /** The principal a valid port token acts as: the sandbox's owner, for this sandbox only. */
+  static principalOf (token: PortToken): Principal {
+    return { name: token.owner, role: 'user' }
+  }
+
+  private async mac (payload: string): Promise<string> {
+    return createHmac('sha256', await this.opts.secret()).update(`port-url\n${payload}`).digest('base64url')
+  }
+}
+
+/** The first line a socket sends (without its newline; `before`: bytes it sent already) and whatever came after it. */
+function readLine (socket: Socket, timeoutMs: number, before = Buffer.alloc(0)): Promise<{ line: string, rest: Buffer }> {
+  return new Promise((resolve, reject) => {
+    let buffer = before
+    const held = before.indexOf(10)
+    if (held >= 0) return resolve({ line: before.subarray(0, held).toString(), rest: before.subarray(held + 1) })
+    const timer = setTimeout(() => done(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
+    const onData = (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk])
+      const newline = buffer.indexOf(10)
+      if (newline >= 0) done(null, { line: buffer.subarray(0, newline).toString(), rest: buffer.subarray(newline + 1) })
+      else if (buffer.length > 64 * 1024) done(new Error('an answer without an end'))
+    }
+    const onEnd = () => done(new Error('the connection closed'))
+    const done = (err: Error | null, value?: { line: string, rest: Buffer }) => {
+      clearTimeout(timer)
+      socket.off('data', onData)
+      socket.off('end', onEnd)
+      socket.off('error', onEnd)
+      socket.pause()
+      if (err) reject(err)
+      else resolve(value!)
+    }
+    socket.on('data', onData)
+    socket.on('end', onEnd)
+    socket.on('error', onEnd)
+  })
+}
