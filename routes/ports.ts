@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { WebSocket, type RawData } from 'ws'
 import { Type } from 'typebox'
@@ -9,7 +10,6 @@ import { PortParamsSchema, PortUrlBodySchema, PortUrlSchema } from '../schemas/w
 import type { SandboxRecord } from '../schemas/sandboxes.js'
 import { AppError } from '../services/errors.js'
 import { Workspace } from '../services/sandbox/workspace.js'
-import { errorBody, toAppError } from '../plugins/route-kit.js'
 
 // Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
 const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host',
@@ -40,15 +40,21 @@ function proxy (app: App) {
   const { workspace } = app
   const refused = (err: unknown) => app.metrics.portConnections.inc({ status: err instanceof AppError && err.code === 'port_closed' ? 'refused' : 'failed' })
 
-  const http = async (target: Target, request: FastifyRequest, reply: FastifyReply) => {
+  /** A connection to the port, counted (for a WebSocket, made before the upgrade is accepted). */
+  const open = async (target: Target): Promise<Socket> => {
     const socket = await workspace.connectPort(target.sandbox, target.port).catch((err: unknown) => { refused(err); throw err })
     app.metrics.portConnections.inc({ status: 'ok' })
+    return socket
+  }
+
+  const http = async (target: Target, request: FastifyRequest, reply: FastifyReply) => {
+    const socket = await open(target)
     const headers = forwardHeaders(request.headers)
     headers.host = `localhost:${target.port}`
     headers['x-forwarded-prefix'] = target.prefix
     headers['x-forwarded-proto'] = request.protocol
     headers['x-forwarded-for'] = request.ip
-    const upstream = httpRequest({ createConnection: () => socket, method: request.method, path: innerPath(request.url, target.prefix), headers, agent: false })
+    const upstream = httpRequest({ createConnection: () => socket, method: request.method, path: innerPath(request.url, target.prefix), headers })
     const answered = new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
       upstream.once('response', resolve)
       upstream.once('error', (err: Error) => reject(new AppError(502, 'port_error', `The app on port ${target.port} broke the connection: ${err.message}`, 'sandbox_error')))
@@ -66,18 +72,7 @@ function proxy (app: App) {
     return reply.send(res)
   }
 
-  const ws = async (target: Target, client: WebSocket, request: FastifyRequest) => {
-    let socket
-    try {
-      socket = await workspace.connectPort(target.sandbox, target.port)
-      app.metrics.portConnections.inc({ status: 'ok' })
-    } catch (err) {
-      refused(err)
-      const e = toAppError(err as Error)
-      if (client.readyState === client.OPEN) client.send(JSON.stringify({ type: 'error', ...errorBody(e) }))
-      client.close(1011, e.code)
-      return
-    }
+  const ws = (target: Target, socket: Socket, client: WebSocket, request: FastifyRequest) => {
     const headers = forwardHeaders(request.headers)
     delete headers.cookie
     const inner = new WebSocket(`ws://localhost:${target.port}${innerPath(request.url, target.prefix)}`, {
@@ -100,7 +95,7 @@ function proxy (app: App) {
     })
     client.on('error', () => inner.terminate())
   }
-  return { http, ws }
+  return { http, ws, open }
 }
 
 /** A port's root without its slash: redirected to it, so that the app's relative links resolve under the prefix. */
@@ -111,9 +106,33 @@ const slash = (request: FastifyRequest, reply: FastifyReply) => {
 
 type App = Parameters<FastifyPluginAsyncTypebox>[0]
 
-/** One proxy URL for every method: GET (which a WebSocket upgrade also takes) and the others. */
-function declare (app: App, url: string, schema: object, config: object, wsHandler: (socket: WebSocket, request: FastifyRequest) => void, handler: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>) {
-  app.route({ method: 'GET', url, schema, config, wsHandler, handler })
+type Proxy = ReturnType<typeof proxy>
+
+/**
+ * One proxy URL for every method: GET (which a WebSocket upgrade also takes) and the others. An upgrade connects to the
+ * port before it is accepted (preHandler), so that a closed port, a bad token or another key's sandbox refuse it with
+ * the HTTP error a plain request gets.
+ */
+function declare (app: App, url: string, schema: object, config: object, resolve: (request: FastifyRequest) => Promise<Target>, via: Proxy) {
+  const opened = new WeakMap<FastifyRequest, { target: Target, socket: Socket }>()
+  const preHandler = async (request: FastifyRequest) => {
+    if (!request.ws) return
+    const target = await resolve(request)
+    const socket = await via.open(target)
+    opened.set(request, { target, socket })
+    setTimeout(() => { if (opened.delete(request)) socket.destroy() }, 10_000).unref() // an upgrade that never completed
+  }
+  const wsHandler = (client: WebSocket, request: FastifyRequest) => {
+    const held = opened.get(request)
+    opened.delete(request)
+    if (held) via.ws(held.target, held.socket, client, request)
+    else client.close(1011, 'port_unreachable')
+  }
+  const handler = async (request: FastifyRequest, reply: FastifyReply) => {
+    if (!url.endsWith('*')) return slash(request, reply)
+    return await via.http(await resolve(request), request, reply)
+  }
+  app.route({ method: 'GET', url, schema, config, preHandler, wsHandler, handler })
   app.route({ method: ['POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'], url, schema: { ...schema, hide: true }, config, handler })
 }
 
@@ -126,8 +145,7 @@ const anyBody = (app: App) => {
 export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes, workspace } = app
   const tags = ['ports']
-  const { http, ws } = proxy(app)
-  anyBody(app)
+  const via = proxy(app)
 
   app.post('/:id/ports/:port/url', {
     schema: { tags, summary: 'A URL for a port that works without an API key (a browser can open it) until it expires', params: PortParamsSchema, body: PortUrlBodySchema, response: { 200: PortUrlSchema, 404: ErrorSchema, ...commonErrors } }
@@ -149,22 +167,19 @@ export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
     params: Type.Object({ id: PortParamsSchema.properties.id, port: PortParamsSchema.properties.port, '*': Type.Optional(Type.String()) }),
     response: { 404: ErrorSchema, 502: ErrorSchema, ...commonErrors }
   }
-  for (const url of ['/:id/ports/:port', '/:id/ports/:port/*']) {
-    declare(app, url, schema, {}, (socket, request) => {
-      void target(request as unknown as FastifyRequest<{ Params: { id: string, port: number } }>)
-        .then(t => ws(t, socket, request))
-        .catch((err: unknown) => socket.close(1008, toAppError(err as Error).code))
-    }, async (request, reply) => {
-      if (!url.endsWith('*')) return slash(request, reply)
-      return await http(await target(request as FastifyRequest<{ Params: { id: string, port: number } }>), request, reply)
-    })
-  }
+  // The proxied routes take any body as a stream; the URL route above keeps the JSON parser (another context).
+  await app.register(async (proxied) => {
+    anyBody(proxied)
+    for (const url of ['/:id/ports/:port', '/:id/ports/:port/*']) {
+      declare(proxied, url, schema, {}, async (request) => await target(request as FastifyRequest<{ Params: { id: string, port: number } }>), via)
+    }
+  })
 }
 
 /** /v1/ports/:token/...: a port reached with a signed URL (no API key), until the URL expires. */
 export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes, workspace } = app
-  const { http, ws } = proxy(app)
+  const via = proxy(app)
   anyBody(app)
   const target = async (token: string): Promise<Target> => {
     const claims = await workspace.verifyPort(token)
@@ -177,13 +192,6 @@ export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
     response: { 401: ErrorSchema, 404: ErrorSchema, 502: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }
   }
   for (const url of ['/:token', '/:token/*']) {
-    declare(app, url, schema, { public: true }, (socket, request) => {
-      void target((request.params as { token: string }).token)
-        .then(t => ws(t, socket, request))
-        .catch((err: unknown) => socket.close(1008, toAppError(err as Error).code))
-    }, async (request, reply) => {
-      if (!url.endsWith('*')) return slash(request, reply)
-      return await http(await target((request.params as { token: string }).token), request, reply)
-    })
+    declare(app, url, schema, { public: true }, async (request) => await target((request.params as { token: string }).token), via)
   }
 }

@@ -153,34 +153,34 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     },
     wsHandler: (socket: WebSocket, request) => { void processSocket(socket, request as unknown as FastifyRequest<{ Params: { id: string, pid: number }, Querystring: { offset?: number, tail?: number, encoding?: 'utf8' | 'base64' } }>, false) },
     handler: async (request, reply) => {
-    const { pid } = request.params
-    const q = request.query
-    const sandbox = await record(request)
-    const lastId = Number(request.headers['last-event-id'])
-    const from = q.tail !== undefined ? { tail: q.tail } : { offset: Number.isSafeInteger(lastId) && lastId >= 0 ? lastId : q.offset ?? 0 }
-    const coder = outputCoder(q.encoding)
-    if (q.follow ?? wantsSse(request)) {
-      await streamSse(reply, send => workspace.follow(sandbox, pid, from, (e) => {
-        if (e.type === 'proc_output') send('output', coder(e), String(e.offset + Buffer.from(e.data, 'base64').length))
-        else if (e.type === 'proc_exit') send('exit', exitOf(e))
-        else if (e.type === 'proc_follow') send('follow', { pid: e.pid, offset: e.offset, end: e.end, pty: e.pty })
-      }), 'output')
-      return reply
-    }
-    // What is kept now: follow until the end it reported (or the exit), then stop.
-    const output: Array<ReturnType<typeof coder>> = []
-    let start = 0
-    let end = 0
-    let reached!: () => void
-    const caughtUp = new Promise<void>(resolve => { reached = resolve })
-    const sub = await workspace.follow(sandbox, pid, from, (e) => {
-      if (e.type === 'proc_follow') { start = e.offset; end = e.end; if (end <= start) reached() }
-      if (e.type === 'proc_output') { output.push(coder(e)); if (e.offset + Buffer.from(e.data, 'base64').length >= end) reached() }
-      if (e.type === 'proc_exit') reached()
-    })
-    await Promise.race([caughtUp, sub.done])
-    await sub.stop()
-    return { pid, offset: start, end, output, process: processView(await workspace.process(sandbox, pid)) }
+      const { pid } = request.params
+      const q = request.query
+      const sandbox = await record(request)
+      const lastId = Number(request.headers['last-event-id'])
+      const from = q.tail !== undefined ? { tail: q.tail } : { offset: Number.isSafeInteger(lastId) && lastId >= 0 ? lastId : q.offset ?? 0 }
+      const coder = outputCoder(q.encoding)
+      if (q.follow ?? wantsSse(request)) {
+        await streamSse(reply, send => workspace.follow(sandbox, pid, from, (e) => {
+          if (e.type === 'proc_output') send('output', coder(e), String(e.offset + Buffer.from(e.data, 'base64').length))
+          else if (e.type === 'proc_exit') send('exit', exitOf(e))
+          else if (e.type === 'proc_follow') send('follow', { pid: e.pid, offset: e.offset, end: e.end, pty: e.pty })
+        }), 'output')
+        return reply
+      }
+      // What is kept now: follow until the end it reported (or the exit), then stop.
+      const output: Array<ReturnType<typeof coder>> = []
+      let start = 0
+      let end = 0
+      let reached!: () => void
+      const caughtUp = new Promise<void>(resolve => { reached = resolve })
+      const sub = await workspace.follow(sandbox, pid, from, (e) => {
+        if (e.type === 'proc_follow') { start = e.offset; end = e.end; if (end <= start) reached() }
+        if (e.type === 'proc_output') { output.push(coder(e)); if (e.offset + Buffer.from(e.data, 'base64').length >= end) reached() }
+        if (e.type === 'proc_exit') reached()
+      })
+      await Promise.race([caughtUp, sub.done])
+      await sub.stop()
+      return { pid, offset: start, end, output, process: processView(await workspace.process(sandbox, pid)) }
     }
   })
 
@@ -216,7 +216,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags, summary: 'A terminal over a WebSocket (see the README\'s protocol section): binary frames are raw bytes both ways; text frames are JSON (resize, input, signal); ?pid= reattaches with the recent screen replayed', params: IdParamsSchema, querystring: TerminalQuerySchema, response: { 400: ErrorSchema, 404: ErrorSchema } },
     wsHandler: (socket: WebSocket, request) => { void processSocket(socket, request as unknown as FastifyRequest<{ Params: { id: string, pid?: number }, Querystring: Record<string, unknown> }>, true) },
     handler: async () => {
-    throw new AppError(426, 'upgrade_required', 'This route is a WebSocket: connect with Upgrade: websocket')
+      throw new AppError(426, 'upgrade_required', 'This route is a WebSocket: connect with Upgrade: websocket')
     }
   })
 
@@ -301,13 +301,13 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     },
     wsHandler: (socket: WebSocket, request) => { void watchSocket(socket, request as unknown as FastifyRequest<{ Params: { id: string }, Querystring: { path: string, recursive: boolean } }>) },
     handler: async (request, reply) => {
-    const path = workspacePath(request.query.path)
-    const sandbox = await record(request)
-    await streamSse(reply, send => workspace.watch(sandbox, path, request.query.recursive, (e) => {
-      if (e.type === 'fs_event') send(e.kind, { path: e.path, is_dir: e.is_dir })
-      else send('watching', { path: e.path })
-    }), 'watch')
-    return reply
+      const path = workspacePath(request.query.path)
+      const sandbox = await record(request)
+      await streamSse(reply, send => workspace.watch(sandbox, path, request.query.recursive, (e) => {
+        if (e.type === 'fs_event') send(e.kind, { path: e.path, is_dir: e.is_dir })
+        else send('watching', { path: e.path })
+      }), 'watch')
+      return reply
     }
   })
 

@@ -430,6 +430,16 @@ class Watch:
             pass
 
 
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def relay(a, b, done):
     """Copies bytes from socket a to socket b until a ends, then ends b's writing side."""
     try:
@@ -1022,11 +1032,22 @@ class Agent:
         emit({'id': rid, 'type': 'done'})
 
     def signal_group(self, p, sig):
+        """Signals a process's whole group (it leads one: setsid). SIGKILL is repeated until the group is empty, so
+        that the children a fork bomb makes while the first signal is delivered go too."""
         for target in (lambda: os.killpg(p.pid, sig), lambda: os.kill(p.pid, sig)):
             try:
-                return target()
+                target()
+                break
             except ProcessLookupError:
                 pass
+        if sig != signal.SIGKILL:
+            return
+        for _ in range(50):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.01)
 
     def op_proc_resize(self, rid, req):
         p = self.process(rid, req, running=True)
@@ -1113,15 +1134,26 @@ class Agent:
     def process_ticks(self, now):
         wake = None
         for p in list(self.procs.values()):
+            if p.kill_at is not None and now >= p.kill_at:  # the grace after a timeout's SIGTERM, leader gone or not
+                p.kill_at = None
+                self.signal_group(p, signal.SIGKILL)
             if not p.running:
+                # A leader that left children behind (`server &`, a fork bomb's first shell): its timeout still ends
+                # them (the group id cannot be reused while one of them lives).
+                if p.deadline is not None and not p.timed_out:
+                    if not group_alive(p.pid):
+                        p.deadline = None
+                    elif now >= p.deadline:
+                        p.timed_out = True
+                        self.signal_group(p, signal.SIGKILL)
+                for at in (p.kill_at, p.deadline if not p.timed_out else None):
+                    if at is not None:
+                        wake = max(0.0, at - now) if wake is None else min(wake, max(0.0, at - now))
                 continue
             if p.deadline is not None and now >= p.deadline and not p.timed_out:
                 p.timed_out = True
                 self.signal_group(p, signal.SIGTERM)
                 p.kill_at = now + GRACE_S
-            if p.kill_at is not None and now >= p.kill_at:
-                self.signal_group(p, signal.SIGKILL)
-                p.kill_at = None
             if p.status is not None:
                 self.reap_process(p)
                 if p.running:
@@ -1195,7 +1227,11 @@ class Agent:
             return
         CHANNELS.remove(ch)
         ch.closed = True  # the socket now belongs to the relay
-        RELAYS.add(PortRelay(ch.sock, tcp, ch.inbuf))
+        try:
+            RELAYS.add(PortRelay(ch.sock, tcp, ch.inbuf))
+        except (RuntimeError, OSError):  # no thread to be had (the pids limit is reached): the server sees a reset
+            for s in (ch.sock, tcp):
+                s.close()
         ch.inbuf = b''
 
     # --- files (all paths relative to the workspace) -------------------------------------------

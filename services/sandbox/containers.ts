@@ -195,7 +195,6 @@ export class SandboxContainers {
     return new SandboxHandle(containerId, agent)
   }
 
-  /** Removes a container and its agent directory (`dir`, when this process does not know it, comes from its label). */
   /** The agent directory of a container this process made or adopted, if it has one. */
   agentDirOf (containerId: string): string | undefined {
     return this.dirs.get(containerId)

@@ -277,30 +277,35 @@ export class Workspace {
   }
 }
 
-/** The first line a socket sends (without its newline; `before`: bytes it sent already) and whatever came after it. */
-function readLine (socket: Socket, timeoutMs: number, before = Buffer.alloc(0)): Promise<{ line: string, rest: Buffer }> {
+/**
+ * The first line a socket sends (without its newline; `before`: bytes it sent already) and whatever came after it.
+ * Read in paused mode ('readable'), so that once the listener is gone the socket is as new: the next consumer's
+ * 'data' listener starts the flow (an explicit pause() would keep it stopped).
+ */
+function readLine (socket: Socket, timeoutMs: number, before: Buffer = Buffer.alloc(0)): Promise<{ line: string, rest: Buffer }> {
   return new Promise((resolve, reject) => {
     let buffer = before
     const held = before.indexOf(10)
     if (held >= 0) return resolve({ line: before.subarray(0, held).toString(), rest: before.subarray(held + 1) })
     const timer = setTimeout(() => done(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
-    const onData = (chunk: Buffer) => {
-      buffer = Buffer.concat([buffer, chunk])
-      const newline = buffer.indexOf(10)
-      if (newline >= 0) done(null, { line: buffer.subarray(0, newline).toString(), rest: buffer.subarray(newline + 1) })
-      else if (buffer.length > 64 * 1024) done(new Error('an answer without an end'))
+    const onReadable = () => {
+      for (let chunk: Buffer | null; (chunk = socket.read() as Buffer | null) !== null;) {
+        buffer = Buffer.concat([buffer, chunk])
+        const newline = buffer.indexOf(10)
+        if (newline >= 0) return done(null, { line: buffer.subarray(0, newline).toString(), rest: buffer.subarray(newline + 1) })
+        if (buffer.length > 64 * 1024) return done(new Error('an answer without an end'))
+      }
     }
     const onEnd = () => done(new Error('the connection closed'))
     const done = (err: Error | null, value?: { line: string, rest: Buffer }) => {
       clearTimeout(timer)
-      socket.off('data', onData)
+      socket.off('readable', onReadable)
       socket.off('end', onEnd)
       socket.off('error', onEnd)
-      socket.pause()
       if (err) reject(err)
       else resolve(value!)
     }
-    socket.on('data', onData)
+    socket.on('readable', onReadable)
     socket.on('end', onEnd)
     socket.on('error', onEnd)
   })
