@@ -1,18 +1,33 @@
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
+import { createRequire } from 'node:module'
 import { PACKAGE_ROOT } from '../services/paths.js'
 import type { FastifyPluginAsync } from 'fastify'
 import { readFileSync } from 'node:fs'
 
-const FILES: Record<string, string> = { 'index.html': 'text/html; charset=utf-8', 'app.js': 'text/javascript; charset=utf-8', 'style.css': 'text/css; charset=utf-8' }
+const JS = 'text/javascript; charset=utf-8'
+const CSS = 'text/css; charset=utf-8'
 
-/** The web monitor: static files from ui/, read once at start-up; nothing is fetched from elsewhere. */
+/** xterm.js for the terminal tab, from the installed npm package (served here: the monitor fetches nothing from a CDN). */
+function xtermFile (name: string): string {
+  const main = createRequire(import.meta.url).resolve('@xterm/xterm') // <package>/lib/xterm.js
+  return join(dirname(dirname(main)), name)
+}
+
+/** The web monitor: static files from ui/ and its vendored libraries, read once at start-up. */
 const routes: FastifyPluginAsync = async (app) => {
-  const files = Object.fromEntries(Object.keys(FILES).map(name => [name, readFileSync(join(PACKAGE_ROOT, 'ui', name))]))
+  const files: Record<string, { type: string, body: Buffer }> = {
+    'index.html': { type: 'text/html; charset=utf-8', body: readFileSync(join(PACKAGE_ROOT, 'ui', 'index.html')) },
+    'app.js': { type: JS, body: readFileSync(join(PACKAGE_ROOT, 'ui', 'app.js')) },
+    'style.css': { type: CSS, body: readFileSync(join(PACKAGE_ROOT, 'ui', 'style.css')) },
+    'vendor/xterm.mjs': { type: JS, body: readFileSync(xtermFile('lib/xterm.mjs')) },
+    'vendor/xterm.css': { type: CSS, body: readFileSync(xtermFile('css/xterm.css')) }
+  }
   const options = { config: { public: true, rateLimit: false }, schema: { hide: true } } as const
   app.get('/ui', options, async (_request, reply) => reply.redirect('/ui/'))
-  app.get('/ui/', options, async (_request, reply) => reply.type(FILES['index.html']).send(files['index.html']))
-  for (const name of ['app.js', 'style.css']) {
-    app.get(`/ui/${name}`, options, async (_request, reply) => reply.type(FILES[name]).header('cache-control', 'no-cache').send(files[name]))
+  app.get('/ui/', options, async (_request, reply) => reply.type(files['index.html']!.type).send(files['index.html']!.body))
+  for (const [name, file] of Object.entries(files)) {
+    if (name === 'index.html') continue
+    app.get(`/ui/${name}`, options, async (_request, reply) => reply.type(file.type).header('cache-control', 'no-cache').send(file.body))
   }
 }
 

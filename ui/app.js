@@ -1,7 +1,7 @@
 // The web monitor: plain browser JavaScript, served by the server itself.
 /* global confirm, location */
 const $ = (selector) => document.querySelector(selector)
-const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null }
+const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null, terminal: { sandbox: null, pid: null, socket: null, term: null } }
 
 // ---------- API ----------
 async function api (method, path, body) {
@@ -144,7 +144,8 @@ function showTab (tab) {
   state.timers = []
   if (tab !== 'logs') stopLogs()
   if (tab !== 'sessions') stopFollowing()
-  const open = { status: openStatus, sessions: openSessions, sandboxes: openSandboxes, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
+  if (tab !== 'terminal') detachTerminal()
+  const open = { status: openStatus, sessions: openSessions, sandboxes: openSandboxes, terminal: openTerminal, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
   void attempt(open)
 }
 
@@ -196,6 +197,7 @@ async function openSandboxes () {
     el('td', { class: `state ${s.status}` }, s.status === 'paused' ? `paused (${s.pause_mode === 'memory' ? 'memory kept' : 'files kept'})` : s.status),
     el('td', {}, s.on_timeout), el('td', {}, new Date(s.last_used_at).toLocaleString()),
     el('td', {}, s.status === 'paused' ? act('resume', 'POST', `/v1/sandboxes/${s.id}/resume`) : act('pause', 'POST', `/v1/sandboxes/${s.id}/pause`),
+      el('button', { class: 'quiet', 'data-action': 'terminal', onclick: () => startTerminal(s.id) }, 'terminal'),
       act('delete', 'DELETE', `/v1/sandboxes/${s.id}`))))
   $('#sandbox-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: '7' }, 'No sandboxes.'))]))
 }
@@ -236,6 +238,62 @@ async function showStored (id, view) {
 function stopFollowing () {
   state.following?.abort()
   state.following = null
+}
+
+// ---------- terminal ----------
+/** Opens the terminal tab on a sandbox: a new shell there (GET /v1/sandboxes/:id/pty as a WebSocket). */
+function startTerminal (sandbox) {
+  detachTerminal()
+  state.terminal = { sandbox, pid: null, socket: null, term: null }
+  $('#tabs [data-tab="terminal"]').hidden = false
+  showTab('terminal')
+}
+
+/**
+ * Draws the terminal and attaches it: to a new shell, or again to the one this tab started (?pid=, the server replays
+ * its recent screen). Keys leave as binary frames, resizes as JSON messages; the shell's bytes come back as binary.
+ */
+async function openTerminal () {
+  const t = state.terminal
+  if (!t.sandbox) { $('#term-status').textContent = 'Open a terminal from the Sandboxes tab.'; return }
+  $('#term-title').textContent = t.sandbox
+  const { Terminal } = await import('/ui/vendor/xterm.mjs')
+  const screen = $('#term-screen')
+  screen.replaceChildren()
+  const term = new Terminal({ cols: 100, rows: 28, convertEol: false, cursorBlink: true, fontSize: 13 })
+  term.open(screen)
+  t.term = term
+  const query = t.pid ? `pid=${t.pid}` : `cols=${term.cols}&rows=${term.rows}`
+  const socket = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/sandboxes/${encodeURIComponent(t.sandbox)}/pty?${query}`, ['interpreter.v1', `bearer.${state.key}`])
+  socket.binaryType = 'arraybuffer'
+  t.socket = socket
+  const encoder = new TextEncoder()
+  socket.onmessage = (message) => {
+    if (message.data instanceof ArrayBuffer) return term.write(new Uint8Array(message.data))
+    const m = JSON.parse(message.data)
+    if (m.type === 'ready') {
+      t.pid = m.pid
+      $('#term-status').textContent = `shell ${m.pid}`
+      if (m.pty) socket.send(JSON.stringify({ type: 'resize', cols: term.cols, rows: term.rows }))
+    } else if (m.type === 'exit') {
+      t.pid = null
+      $('#term-status').textContent = `the shell ended (${m.status}${m.exit_code === null ? '' : `, exit ${m.exit_code}`})`
+    } else if (m.type === 'error') showError(new Error(m.error.message))
+  }
+  socket.onclose = (event) => { if (t.socket === socket && event.code !== 1000) $('#term-status').textContent = `disconnected (${event.reason || event.code})` }
+  term.onData((data) => { if (socket.readyState === 1) socket.send(encoder.encode(data)) })
+  term.onResize(({ cols, rows }) => { if (socket.readyState === 1) socket.send(JSON.stringify({ type: 'resize', cols, rows })) })
+  term.focus()
+}
+
+/** Leaves the shell running (it is reattached when the tab is opened again) and frees the drawing. */
+function detachTerminal () {
+  const t = state.terminal
+  const socket = t.socket
+  t.socket = null
+  socket?.close(1000)
+  t.term?.dispose()
+  t.term = null
 }
 
 // ---------- playground ----------
@@ -362,6 +420,8 @@ $('#chat-form').addEventListener('submit', (event) => {
   $('#prompt').value = ''
   $('#send').disabled = true
 })
+$('#term-new').addEventListener('click', () => { if (state.terminal.sandbox) startTerminal(state.terminal.sandbox) })
+$('#term-end').addEventListener('click', () => { state.terminal.socket?.send(JSON.stringify({ type: 'signal', signal: 'SIGHUP' })) })
 $('#interrupt').addEventListener('click', () => state.socket?.send(JSON.stringify({ type: 'interrupt' })))
 $('#log-pause').addEventListener('click', () => {
   if (!state.logs) return

@@ -127,6 +127,65 @@ t.test('sandboxes: the key\'s sandboxes with their state; pause and resume from 
   await page.close()
 })
 
+t.test('terminal: a shell in a sandbox typed into with xterm.js; reattached after leaving the tab', async (t) => {
+  const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(KEYS.alice), payload: {} })).json().id as string
+  const page = await signedIn(KEYS.alice)
+  const local: string[] = []
+  page.on('request', (request) => { if (!request.url().startsWith(base) && !request.url().startsWith('ws://127.0.0.1') && !request.url().startsWith('data:')) local.push(request.url()) })
+  await page.click('[data-tab="sandboxes"]')
+  await page.click(`#sandbox-rows tr[data-id="${id}"] [data-action="terminal"]`)
+  await page.waitForSelector('#term-screen .xterm-rows')
+  await page.waitForFunction(() => /^shell \d+$/.test(document.querySelector('#term-status')?.textContent ?? ''))
+  const rows = async () => await page.locator('#term-screen .xterm-rows > div').allTextContents()
+  await page.click('#term-screen')
+  await page.keyboard.type('echo hi')
+  await page.keyboard.press('Enter')
+  await page.waitForFunction(() => [...document.querySelectorAll('#term-screen .xterm-rows > div')].some(row => row.textContent?.trim() === 'hi'))
+  t.ok((await rows()).some(row => row.trim() === 'hi'), 'typing `echo hi` shows hi')
+  await page.screenshot({ path: `${SHOTS}/08-terminal.png`, fullPage: true })
+  const pid = (await page.textContent('#term-status'))!
+  await page.click('[data-tab="status"]')
+  await page.click('[data-tab="terminal"]')
+  await page.waitForFunction(() => [...document.querySelectorAll('#term-screen .xterm-rows > div')].some(row => row.textContent?.trim() === 'hi'))
+  t.equal(await page.textContent('#term-status'), pid, 'the same shell, its screen replayed')
+  await page.keyboard.type('exit')
+  await page.keyboard.press('Enter')
+  await page.waitForSelector('#term-status:has-text("the shell ended")')
+  t.same(local, [], 'nothing is fetched from another origin (xterm.js is served locally)')
+  await page.close()
+  await app.inject({ method: 'DELETE', url: `/v1/sandboxes/${id}`, headers: auth(KEYS.alice) })
+})
+
+t.test('ports: a page served inside a sandbox opened in the browser by its signed URL, refused once expired', async (t) => {
+  const headers = auth(KEYS.alice)
+  const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers, payload: {} })).json().id as string
+  await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/commands`, headers, payload: { cmd: 'mkdir -p www && echo "<title>inside</title><h1 id=hello>hello from the sandbox</h1>" > www/index.html' } })
+  const server = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/commands`, headers, payload: { cmd: ['python3', '-m', 'http.server', '8080'], cwd: 'www', background: true } })
+  t.equal(server.statusCode, 201)
+  const signed = (await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/ports/8080/url`, headers, payload: { expires_in: 4 } })).json()
+  const page = await browser.newPage()
+  let shown = ''
+  for (let i = 0; i < 40 && shown !== 'hello from the sandbox'; i++) { // the server inside takes a moment to listen
+    const res = await page.goto(`${base}${signed.path}`)
+    shown = res?.status() === 200 ? (await page.textContent('#hello').catch(() => '')) ?? '' : ''
+    if (shown !== 'hello from the sandbox') await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  t.equal(shown, 'hello from the sandbox', 'the page, no API key in the browser')
+  await page.screenshot({ path: `${SHOTS}/09-port-signed-url.png` })
+  const expired = await new Promise<number>((resolve) => {
+    const check = async () => {
+      const res = await page.goto(`${base}${signed.path}`)
+      if (res?.status() === 401) return resolve(401)
+      setTimeout(() => { void check() }, 250)
+    }
+    void check()
+  })
+  t.equal(expired, 401, 'refused once it expires')
+  t.match(await page.textContent('body'), /expired/)
+  await page.close()
+  await app.inject({ method: 'DELETE', url: `/v1/sandboxes/${id}`, headers })
+})
+
 t.test('sessions: an open transcript follows a running turn live, approval included', async (t) => {
   const session = (await app.inject({ method: 'POST', url: '/v1/sessions', headers: auth(KEYS.alice), payload: { title: 'watched live' } })).json()
   const page = await signedIn(KEYS.alice)
