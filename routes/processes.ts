@@ -4,6 +4,7 @@ import type { RawData, WebSocket } from 'ws'
 import { StringDecoder } from 'node:string_decoder'
 import { Type } from 'typebox'
 import Value from 'typebox/value'
+import type { SandboxRecord } from '../schemas/sandboxes.js'
 import { ErrorSchema, IdParamsSchema, commonErrors } from '../schemas/common.js'
 import {
   CommandResultSchema, CommandSchema, OutputQuerySchema, OutputSchema, PidParamsSchema, ProcessListSchema, ProcessSchema,
@@ -235,6 +236,30 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       if (close) socket.close(e.statusCode >= 500 ? 1011 : 4000 + Math.min(e.statusCode, 999), e.code.slice(0, 100))
     }
     let sub: Subscription | null = null
+    // Listening from the first moment: a client types as soon as the socket opens, before the terminal exists; its
+    // messages wait, in order, until it does.
+    let attach!: (target: { sandbox: SandboxRecord, pid: number } | null) => void
+    const attached = new Promise<{ sandbox: SandboxRecord, pid: number } | null>(resolve => { attach = resolve })
+    let queue = Promise.resolve()
+    socket.on('message', (data: RawData, isBinary: boolean) => {
+      queue = queue.then(async () => {
+        const target = await attached
+        if (!target) return
+        const { sandbox, pid } = target
+        const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
+        if (isBinary) return await workspace.input(sandbox, pid, bytes)
+        let message: { type?: string, data?: string, cols?: number, rows?: number, signal?: string, eof?: boolean }
+        try {
+          message = JSON.parse(bytes.toString()) as typeof message
+        } catch {
+          return fail(new AppError(400, 'invalid_message', 'text frames are JSON messages: input, resize, signal'), false)
+        }
+        if (message.type === 'input' && typeof message.data === 'string') await workspace.input(sandbox, pid, Buffer.from(message.data), message.eof === true)
+        else if (message.type === 'resize' && Number.isInteger(message.cols) && Number.isInteger(message.rows)) await workspace.resize(sandbox, pid, message.cols!, message.rows!)
+        else if (message.type === 'signal' && typeof message.signal === 'string') await workspace.signal(sandbox, pid, message.signal)
+        else if (message.type !== 'ping') fail(new AppError(400, 'invalid_message', 'message type must be one of input {data}, resize {cols, rows}, signal {signal}'), false)
+      }).catch(err => fail(err, false))
+    })
     socket.on('close', () => {
       app.metrics.streamsOpen.dec({ kind: terminal ? 'terminal' : 'output' })
       void sub?.stop()
@@ -250,23 +275,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         pid = await workspace.terminal(sandbox, { ...(q.cmd ? { cmd: q.cmd.split(' ').filter(Boolean) } : {}), ...(q.cwd ? { cwd: q.cwd } : {}), cols: q.cols, rows: q.rows })
       }
       const coder = outputCoder((raw.encoding as 'utf8' | 'base64' | undefined) ?? 'utf8')
-      let queue = Promise.resolve()
-      socket.on('message', (data: RawData, isBinary: boolean) => {
-        queue = queue.then(async () => {
-          const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer)
-          if (isBinary) return await workspace.input(sandbox, pid, bytes)
-          let message: { type?: string, data?: string, cols?: number, rows?: number, signal?: string, eof?: boolean }
-          try {
-            message = JSON.parse(bytes.toString()) as typeof message
-          } catch {
-            return fail(new AppError(400, 'invalid_message', 'text frames are JSON messages: input, resize, signal'), false)
-          }
-          if (message.type === 'input' && typeof message.data === 'string') await workspace.input(sandbox, pid, Buffer.from(message.data), message.eof === true)
-          else if (message.type === 'resize' && Number.isInteger(message.cols) && Number.isInteger(message.rows)) await workspace.resize(sandbox, pid, message.cols!, message.rows!)
-          else if (message.type === 'signal' && typeof message.signal === 'string') await workspace.signal(sandbox, pid, message.signal)
-          else if (message.type !== 'ping') fail(new AppError(400, 'invalid_message', 'message type must be one of input {data}, resize {cols, rows}, signal {signal}'), false)
-        }).catch(err => fail(err, false))
-      })
+      attach({ sandbox, pid })
       const from = terminal
         ? { tail: 64 * 1024 }
         : raw.tail !== undefined ? { tail: Number(raw.tail) } : { offset: Number(raw.offset ?? 0) || 0 }
@@ -285,6 +294,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       if (socket.readyState !== socket.OPEN) await sub.stop()
       await sub.done
     } catch (err) {
+      attach(null)
       fail(err)
     }
   }

@@ -17,6 +17,7 @@ t.test('sandbox/protocol.schema.json is generated from schemas/agent.ts (npx tsx
 t.test('every op the agent serves and every event type it or its kernels send is in the protocol', async (t) => {
   const agent = source('agent.py')
   const ops = [...agent.matchAll(/def op_([a-z_]+)\(/g)].map(m => m[1]).filter(op => op !== 'unknown')
+  ops.push(...[...agent.matchAll(/req\.get\('op'\) == '([a-z_]+)'/g)].map(m => m[1])) // read before dispatch (connect)
   t.same(ops.sort(), Object.keys(AgentRequests).sort(), 'the ops')
   const types = new Set(AgentEventSchema.anyOf.map(s => s.properties.type.const as string))
   const sent = new Set<string>()

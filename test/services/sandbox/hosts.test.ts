@@ -2,6 +2,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import Docker from 'dockerode'
+import { WebSocket } from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
 import type { Config } from '../../../services/config.js'
@@ -69,6 +70,57 @@ t.test('20 sandboxes created through two replicas land on both hosts by capacity
   t.match(ready.hosts, [{ name: 'one', status: 'up', live: 10 }, { name: 'two', status: 'up', live: 10 }], '/v1/ready shows each host')
   const metrics = (await apps[0].inject({ method: 'GET', url: '/metrics', headers: auth(KEYS.admin) })).body
   t.match(metrics, /sandbox_docker_host_up\{host="two"\} 1/)
+})
+
+t.test('a workspace on the second host, used through the replica that did not make it: a command, a server reached through the port proxy and a signed URL, a terminal, a watcher, a signal', async (t) => {
+  let made = -1 // the first sandbox on host two, and the replica that made it (ids[i] was made through apps[i % 2])
+  for (const [i, sid] of ids.entries()) if (made < 0 && await hostOf(sid) === 'two') made = i
+  t.ok(made >= 0, 'a sandbox on host two')
+  const sandbox = ids[made]!
+  const other = apps[(made + 1) % 2]!
+  const base = await other.listen({ host: '127.0.0.1', port: 0 })
+  const wsBase = base.replace('http', 'ws')
+  const inject = async (method: 'GET' | 'POST', url: string, payload?: object, headers: Record<string, string> = alice) => {
+    const res = await other.inject({ method, url, headers, ...(payload ? { payload } : {}) })
+    return { status: res.statusCode, body: String(res.headers['content-type']).startsWith('application/json') ? res.json() : null, text: res.body }
+  }
+  const first = await inject('POST', `/v1/sandboxes/${sandbox}/commands`, { cmd: 'echo "$(hostname) $X"; echo ok > page.html', env: { X: 'here' } })
+  t.match(first.body, { exit_code: 0, stdout: /here\n$/ }, first.text)
+  const server = await inject('POST', `/v1/sandboxes/${sandbox}/commands`, { cmd: ['python3', '-m', 'http.server', '8080'], background: true })
+  t.equal(server.status, 201)
+  const page = await until('the server inside', async () => (await inject('GET', `/v1/sandboxes/${sandbox}/ports/8080/page.html`)).text === 'ok\n')
+  t.ok(page, 'the page through the port proxy, on host two, from the other replica')
+  const log = (await inject('GET', `/v1/sandboxes/${sandbox}/processes/${server.body.pid}/output`)).body
+  t.match(log.output.map((c: { text: string }) => c.text).join(''), /GET \/page.html/, 'its log is read')
+  const signed = (await inject('POST', `/v1/sandboxes/${sandbox}/ports/8080/url`, { expires_in: 60 })).body
+  t.equal((await apps[made % 2]!.inject({ method: 'GET', url: `${signed.path}page.html` })).body, 'ok\n', 'a URL signed by one replica works on the other')
+
+  const term = new WebSocket(`${wsBase}/v1/sandboxes/${sandbox}/pty`, { headers: alice })
+  let screen = ''
+  term.on('message', (data: Buffer, binary: boolean) => { if (binary) screen += data.toString() })
+  await new Promise((resolve, reject) => term.once('open', resolve).once('error', reject))
+  term.send(Buffer.from('read x; echo "got $x"\n'))
+  await until('the prompt', async () => screen.includes('read x'))
+  term.send(Buffer.from('there\n'))
+  await until('the answer', async () => screen.includes('got there'))
+  t.pass('a terminal on host two')
+  term.close()
+
+  const watch = new WebSocket(`${wsBase}/v1/sandboxes/${sandbox}/watch`, { headers: alice })
+  const events: Array<{ type: string, path?: string }> = []
+  watch.on('message', (data: Buffer) => events.push(JSON.parse(data.toString())))
+  await until('watching', async () => events.some(e => e.type === 'watching'))
+  await calls((made + 1) % 2).run(sandbox, 'open("made-by-kernel.txt", "w").write("hi")')
+  await until('the event', async () => events.some(e => e.type === 'create' && e.path === 'made-by-kernel.txt'))
+  t.pass('a watcher sees a file a kernel run made')
+  watch.close()
+
+  const sleeper = (await inject('POST', `/v1/sandboxes/${sandbox}/commands`, { cmd: 'sleep 600', background: true })).body.pid
+  t.equal((await inject('POST', `/v1/sandboxes/${sandbox}/processes/${sleeper}/signal`, { signal: 'SIGTERM' })).status, 204)
+  const ended = await until('its exit', async () => (await inject('GET', `/v1/sandboxes/${sandbox}/processes/${sleeper}`)).body.running === false)
+  t.ok(ended)
+  t.match((await inject('GET', `/v1/sandboxes/${sandbox}/processes/${sleeper}`)).body, { status: 'killed', signal: 'SIGTERM' }, 'a signal ends it, and its exit says so')
+  await inject('POST', `/v1/sandboxes/${sandbox}/processes/${server.body.pid}/signal`, { signal: 'SIGKILL' })
 })
 
 t.test('agent directories: 30 creates while every host\'s pool, in this and another deployment sharing the directory, sweeps; none fails, none loses its directory', async (t) => {

@@ -124,9 +124,9 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
   t.test('a terminal: interactive input, resize, reattach with the screen replayed, limits', async (t) => {
     const term = socket(`${wsBase}/v1/sandboxes/${id}/pty?cols=80&rows=24`)
     await term.opened
+    term.ws.send(Buffer.from('read x; echo "got $x"\n')) // at once: keys typed before the terminal exists wait for it
     const ready = await waitFor('ready', () => term.got.find(m => m.type === 'ready'))
     const pid = ready.pid as number
-    term.ws.send(Buffer.from('read x; echo "got $x"\n'))
     await waitFor('the prompt to wait', () => term.screen.includes('read x'))
     term.ws.send(Buffer.from('hello\n'))
     await waitFor('got hello', () => term.screen.includes('got hello'))
