@@ -113,7 +113,7 @@ http.createServer((req, res) => {
 `
 const INSIDE = `
 const http = require('http')
-const n = Number(process.argv[1])
+const n = Number(process.argv[2])
 const get = (path) => new Promise((resolve, reject) => {
   const t0 = process.hrtime.bigint()
   http.get({ host: '127.0.0.1', port: 8080, path, agent: false }, (res) => {

@@ -57,6 +57,11 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     t.ok(big.body.stdout.length <= 65536)
     t.match(big.body.stderr, /output truncated/)
     t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true', cwd: '/nowhere' })).status, 404, 'a missing cwd')
+    t.match((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['no-such-program'] })).body, { exit_code: 127, stderr: 'no-such-program: No such file or directory\n' }, 'a missing program')
+    const status = (await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['grep', '-E', '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs)', '/proc/self/status'] })).body.stdout as string
+    t.same(Object.fromEntries(status.trim().split('\n').map(l => l.split(/:\s*/))), {
+      Uid: '1000\t1000\t1000\t1000', Gid: '1000\t1000\t1000\t1000', Groups: '', CapInh: '0000000000000000', CapPrm: '0000000000000000', CapEff: '0000000000000000', CapAmb: '0000000000000000', NoNewPrivs: '1'
+    }, 'a command runs as the user, no groups, no capabilities, no new privileges')
     t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true', user: 'root' })).status, 400, 'root is not offered')
     t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: [] })).status, 400)
     t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true' }, { ...bob, 'content-type': 'application/json' })).status, 404, "another key's sandbox")
@@ -125,7 +130,7 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     const term = socket(`${wsBase}/v1/sandboxes/${id}/pty?cols=80&rows=24`)
     await term.opened
     term.ws.send(Buffer.from('read x; echo "got $x"\n')) // at once: keys typed before the terminal exists wait for it
-    const ready = await waitFor('ready', () => term.got.find(m => m.type === 'ready'))
+    const ready = await waitFor('ready', () => term.got.find(m => m.type === 'ready')).catch((err: Error) => { throw new Error(`${err.message} ${JSON.stringify(term.got)} ${term.screen}`) })
     const pid = ready.pid as number
     await waitFor('the prompt to wait', () => term.screen.includes('read x'))
     term.ws.send(Buffer.from('hello\n'))
