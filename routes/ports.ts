@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http'
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type RequestOptions, type ClientRequest } from 'node:http'
 import type { Socket } from 'node:net'
 import type { Readable } from 'node:stream'
 import { WebSocket, type RawData } from 'ws'
@@ -9,7 +9,7 @@ import { ErrorSchema, commonErrors } from '../schemas/common.js'
 import { PortParamsSchema, PortUrlBodySchema, PortUrlSchema } from '../schemas/workspace.js'
 import type { SandboxRecord } from '../schemas/sandboxes.js'
 import { AppError } from '../services/errors.js'
-import { Workspace } from '../services/sandbox/workspace.js'
+import { PortAgent, Workspace } from '../services/sandbox/workspace.js'
 
 // Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
 const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host',
@@ -47,22 +47,35 @@ function proxy (app: App) {
     return socket
   }
 
+  // Connections to apps are kept between requests (PortAgent): a new one is opened, and counted, only when none is free.
+  const pool = new PortAgent(async (sandbox, port) => await open({ sandbox, port, prefix: '' }))
+  app.addHook('onClose', async () => { pool.destroy() })
+
   const http = async (target: Target, request: FastifyRequest, reply: FastifyReply) => {
-    const socket = await open(target)
     const headers = forwardHeaders(request.headers)
     headers.host = `localhost:${target.port}`
     headers['x-forwarded-prefix'] = target.prefix
     headers['x-forwarded-proto'] = request.protocol
     headers['x-forwarded-for'] = request.ip
-    const upstream = httpRequest({ createConnection: () => socket, method: request.method, path: innerPath(request.url, target.prefix), headers })
-    const answered = new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
-      upstream.once('response', resolve)
-      upstream.once('error', (err: Error) => reject(new AppError(502, 'port_error', `The app on port ${target.port} broke the connection: ${err.message}`, 'sandbox_error')))
-    })
-    reply.raw.once('close', () => { if (!reply.raw.writableFinished) upstream.destroy() })
     const body = request.body as Readable | undefined
-    if (body && typeof body.pipe === 'function' && request.method !== 'GET' && request.method !== 'HEAD') body.pipe(upstream)
-    else upstream.end()
+    const streamed = Boolean(body && typeof body.pipe === 'function' && request.method !== 'GET' && request.method !== 'HEAD')
+    let current: ClientRequest | null = null // the request in flight (a retry replaces it), stopped if the client goes
+    const send = (retried: boolean) => {
+      const upstream = current = httpRequest({ agent: pool, host: target.sandbox.id, port: target.port, sandbox: target.sandbox, method: request.method, path: innerPath(request.url, target.prefix), headers } as RequestOptions)
+      const answered = new Promise<IncomingMessage>((resolve, reject) => {
+        upstream.once('response', resolve)
+        upstream.once('error', (err: Error) => {
+          // A kept connection the app had just closed: once more on a new one, when the request has no body to replay.
+          if (upstream.reusedSocket && !retried && !streamed && (err as NodeJS.ErrnoException).code === 'ECONNRESET') return resolve(send(true).answered)
+          reject(err instanceof AppError ? err : new AppError(502, 'port_error', `The app on port ${target.port} broke the connection: ${err.message}`, 'sandbox_error'))
+        })
+      })
+      if (streamed) body!.pipe(upstream)
+      else upstream.end()
+      return { upstream, answered }
+    }
+    const { answered } = send(false)
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) current?.destroy() })
     const res = await answered
     reply.status(res.statusCode ?? 502)
     for (const [name, value] of Object.entries(res.headers)) {

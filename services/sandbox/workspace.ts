@@ -5,6 +5,8 @@
 // `none`.
 import { createHmac, timingSafeEqual } from 'node:crypto'
 import { StringDecoder } from 'node:string_decoder'
+import { Agent as HttpAgent, type AgentOptions, type ClientRequestArgs } from 'node:http'
+import type { Duplex } from 'node:stream'
 import { connect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { AppError } from '../errors.js'
@@ -309,4 +311,27 @@ function readLine (socket: Socket, timeoutMs: number, before: Buffer = Buffer.al
     socket.on('end', onEnd)
     socket.on('error', onEnd)
   })
+}
+
+/**
+ * Keeps HTTP connections to sandbox ports open between requests (keep-alive), one pool per sandbox and port: a
+ * request to an app that keeps its connections reuses a relay instead of opening a new one through the agent. A
+ * request names its sandbox in `sandbox` (the record) and its port in `port`; `host` is the sandbox id (the pool's name).
+ */
+export class PortAgent extends HttpAgent {
+  constructor (private readonly connectPort: (record: SandboxRecord, port: number) => Promise<Socket>, options: AgentOptions = {}) {
+    super({ keepAlive: true, maxSockets: 64, maxFreeSockets: 8, timeout: 30_000, ...options })
+  }
+
+  // Node calls this with a callback for connections made asynchronously.
+  override createConnection (options: ClientRequestArgs, done?: (err: Error | null, stream: Duplex) => void): undefined {
+    const { sandbox } = options as ClientRequestArgs & { sandbox?: SandboxRecord }
+    const answer = done ?? (() => {})
+    if (!sandbox) {
+      answer(new Error('a port request without its sandbox'), undefined as unknown as Duplex)
+      return undefined
+    }
+    this.connectPort(sandbox, Number(options.port)).then(socket => answer(null, socket), (err: Error) => answer(err, undefined as unknown as Duplex))
+    return undefined
+  }
 }

@@ -249,6 +249,13 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
       ws.on('error', () => resolve(-1))
     })
     t.equal(refused, 502, 'a WebSocket to a closed port is refused at the upgrade with 502')
+
+    // An app that keeps its connections: the proxy reuses one relay for request after request.
+    await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['node', '-e', 'require("http").createServer((q, s) => s.end(String(q.socket.remotePort))).listen(8081, "127.0.0.1")'], background: true })
+    const ports: string[] = []
+    await waitFor('the node app', async () => (await fetch(`${base}/v1/sandboxes/${id}/ports/8081/`, { headers: alice })).status === 200)
+    for (let i = 0; i < 5; i++) ports.push(await (await fetch(`${base}/v1/sandboxes/${id}/ports/8081/`, { headers: alice })).text())
+    t.equal(new Set(ports).size, 1, `one kept connection served five requests (${ports.join(', ')})`)
   })
 
   t.test('removing the sandbox stops its processes and closes its streams', async (t) => {
