@@ -1,8 +1,8 @@
 // Commands, terminals, watchers and the port proxy (issue 24), each beside its naive baseline in the same run:
 // - a foreground `echo hi` round trip (POST /commands), against `docker exec <container> echo hi`;
 // - a terminal keystroke's echo (one byte in over the PTY WebSocket until it comes back);
-// - an HTTP GET of a 1 KB page through the port proxy, against the same GET made inside the sandbox (a new connection
-//   each time on both sides: the proxy reaches the app over a new relay per request);
+// - an HTTP GET of a 1 KB page through the port proxy, against the same GET made inside the sandbox (keep-alive on both
+//   sides: the proxy keeps its relays to the app between requests);
 // - a 100 MB download through the proxy in MB/s, against the same download inside the sandbox;
 // - a file event's delay: a process inside names each new file by the time it made it; the watcher's event is timed on
 //   arrival (one kernel, one clock).
@@ -114,9 +114,10 @@ http.createServer((req, res) => {
 const INSIDE = `
 const http = require('http')
 const n = Number(process.argv[2])
+const agent = new http.Agent({ keepAlive: true })
 const get = (path) => new Promise((resolve, reject) => {
   const t0 = process.hrtime.bigint()
-  http.get({ host: '127.0.0.1', port: 8080, path, agent: false }, (res) => {
+  http.get({ host: '127.0.0.1', port: 8080, path, agent }, (res) => {
     let bytes = 0
     res.on('data', (c) => { bytes += c.length })
     res.on('end', () => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, bytes }))
