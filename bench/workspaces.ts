@@ -2,7 +2,8 @@
 // keeping the files (runc here, where Debian's CRIU cannot dump; runsc with SANDBOX_PAUSE_MODE=files).
 // - pause and resume p50/p99 of an idle Python kernel, and of one holding numpy, pandas and a 200 MB DataFrame; the
 //   naive baseline beside them: a new sandbox that runs the same set-up code again (what a lost sandbox costs today);
-// - the host's memory (MemAvailable) taken by 100 running sandboxes, then by the same 100 paused.
+// - the host's memory (MemAvailable) taken by 100 running sandboxes, then by the same 100 paused;
+// - fork of 10 (BENCH_FORK_ONLY=1 runs only this): time until all 10 copies ran code, against 10 new sandboxes.
 // Usage: npm run bench:workspaces (SANDBOX_RUNSC=1 bash scripts/setup.sh first: runsc, and Docker's checkpoints).
 import { readFileSync } from 'node:fs'
 import { Server, headers, ms, pct, sleep, eachLimited } from './server.js'
@@ -86,7 +87,49 @@ async function measure (name: keyof typeof SETUPS, n: number): Promise<{ rows: s
   }
 }
 
+/**
+ * Fork of 10: from a sandbox with a file in its workspace, until all 10 copies have run code and read the file;
+ * against 10 new sandboxes that each write the file again (what there was before forks).
+ */
+async function forks (): Promise<string[]> {
+  const server = new Server('ws-fork', { POOL_SIZE: '2', MAX_SANDBOXES: '1000', SANDBOX_MEMORY_BUDGET_MB: '1000000' })
+  await server.start()
+  const rows: string[] = []
+  try {
+    for (let round = 0; round < 3; round++) {
+      await server.clear()
+      await server.waitWarm()
+      const [id] = await server.sandboxes(1)
+      await server.execute(id!, 'open("data.bin", "wb").write(bytes(50 * 2**20))\nx = 42')
+      const t0 = performance.now()
+      const res = await fetch(`${server.base}/v1/sandboxes/${id}/fork`, { method: 'POST', headers, body: JSON.stringify({ count: 10 }) })
+      const made = (await res.json() as { data: Array<{ sandbox?: { id: string }, error?: unknown }> }).data
+      const copies = made.flatMap(m => m.sandbox ? [m.sandbox.id] : [])
+      await Promise.all(copies.map(async (c) => {
+        const out = await server.execute(c, 'import os\nprint(os.path.getsize("data.bin"))')
+        if (out.stdout !== `${50 * 2 ** 20}\n`) throw new Error(`a fork answered ${JSON.stringify(out)}`)
+      }))
+      const fork = performance.now() - t0
+      await server.clear()
+      await server.waitWarm()
+      const t1 = performance.now()
+      const fresh = await server.sandboxes(10)
+      await Promise.all(fresh.map(async (c) => { await server.execute(c, 'open("data.bin", "wb").write(bytes(50 * 2**20))\nprint(1)') }))
+      const baseline = performance.now() - t1
+      rows.push(`| ${round + 1} | ${copies.length} of 10 | ${ms(fork)} | ${ms(baseline)} |`)
+    }
+  } finally {
+    await server.clear().catch(() => {})
+    await server.stop()
+  }
+  return rows
+}
+
 async function main (): Promise<void> {
+  if (process.env.BENCH_FORK_ONLY) {
+    process.stdout.write(['| round | forks made | fork of 10 until all ran code ms | baseline: 10 new sandboxes writing the 50 MB file ms |', '|---|---|---|---|', ...await forks()].join('\n') + '\n')
+    return
+  }
   const rows: string[] = []
   const memory: string[] = []
   const only = process.env.BENCH_SETUPS?.split(',')
@@ -103,7 +146,11 @@ async function main (): Promise<void> {
     '',
     '| pausing | sandboxes | host memory running MB | host memory paused MB | paused / running |',
     '|---|---|---|---|---|',
-    ...memory
+    ...memory,
+    '',
+    '| round | forks made | fork of 10 until all ran code ms | baseline: 10 new sandboxes writing the 50 MB file ms |',
+    '|---|---|---|---|',
+    ...await forks()
   ].join('\n') + '\n')
 }
 
