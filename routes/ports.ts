@@ -202,7 +202,7 @@ export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
     tags: ['ports'],
     summary: 'Proxy to a sandbox port through a signed URL (POST /v1/sandboxes/:id/ports/:port/url): no API key; 401 when the URL is expired or tampered with',
     params: Type.Object({ token: Type.String({ minLength: 1, maxLength: 2048 }), '*': Type.Optional(Type.String()) }),
-    response: { 401: ErrorSchema, 404: ErrorSchema, 502: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }
+    response: { 400: ErrorSchema, 401: ErrorSchema, 404: ErrorSchema, 502: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }
   }
   for (const url of ['/:token', '/:token/*']) {
     declare(app, url, schema, { public: true }, async (request) => await target((request.params as { token: string }).token), via)

@@ -214,10 +214,10 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     method: 'GET',
     url: '/:id/pty',
     preHandler: app.sockets.check,
-    schema: { tags, summary: 'A terminal over a WebSocket (see the README\'s protocol section): binary frames are raw bytes both ways; text frames are JSON (resize, input, signal); ?pid= reattaches with the recent screen replayed', params: IdParamsSchema, querystring: TerminalQuerySchema, response: { 400: ErrorSchema, 404: ErrorSchema } },
+    schema: { tags, summary: 'A terminal over a WebSocket (see the README\'s protocol section): binary frames are raw bytes both ways; text frames are JSON (resize, input, signal); ?pid= reattaches with the recent screen replayed. Messages: docs/api.md, "Terminals". A plain GET is 426', params: IdParamsSchema, querystring: TerminalQuerySchema, response: { 404: ErrorSchema, 426: ErrorSchema, ...commonErrors } },
     wsHandler: (socket: WebSocket, request) => { void processSocket(socket, request as unknown as FastifyRequest<{ Params: { id: string, pid?: number }, Querystring: Record<string, unknown> }>, true) },
     handler: async () => {
-      throw new AppError(426, 'upgrade_required', 'This route is a WebSocket: connect with Upgrade: websocket')
+      throw new AppError(426, 'upgrade_required', 'This route is a WebSocket: connect with Upgrade: websocket', 'invalid_request_error')
     }
   })
 
@@ -307,7 +307,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       summary: 'Watch a workspace directory: SSE events (create, write, remove, rename, chmod) with Accept: text/event-stream, or the same as WebSocket messages on this URL; 429 past SANDBOX_MAX_WATCHERS',
       params: IdParamsSchema,
       querystring: WatchQuerySchema,
-      response: errors
+      response: { 200: Type.String({ description: 'text/event-stream: watching, then create, write, remove, rename, chmod, overflow' }), ...errors }
     },
     wsHandler: (socket: WebSocket, request) => { void watchSocket(socket, request as unknown as FastifyRequest<{ Params: { id: string }, Querystring: { path: string, recursive: boolean } }>) },
     handler: async (request, reply) => {

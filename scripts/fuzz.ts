@@ -1,6 +1,6 @@
 // npm run fuzz [-- --seed N --per-op N]: a seeded, bounded fuzzer over the whole API, on loopback only. It starts the
 // real server (tsx cli.ts serve) against the local Redis and Docker, then sends every OpenAPI operation valid and
-// mutated requests, and malformed frames to the WebSocket, Jupyter channels, MCP and multipart upload. It counts
+// mutated requests, and malformed frames to the WebSocket, a terminal, Jupyter channels, MCP and multipart upload. It counts
 // crashes, hangs, 500s and statuses the OpenAPI document does not list, checks health throughout, and prints a table
 // and the server's RSS at start and end. Exit code 1 when anything was found.
 import { spawn } from 'node:child_process'
@@ -192,6 +192,13 @@ const wsFrames = () => Array.from({ length: 10 }, () => pick<string | Buffer>([
   JSON.stringify({ type: 'interrupt' }), JSON.stringify(deep(200)), Buffer.from([0, 1, 2, 255])
 ]))
 
+const terminalFrames = () => Array.from({ length: 10 }, () => pick<string | Buffer>([
+  Buffer.from('echo fuzz\n'), Buffer.from([0, 3, 4, 27, 91, 255, 254]), 'not json', '{}', 'null', JSON.stringify(deep(200)),
+  JSON.stringify({ type: 'resize', cols: pick(ODD_VALUES), rows: pick(ODD_VALUES) }), JSON.stringify({ type: 'resize', cols: 1e9, rows: -1 }),
+  JSON.stringify({ type: 'input', data: pick(ODD_VALUES) }), JSON.stringify({ type: 'input', data: 'x', eof: true }),
+  JSON.stringify({ type: 'signal', signal: pick(['SIGKILL', 'SIGNOPE', 9, null]) }), JSON.stringify({ type: pick(['ping', 'nope', 7]) })
+]))
+
 const jupyterFrames = () => Array.from({ length: 10 }, () => {
   const header = { msg_id: String(random()), msg_type: pick(['execute_request', 'kernel_info_request', 'complete_request', 'inspect_request', 'shutdown_request', 'comm_open', 'history_request', 'nonsense', 1]), session: 's', username: 'u', date: '', version: '5.3' }
   // shutdown_request always restarts: a real shutdown would end the kernel every later round needs.
@@ -265,6 +272,7 @@ async function main (): Promise<number> {
   await restPhase(doc, { ...ids, id: sandbox })
   await restPhase({ paths: Object.fromEntries(Object.entries(doc.paths).filter(([p]) => p.startsWith('/v1/sessions'))) }, { ...ids, id: session })
   if (!crashed) await socketPhase('WebSocket /v1/ws', `${BASE.replace('http', 'ws')}/v1/ws`, wsFrames, ['interpreter.v1'])
+  if (!crashed) await socketPhase('Terminal /pty', `${BASE.replace('http', 'ws')}/v1/sandboxes/${sandbox}/pty`, terminalFrames)
   if (!crashed) await socketPhase('Jupyter channels', `${BASE.replace('http', 'ws')}/jupyter/api/kernels/${kernel}/channels`, jupyterFrames)
   if (!crashed) await mcpPhase()
   if (!crashed) await multipartPhase()
