@@ -4,7 +4,7 @@
 // crashes, hangs, 500s and statuses the OpenAPI document does not list, checks health throughout, and prints a table
 // and the server's RSS at start and end. Exit code 1 when anything was found.
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { openSync, readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import WebSocket from 'ws'
 
@@ -54,7 +54,7 @@ const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '-
     MAX_EXECUTION_TIMEOUT_MS: '10000',
     SANDBOX_KEEP_ON_CLOSE: 'false'
   },
-  stdio: ['ignore', 'ignore', 'pipe']
+  stdio: ['ignore', process.env.FUZZ_LOG ? openSync(process.env.FUZZ_LOG, 'w') : 'ignore', 'pipe'] // FUZZ_LOG=file keeps the server's log
 })
 let crashed: string | null = null
 let stderr = ''
