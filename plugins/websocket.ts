@@ -22,6 +22,8 @@ export interface SocketCap {
   hold: (principal: Principal, socket: WebSocket) => void
   /** A subprotocol a route speaks for the URLs `where` accepts (chosen when the client offers it; ours otherwise). */
   offer: (protocol: string, where: (url: string) => boolean) => void
+  /** The subprotocol to answer one upgrade with (false: none), decided before it is accepted (the port proxy: the app's). */
+  decide: (request: IncomingMessage, protocol: string | false) => void
 }
 
 /** @fastify/websocket with a message size limit; the server speaks the `interpreter.v1` subprotocol. */
@@ -29,8 +31,10 @@ export default fp(async (app) => {
   const max = app.config.WS_MAX_SOCKETS_PER_KEY
   const open = new Map<string, number>()
   const offered: Array<{ protocol: string, where: (url: string) => boolean }> = []
+  const decided = new WeakMap<IncomingMessage, string | false>()
   app.decorate('sockets', {
     offer: (protocol: string, where: (url: string) => boolean) => { offered.push({ protocol, where }) },
+    decide: (request: IncomingMessage, protocol: string | false) => { decided.set(request, protocol) },
     check: async (request: FastifyRequest) => {
       if ((open.get(request.principal.name) ?? 0) >= max) {
         throw new AppError(429, 'too_many_sockets', `This key already has ${max} open WebSockets`)
@@ -51,6 +55,8 @@ export default fp(async (app) => {
       // Browsers cannot set headers: they send the key as a `bearer.<key>` subprotocol next to ours; we only ever echo ours.
       // Other protocols' routes offer their own subprotocols (Jupyter's binary v1 framing) for their URLs.
       handleProtocols: (protocols: Set<string>, request: IncomingMessage) => {
+        const decision = decided.get(request)
+        if (decision !== undefined) return decision
         const url = request.url ?? ''
         const theirs = offered.find(o => protocols.has(o.protocol) && o.where(url))
         if (theirs) return theirs.protocol

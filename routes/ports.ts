@@ -9,6 +9,7 @@ import { ErrorSchema, commonErrors } from '../schemas/common.js'
 import { PortParamsSchema, PortUrlBodySchema, PortUrlSchema } from '../schemas/workspace.js'
 import type { SandboxRecord } from '../schemas/sandboxes.js'
 import { AppError } from '../services/errors.js'
+import { WS_PROTOCOL } from '../plugins/websocket.js'
 import { PortAgent, Workspace } from '../services/sandbox/workspace.js'
 
 // Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
@@ -85,19 +86,38 @@ function proxy (app: App) {
     return reply.send(res)
   }
 
-  const ws = (target: Target, socket: Socket, client: WebSocket, request: FastifyRequest) => {
+  /**
+   * Before a WebSocket upgrade is accepted: the app's own handshake, with the subprotocols the client offered (our
+   * `bearer.<key>` and `interpreter.v1` left out), so that the client is answered with the one the app chose (Vite's
+   * HMR, GraphQL, Jupyter need theirs), or refused with 502 when the app refuses.
+   */
+  const handshake = async (target: Target, request: FastifyRequest): Promise<WebSocket> => {
+    const socket = await open(target)
     const headers = forwardHeaders(request.headers)
     delete headers.cookie
-    const inner = new WebSocket(`ws://localhost:${target.port}${innerPath(request.url, target.prefix)}`, {
+    const protocols = String(request.headers['sec-websocket-protocol'] ?? '').split(',').map(p => p.trim())
+      .filter(p => p && !p.startsWith('bearer.') && p !== WS_PROTOCOL)
+    const inner = new WebSocket(`ws://localhost:${target.port}${innerPath(request.url, target.prefix)}`, protocols, {
       createConnection: () => socket,
-      headers: { ...headers, 'x-forwarded-prefix': target.prefix }
+      headers: { ...headers, 'x-forwarded-prefix': target.prefix },
+      handshakeTimeout: 10_000
     } as ConstructorParameters<typeof WebSocket>[2])
-    const pending: Array<[RawData, boolean]> = []
-    client.on('message', (data: RawData, isBinary: boolean) => {
-      if (inner.readyState === inner.OPEN) inner.send(data, { binary: isBinary })
-      else pending.push([data, isBinary])
+    await new Promise<void>((resolve, reject) => {
+      inner.once('open', () => resolve())
+      inner.once('unexpected-response', (_req, res) => {
+        socket.destroy()
+        reject(new AppError(502, 'port_error', `The app on port ${target.port} answered the WebSocket upgrade with ${res.statusCode ?? 'nothing'}`, 'sandbox_error'))
+      })
+      inner.once('error', (err: Error) => reject(new AppError(502, 'port_error', `The app on port ${target.port} broke the WebSocket upgrade: ${err.message}`, 'sandbox_error')))
     })
-    inner.on('open', () => { for (const [data, binary] of pending.splice(0)) inner.send(data, { binary }) })
+    inner.pause() // until the client's side is accepted
+    app.sockets.decide(request.raw, inner.protocol || false)
+    return inner
+  }
+
+  /** Joins an accepted client to the app's socket: messages both ways, closes passed on. */
+  const ws = (inner: WebSocket, client: WebSocket) => {
+    client.on('message', (data: RawData, isBinary: boolean) => { if (inner.readyState === inner.OPEN) inner.send(data, { binary: isBinary }) })
     inner.on('message', (data: RawData, isBinary: boolean) => { if (client.readyState === client.OPEN) client.send(data, { binary: isBinary }) })
     const code = (c: number) => (c === 1005 || c === 1006 || c === 1015 ? 1000 : c)
     inner.on('close', (c: number, reason: Buffer) => client.close(code(c), reason.toString()))
@@ -107,8 +127,9 @@ function proxy (app: App) {
       else inner.terminate()
     })
     client.on('error', () => inner.terminate())
+    inner.resume()
   }
-  return { http, ws, open }
+  return { http, ws, handshake }
 }
 
 /** A port's root without its slash: redirected to it, so that the app's relative links resolve under the prefix. */
@@ -127,19 +148,23 @@ type Proxy = ReturnType<typeof proxy>
  * the HTTP error a plain request gets.
  */
 function declare (app: App, url: string, schema: object, config: object, resolve: (request: FastifyRequest) => Promise<Target>, via: Proxy) {
-  const opened = new WeakMap<FastifyRequest, { target: Target, socket: Socket }>()
+  const opened = new WeakMap<FastifyRequest, WebSocket>()
   const preHandler = async (request: FastifyRequest) => {
     if (!request.ws) return
     const target = await resolve(request)
-    const socket = await via.open(target)
-    opened.set(request, { target, socket })
-    setTimeout(() => { if (opened.delete(request)) socket.destroy() }, 10_000).unref() // an upgrade that never completed
+    // A signed URL carries no key: its sockets count against the sandbox owner's share, as a key's own do.
+    request.principal ??= { name: target.sandbox.owner, role: 'user' }
+    await app.sockets.check(request)
+    const inner = await via.handshake(target, request)
+    opened.set(request, inner)
+    setTimeout(() => { if (opened.delete(request)) inner.terminate() }, 10_000).unref() // an upgrade that never completed
   }
   const wsHandler = (client: WebSocket, request: FastifyRequest) => {
-    const held = opened.get(request)
+    const inner = opened.get(request)
     opened.delete(request)
-    if (held) via.ws(held.target, held.socket, client, request)
-    else client.close(1011, 'port_unreachable')
+    if (!inner) return client.close(1011, 'port_unreachable')
+    app.sockets.hold(request.principal, client)
+    via.ws(inner, client)
   }
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
     if (!url.endsWith('*')) return slash(request, reply)

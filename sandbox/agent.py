@@ -457,6 +457,19 @@ class Watch:
             pass
 
 
+def tasks_summary():
+    """What holds the sandbox's pids: its processes and threads, by command."""
+    counts = collections.Counter()
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                with open('/proc/%s/comm' % entry) as f:
+                    counts[f.read().strip()] += len(os.listdir('/proc/%s/task' % entry))
+            except OSError:
+                pass
+    return '%d processes and threads: %s' % (sum(counts.values()), ', '.join('%s %d' % c for c in counts.most_common(4)))
+
+
 def group_alive(pgid):
     try:
         os.killpg(pgid, 0)
@@ -930,7 +943,18 @@ class Agent:
                 in_r, stdin_w = os.open('/dev/null', os.O_RDONLY), None
             child_fds, master = {0: in_r, 1: out_w, 2: err_w}, None
             mine, theirs = {out_r: 'stdout', err_r: 'stderr'}, [in_r, out_w, err_w]
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in list(mine) + theirs + ([stdin_w] if stdin_w is not None else []):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            if e.errno != errno.EAGAIN:
+                raise
+            return self.fail(rid, 'pids_exhausted', 'the sandbox cannot start another process: its pids limit is reached '
+                             '(%s)' % tasks_summary(), 'TooMany')
         if pid == 0:
             try:
                 os.setsid()

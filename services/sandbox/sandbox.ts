@@ -24,6 +24,7 @@ const WORKSPACE_ERRORS: Record<string, [number, string]> = {
   too_many_processes: [429, 'too_many_processes'],
   too_many_terminals: [429, 'too_many_terminals'],
   too_many_watchers: [429, 'too_many_watchers'],
+  pids_exhausted: [429, 'pids_exhausted'],
   bad_request: [400, 'validation_error']
 }
 

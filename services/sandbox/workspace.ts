@@ -320,7 +320,9 @@ function readLine (socket: Socket, timeoutMs: number, before: Buffer = Buffer.al
  */
 export class PortAgent extends HttpAgent {
   constructor (private readonly connectPort: (record: SandboxRecord, port: number) => Promise<Socket>, options: AgentOptions = {}) {
-    super({ keepAlive: true, maxSockets: 64, maxFreeSockets: 8, timeout: 30_000, ...options })
+    // Each connection is a relay of two threads in the sandbox's agent, counted against its pids limit: at most 16
+    // at once per port (more requests wait for one), 4 kept idle.
+    super({ keepAlive: true, maxSockets: 16, maxFreeSockets: 4, timeout: 30_000, ...options })
   }
 
   // Node calls this with a callback for connections made asynchronously.
