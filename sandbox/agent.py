@@ -28,6 +28,8 @@ import termios
 import threading
 import time
 
+from egress_relay import pump  # the same byte pump as the egress relay (both in /opt/agent)
+
 WORKSPACE = '/home/user'
 AGENT_DIR = os.path.dirname(os.path.abspath(__file__))
 USER_UID = 1000
@@ -481,20 +483,11 @@ def group_alive(pgid):
 
 
 def relay(a, b, done):
-    """Copies bytes from socket a to socket b until a ends, then ends b's writing side."""
+    """Copies bytes from socket a to socket b until a ends (egress_relay's pump: b's writing side is then ended)."""
     try:
-        while True:
-            data = a.recv(CHUNK)
-            if not data:
-                break
-            b.sendall(data)
-    except OSError:
-        pass
-    try:
-        b.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
-    done()
+        pump(a, b)
+    finally:
+        done()
 
 
 class PortRelay:
