@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -27,7 +28,7 @@ import sandboxRoutes from './routes/sandboxes.js'
 import snapshotRoutes from './routes/snapshots.js'
 import volumeRoutes from './routes/volumes.js'
 import processRoutes from './routes/processes.js'
-import { sandboxPortRoutes, signedPortRoutes } from './routes/ports.js'
+import { hostPortRoutes, portHostUrl, sandboxPortRoutes, signedPortRoutes } from './routes/ports.js'
 import languageRoutes from './routes/languages.js'
 import metricsRoutes from './routes/metrics.js'
 import chatRoutes from './routes/chat.js'
@@ -92,6 +93,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(processRoutes, { prefix: '/v1/sandboxes' })
   await app.register(sandboxPortRoutes, { prefix: '/v1/sandboxes' })
   await app.register(signedPortRoutes, { prefix: '/v1/ports' })
+  if (app.config.PORT_HOST_DOMAIN) await app.register(hostPortRoutes, { prefix: '/v1/port-hosts' })
   await app.register(snapshotRoutes, { prefix: '/v1/snapshots' })
   await app.register(volumeRoutes, { prefix: '/v1/volumes' })
   await app.register(languageRoutes, { prefix: '/v1' })
@@ -133,6 +135,8 @@ export function serverOptions (config: Config, logger: FastifyServerOptions['log
     logController: new LogController({ disableRequestLogging: true }), // plugins/request-log writes one line per request instead of two
     genReqId: () => randomUUID(),
     trustProxy: false,
+    // PORT_HOST_DOMAIN: <port>-<alias>.<domain> is a sandbox's app at its root (routes/ports.ts).
+    ...(config.PORT_HOST_DOMAIN ? { rewriteUrl: (req: IncomingMessage) => portHostUrl(req, config.PORT_HOST_DOMAIN!) ?? req.url ?? '/' } : {}),
     return503OnClosing: true,
     forceCloseConnections: true
   }

@@ -17,10 +17,18 @@ const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-
   'authorization', 'x-api-key', 'proxy-authorization', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions',
   'sec-websocket-protocol', 'sec-websocket-accept'])
 
+/** The cookie a host-routed app's browser holds its signed token in (never passed on to the app). */
+const HOST_COOKIE = '__isp_port'
+
 function forwardHeaders (headers: IncomingHttpHeaders): Record<string, string | string[]> {
   const out: Record<string, string | string[]> = {}
   for (const [name, value] of Object.entries(headers)) {
     if (value !== undefined && !DROP.has(name)) out[name] = value
+  }
+  if (typeof out.cookie === 'string') {
+    const kept = out.cookie.split(';').map(c => c.trim()).filter(c => c && !c.startsWith(`${HOST_COOKIE}=`)).join('; ')
+    if (kept) out.cookie = kept
+    else delete out.cookie
   }
   return out
 }
@@ -31,7 +39,8 @@ function innerPath (url: string, prefix: string): string {
   return rest.startsWith('/') ? rest : `/${rest}`
 }
 
-interface Target { sandbox: SandboxRecord, port: number, prefix: string }
+/** Where a proxied request goes: `prefix` is cut from the URL; the app is told `forwarded` (default: the prefix) as its root. */
+interface Target { sandbox: SandboxRecord, port: number, prefix: string, forwarded?: string }
 
 /**
  * Proxies HTTP (streamed both ways) and WebSocket connections to a port inside a sandbox, through the agent's relay
@@ -55,7 +64,7 @@ function proxy (app: App) {
   const http = async (target: Target, request: FastifyRequest, reply: FastifyReply) => {
     const headers = forwardHeaders(request.headers)
     headers.host = `localhost:${target.port}`
-    headers['x-forwarded-prefix'] = target.prefix
+    if (target.forwarded ?? target.prefix) headers['x-forwarded-prefix'] = target.forwarded ?? target.prefix
     headers['x-forwarded-proto'] = request.protocol
     headers['x-forwarded-for'] = request.ip
     const body = request.body as Readable | undefined
@@ -99,7 +108,7 @@ function proxy (app: App) {
       .filter(p => p && !p.startsWith('bearer.') && p !== WS_PROTOCOL)
     const inner = new WebSocket(`ws://localhost:${target.port}${innerPath(request.url, target.prefix)}`, protocols, {
       createConnection: () => socket,
-      headers: { ...headers, 'x-forwarded-prefix': target.prefix },
+      headers: { ...headers, ...((target.forwarded ?? target.prefix) ? { 'x-forwarded-prefix': target.forwarded ?? target.prefix } : {}) },
       handshakeTimeout: 10_000
     } as ConstructorParameters<typeof WebSocket>[2])
     await new Promise<void>((resolve, reject) => {
@@ -191,7 +200,9 @@ export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
     const sandbox = await sandboxes.get(request.params.id, request.principal)
     const { token, expires_at: expires } = await workspace.signPort(sandbox, request.params.port, (request.body ?? {}).expires_in ?? 3600)
     const path = `/v1/ports/${token}/`
-    return { url: `${request.protocol}://${request.host}${path}`, path, expires_at: expires }
+    const domain = app.config.PORT_HOST_DOMAIN
+    const hostUrl = domain ? { host_url: `${request.protocol}://${Workspace.hostLabel(sandbox.id, request.params.port)}.${domain}/?${TOKEN_PARAM}=${token}` } : {}
+    return { url: `${request.protocol}://${request.host}${path}`, path, expires_at: expires, ...hostUrl }
   })
 
   const target = async (request: FastifyRequest<{ Params: { id: string, port: number } }>): Promise<Target> => ({
@@ -232,4 +243,70 @@ export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   for (const url of ['/:token', '/:token/*']) {
     declare(app, url, schema, { public: true }, async (request) => await target((request.params as { token: string }).token), via)
   }
+}
+
+const TOKEN_PARAM = '_port_token'
+const HOST_ROOT = '/v1/port-hosts'
+
+/**
+ * With PORT_HOST_DOMAIN: a request to `<port>-<alias>.<domain>` goes to the app at its root (Fastify's rewriteUrl, before
+ * routing): its URL becomes /v1/port-hosts/<label><url>, served by hostPortRoutes. Other hosts are left alone.
+ */
+export function portHostUrl (req: { headers: IncomingHttpHeaders, url?: string }, domain: string): string | undefined {
+  const host = String(req.headers.host ?? '').toLowerCase().replace(/:\d+$/, '')
+  if (!host.endsWith(`.${domain}`)) return undefined
+  const label = host.slice(0, -(domain.length + 1))
+  if (!Workspace.parseHostLabel(label)) return undefined
+  return `${HOST_ROOT}/${label}${req.url ?? '/'}`
+}
+
+/**
+ * /v1/port-hosts/<label>/...: a port at the root of a host name of its own (reached through portHostUrl). Access by
+ * API key, or by a signed URL's token: given once as `?_port_token=` it is kept in a cookie of that host (HttpOnly,
+ * SameSite=Lax, until the token expires) and the browser is sent to the same URL without it.
+ */
+export const hostPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { sandboxes, workspace } = app
+  const via = proxy(app)
+  anyBody(app)
+  const tokenOf = (request: FastifyRequest): string | undefined => {
+    const query = (request.query as Record<string, unknown>)[TOKEN_PARAM]
+    if (typeof query === 'string') return query
+    const cookie = String(request.headers.cookie ?? '').split(';').map(c => c.trim()).find(c => c.startsWith(`${HOST_COOKIE}=`))
+    return cookie?.slice(HOST_COOKIE.length + 1)
+  }
+  const resolve = async (request: FastifyRequest): Promise<Target> => {
+    const { label } = request.params as { label: string }
+    const named = Workspace.parseHostLabel(label)
+    // Only through a host name of the domain (portHostUrl rewrote the URL): never as a path of the API's own host.
+    if (!named || request.originalUrl === request.url) throw new AppError(404, 'sandbox_not_found', 'Sandbox not found', 'sandbox_error')
+    let principal = request.principal
+    if (!principal) {
+      const token = tokenOf(request)
+      if (!token) throw new AppError(401, 'invalid_port_token', 'This app needs an API key or a signed URL (POST /v1/sandboxes/:id/ports/:port/url)', 'authentication_error')
+      const claims = await workspace.verifyPort(token)
+      if (claims.sandbox !== named.sandbox || claims.port !== named.port) throw new AppError(401, 'invalid_port_token', 'This port URL is not valid: it was signed for another sandbox or port', 'authentication_error')
+      principal = Workspace.principalOf(claims)
+      request.principal = principal
+    }
+    return { sandbox: await sandboxes.get(named.sandbox, principal), port: named.port, prefix: `${HOST_ROOT}/${label}`, forwarded: '' }
+  }
+  // The first visit with a token: kept in the host's cookie, and the browser sent on without it in its address bar.
+  app.addHook('preHandler', async (request, reply) => {
+    const token = (request.query as Record<string, unknown>)[TOKEN_PARAM]
+    if (typeof token !== 'string' || request.ws || request.method !== 'GET') return
+    await resolve(request)
+    const claims = await workspace.verifyPort(token)
+    const url = new URL(request.originalUrl, 'http://x')
+    url.searchParams.delete(TOKEN_PARAM)
+    const secure = request.protocol === 'https' ? '; Secure' : ''
+    reply.header('set-cookie', `${HOST_COOKIE}=${token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${Math.max(0, claims.expires - Math.floor(Date.now() / 1000))}${secure}`)
+    return reply.redirect(`${url.pathname}${url.search}`)
+  })
+  const schema = {
+    hide: true,
+    params: Type.Object({ label: Type.String({ minLength: 1, maxLength: 63 }), '*': Type.Optional(Type.String()) }),
+    response: { 400: ErrorSchema, 401: ErrorSchema, 404: ErrorSchema, 502: ErrorSchema, 429: ErrorSchema, 503: ErrorSchema }
+  }
+  for (const url of ['/:label', '/:label/*']) declare(app, url, schema, { public: true }, resolve, via)
 }

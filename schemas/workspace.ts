@@ -110,5 +110,6 @@ export const PortUrlBodySchema = Type.Object({
 export const PortUrlSchema = Type.Object({
   url: Type.String({ description: 'usable without an API key (a browser can open it) until it expires' }),
   path: Type.String({ description: 'the same URL\'s path, for a client that knows the server\'s address better than it does' }),
+  host_url: Type.Optional(Type.String({ description: 'with PORT_HOST_DOMAIN: the app at the root of a host name of its own; opening it sets a cookie for that host' })),
   expires_at: Type.String({ format: 'date-time' })
 })

@@ -269,6 +269,22 @@ export class Workspace {
     return { sandbox: claims.s, port: claims.p, owner: claims.o, expires: claims.e }
   }
 
+  /**
+   * The host name label of a sandbox's port (PORT_HOST_DOMAIN): `<port>-<the id in hex>`, since ids are case-sensitive
+   * and host names are not (at most 5 + 1 + 2 x 24 characters: a label may have 63).
+   */
+  static hostLabel (sandboxId: string, port: number): string {
+    return `${port}-${Buffer.from(sandboxId).toString('hex')}`
+  }
+
+  /** The sandbox and port a host label names, or null. */
+  static parseHostLabel (label: string): { sandbox: string, port: number } | null {
+    const m = /^(\d{1,5})-((?:[0-9a-f]{2}){1,24})$/.exec(label)
+    const port = Number(m?.[1])
+    if (!m || port < 1 || port > 65535) return null
+    return { sandbox: Buffer.from(m[2]!, 'hex').toString(), port }
+  }
+
   /** The principal a valid port token acts as: the sandbox's owner, for this sandbox only. */
   static principalOf (token: PortToken): Principal {
     return { name: token.owner, role: 'user' }

@@ -301,3 +301,43 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     t.equal((await call('GET', `/v1/sandboxes/${id}/processes`)).status, 404)
   })
 })
+
+t.test('PORT_HOST_DOMAIN: an app at the root of a host name of its own, by key or by a signed URL kept in a cookie', async (t) => {
+  const config = await sandboxConfig({ PORT_HOST_DOMAIN: 'apps.test', POOL_SIZE: '1' })
+  const app = await build(t, config)
+  t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
+  const base = await listen(app)
+  const inject = (url: string, headers: Record<string, string>) => app.inject({ method: 'GET', url, headers })
+  const id = (await app.inject({ method: 'POST', url: '/v1/sandboxes', headers: alice, payload: {} })).json().id as string
+  // The app answers with what it was sent: path, prefix, cookies.
+  const server = 'require("http").createServer((q, s) => s.end(JSON.stringify({ url: q.url, prefix: q.headers["x-forwarded-prefix"] ?? null, cookie: q.headers.cookie ?? null, auth: q.headers.authorization ?? null }))).listen(3000, "127.0.0.1")'
+  t.equal((await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/commands`, headers: alice, payload: { cmd: ['node', '-e', server], background: true } })).statusCode, 201)
+  const signed = (await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/ports/3000/url`, headers: alice, payload: { expires_in: 600 } })).json()
+  const host = new URL(signed.host_url).host
+  t.match(host, /^3000-[0-9a-f]+\.apps\.test$/, 'the URL names a host of the domain')
+  const seen = await waitFor('the app', async () => {
+    const res = await inject('/static/app.js?v=1', { ...alice, host })
+    return res.statusCode === 200 ? res.json() : null
+  })
+  t.same(seen, { url: '/static/app.js?v=1', prefix: null, cookie: null, auth: null }, 'at its root, no prefix, our key not passed on')
+  t.equal((await inject('/', { host })).statusCode, 401, 'no key, no token')
+  t.equal((await inject('/', { ...auth(KEYS.bob), host })).statusCode, 404, "another key's sandbox")
+  const first = await inject(`/page?x=1&_port_token=${new URL(signed.host_url).searchParams.get('_port_token')}`, { host })
+  t.equal(first.statusCode, 302, 'a signed URL sets its cookie and sends the browser on')
+  t.equal(first.headers.location, '/page?x=1')
+  const cookie = String(first.headers['set-cookie']).split(';')[0]!
+  t.match(String(first.headers['set-cookie']), /HttpOnly; SameSite=Lax; Max-Age=\d+/)
+  const withCookie = await inject('/page?x=1', { host, cookie: `${cookie}; theirs=1` })
+  t.same(withCookie.json(), { url: '/page?x=1', prefix: null, cookie: 'theirs=1', auth: null }, 'the cookie is enough, and only the app\'s own cookie reaches it')
+  t.equal((await inject('/', { host: host.replace(/^3000-/, '3001-'), cookie })).statusCode, 401, 'a token for another port')
+  t.equal((await inject('/v1/health', { host: 'zz-nothex.apps.test' })).statusCode, 200, 'a name of the domain that is no sandbox\'s is left to the API')
+  t.equal((await inject(`/v1/port-hosts/${host.split('.')[0]}/`, alice)).statusCode, 404, 'never as a path of the API\'s own host')
+  t.equal((await inject('/v1/health', { host: 'api.example.com' })).statusCode, 200, 'other host names reach the API')
+  const echoed = await new Promise<string>((resolve, reject) => {
+    const ws = new WebSocket(`${base.replace('http', 'ws')}/ws-path`, { headers: { host, cookie } })
+    ws.on('unexpected-response', (_req, res) => resolve(`upgrade answered ${res.statusCode}`))
+    ws.on('error', reject)
+    ws.on('open', () => resolve('opened'))
+  })
+  t.equal(echoed, 'upgrade answered 502', 'a WebSocket upgrade reaches the app through the host name (this plain HTTP app drops it: 502)')
+})
