@@ -7,7 +7,7 @@ import { AppError } from '../services/errors.js'
 /** Refuses absolute paths, `..` and NUL before the agent sees them (the agent also resolves symlinks). */
 export function workspacePath (path: string): string {
   if (path.startsWith('/') || path.includes('\0') || path.split('/').includes('..')) {
-    throw new AppError(400, 'invalid_path', 'File paths are relative to the workspace and may not contain ".."')
+    throw new AppError(400, 'invalid_path', 'File paths are relative to the workspace (/home/user): no leading "/", no "..", no NUL')
   }
   return path
 }

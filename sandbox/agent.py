@@ -919,8 +919,11 @@ class Agent:
         with AsUser():
             if not os.path.isdir(cwd):
                 return self.fail(rid, 'file_not_found', 'the working directory %s is not a directory the user can enter' % cwd, 'FileNotFoundError')
+        extra = req.get('env') or {}
+        if not isinstance(extra, dict) or any(not k or '=' in k or '\0' in k or '\0' in str(v) for k, v in extra.items()):
+            return self.fail(rid, 'bad_request', 'env names must be non-empty, without "=" or NUL; values without NUL')
         env = user_env(self.env)
-        env.update({str(k): str(v) for k, v in (req.get('env') or {}).items()})
+        env.update({str(k): str(v) for k, v in extra.items()})
         if term:
             env['TERM'] = env.get('TERM') if env.get('TERM', 'dumb') != 'dumb' else 'xterm-256color'
             master, slave = os.openpty()

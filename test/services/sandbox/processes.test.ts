@@ -59,6 +59,7 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     t.ok(big.body.stdout.length <= 65536)
     t.match(big.body.stderr, /output truncated/)
     t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true', cwd: '/nowhere' })).status, 404, 'a missing cwd')
+    t.match(await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true', env: { 'A=B': 'x' } }), { status: 400, body: { error: { code: 'validation_error' } } }, 'an env name with "="')
     t.match((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['no-such-program'] })).body, { exit_code: 127, stderr: 'no-such-program: No such file or directory\n' }, 'a missing program')
     const status = (await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['grep', '-E', '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs)', '/proc/self/status'] })).body.stdout as string
     const fields = Object.fromEntries(status.trim().split('\n').map(l => l.split(/:\s*/)))
