@@ -10,6 +10,7 @@ import { PortParamsSchema, PortUrlBodySchema, PortUrlSchema } from '../schemas/w
 import type { SandboxRecord } from '../schemas/sandboxes.js'
 import { AppError } from '../services/errors.js'
 import { WS_PROTOCOL } from '../plugins/websocket.js'
+import { heartbeat } from '../plugins/route-kit.js'
 import { PortAgent, Workspace } from '../services/sandbox/workspace.js'
 
 // Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
@@ -173,6 +174,7 @@ function declare (app: App, url: string, schema: object, config: object, resolve
     opened.delete(request)
     if (!inner) return client.close(1011, 'port_unreachable')
     app.sockets.hold(request.principal, client)
+    heartbeat(client, app.config.WS_PING_INTERVAL_MS) // a client gone without a close is dropped, and its relay with it
     via.ws(inner, client)
   }
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
