@@ -988,6 +988,8 @@ class Agent:
         p = Process(pid, argv, req.get('tag'), mine, master if term else stdin_w, master, int(req.get('keep_bytes') or DEFAULT_OUTPUT_CAP),
                     float(req.get('timeout_ms') or 0))
         self.procs[pid] = p
+        if req.get('follow'):  # one round trip for a command run to its end: started and followed
+            return self.op_proc_follow(rid, {'pid': pid, 'offset': 0, 'limit': req.get('follow_limit')})
         emit({'id': rid, 'type': 'spawned', 'pid': pid})
 
     def winsize(self, fd, size):

@@ -34,8 +34,10 @@ export const AgentRequests = {
     keep_bytes: Type.Optional(Type.Integer({ description: 'how much of its latest output is kept for followers' })),
     tag: Type.Optional(Type.String()),
     max_processes: Type.Optional(Type.Integer()),
-    max_terminals: Type.Optional(Type.Integer())
-  }, { description: 'start a command (answers spawned with its pid)' }),
+    max_terminals: Type.Optional(Type.Integer()),
+    follow: Type.Optional(Type.Boolean({ description: 'follow it at once: the answer is proc_follow (with its pid), then its output and proc_exit, as proc_follow from offset 0' })),
+    follow_limit: Type.Optional(Type.Integer({ description: 'with follow: the most output bytes sent' }))
+  }, { description: 'start a command (answers spawned with its pid, or with follow as proc_follow does)' }),
   proc_list: Type.Object({}),
   proc_follow: Type.Object({
     pid: Type.Integer(),

@@ -229,7 +229,19 @@ export class SandboxHandle {
 
   /** Starts a command as the user; its pid. */
   async spawn (opts: SpawnOptions): Promise<number> {
-    const answer = await this.agent.call('spawn', {
+    const answer = await this.agent.call('spawn', this.spawnBody(opts))
+    if (answer.type === 'error') throw workspaceError(answer)
+    if (answer.type !== 'spawned') throw new AppError(500, 'agent_protocol', `spawn answered with ${answer.type}`, 'sandbox_error')
+    return answer.pid
+  }
+
+  /** Starts a command and follows it from its first byte in one request: `onEvent` sees proc_follow (its pid) first. */
+  async spawnFollowing (opts: SpawnOptions, limit: number, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
+    return await this.subscribe('spawn', { ...this.spawnBody(opts), follow: true, follow_limit: limit }, 'proc_follow', onEvent as (e: AgentEvent) => void, id => this.agent.call('proc_unfollow', { follow: id }))
+  }
+
+  private spawnBody (opts: SpawnOptions): AgentRequest<'spawn'> {
+    return {
       cmd: opts.cmd,
       ...(opts.cwd ? { cwd: opts.cwd } : {}),
       ...(opts.env ? { env: opts.env } : {}),
@@ -240,10 +252,7 @@ export class SandboxHandle {
       keep_bytes: opts.keepBytes,
       max_processes: opts.maxProcesses,
       max_terminals: opts.maxTerminals
-    })
-    if (answer.type === 'error') throw workspaceError(answer)
-    if (answer.type !== 'spawned') throw new AppError(500, 'agent_protocol', `spawn answered with ${answer.type}`, 'sandbox_error')
-    return answer.pid
+    }
   }
 
   async processes (): Promise<ProcessInfo[]> {
@@ -265,7 +274,7 @@ export class SandboxHandle {
     return await this.subscribe('watch', { path, recursive, max_watchers: maxWatchers }, 'watching', onEvent as (e: AgentEvent) => void, id => this.agent.call('unwatch', { watch: id }))
   }
 
-  private subscribe<O extends 'proc_follow' | 'watch'> (op: O, body: AgentRequest<O>, first: string, onEvent: (e: AgentEvent) => void, end: (id: string) => Promise<unknown>): Promise<Subscription> {
+  private subscribe<O extends 'proc_follow' | 'watch' | 'spawn'> (op: O, body: AgentRequest<O>, first: string, onEvent: (e: AgentEvent) => void, end: (id: string) => Promise<unknown>): Promise<Subscription> {
     return new Promise((resolve, reject) => {
       let started = false
       const { id, done } = this.agent.open(op, body, (e) => {

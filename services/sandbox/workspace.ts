@@ -93,8 +93,7 @@ export class Workspace {
   async run (record: SandboxRecord, spec: CommandSpec & { input?: Buffer }, onEvent?: (e: FollowEvent) => void, signal?: AbortSignal): Promise<CommandResult> {
     const handle = await this.handle(record)
     return await this.guard(record, async () => {
-      const pid = await handle.spawn({ ...this.spawnOptions(spec), stdin: spec.input !== undefined })
-      this.opts.observeProcess?.('command')
+      let pid = 0
       const text = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') }
       const out = { stdout: '', stderr: '' }
       let truncated = false
@@ -102,8 +101,10 @@ export class Workspace {
       // Touched meanwhile, every half idle timeout, so that no reaper takes a sandbox under a long command.
       const renewal = setInterval(() => { this.sandboxes.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
       try {
-        const sub = await handle.follow(pid, { offset: 0, limit: this.opts.outputLimit }, (e) => {
-          if (e.type === 'proc_output') {
+        // Started and followed in one request to the agent: its first answer carries the pid.
+        const sub = await handle.spawnFollowing({ ...this.spawnOptions(spec), stdin: spec.input !== undefined }, this.opts.outputLimit, (e) => {
+          if (e.type === 'proc_follow') pid = e.pid
+          else if (e.type === 'proc_output') {
             const stream = e.stream === 'stderr' ? 'stderr' : 'stdout'
             out[stream] += text[stream].write(Buffer.from(e.data, 'base64'))
             if (e.truncated) truncated = true
@@ -113,6 +114,7 @@ export class Workspace {
           }
           onEvent?.(e)
         })
+        this.opts.observeProcess?.('command')
         const stop = () => { handle.signal(pid, 'SIGKILL').catch(() => {}) }
         signal?.addEventListener('abort', stop, { once: true })
         if (spec.input !== undefined) await handle.input(pid, spec.input, true)
