@@ -59,7 +59,8 @@ const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '-
 let crashed: string | null = null
 let stderr = ''
 server.stderr!.on('data', (chunk: Buffer) => { stderr = (stderr + String(chunk)).slice(-4000) })
-server.on('exit', (code, signal) => { crashed = `the server exited (${code ?? signal})` })
+let stopping = false
+server.on('exit', (code, signal) => { if (!stopping) crashed = `the server exited (${code ?? signal})` })
 const rss = () => { try { return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024 } catch { return 0 } }
 
 async function call (method: string, path: string, init: { body?: string, headers?: Record<string, string> } = {}): Promise<{ status: number, text: string } | 'hang' | 'error'> {
@@ -279,7 +280,7 @@ async function main (): Promise<number> {
   const endRss = rss()
   await call('DELETE', `/v1/sandboxes/${sandbox}`)
   await call('DELETE', `/jupyter/api/kernels/${kernel}`)
-  server.kill('SIGTERM')
+  await stopServer()
 
   const rows = [...phases.entries()]
   const total = rows.reduce((n, [, r]) => n + r.requests, 0)
@@ -296,4 +297,18 @@ async function main (): Promise<number> {
   return bad ? 1 : 0
 }
 
-main().then(code => { server.kill('SIGTERM'); process.exit(code) }, (err: Error) => { console.error(err.message); server.kill('SIGKILL'); process.exit(2) })
+/**
+ * Stops the server and waits for it: its shutdown removes its sandboxes (SANDBOX_KEEP_ON_CLOSE=false), which it cannot
+ * finish once this process is gone (its stderr is our pipe). Killed outright after 30 s.
+ */
+async function stopServer (): Promise<void> {
+  if (server.exitCode !== null || server.signalCode !== null) return
+  const exited = new Promise(resolve => server.once('exit', resolve))
+  stopping = true
+  server.kill('SIGTERM')
+  const timer = setTimeout(() => server.kill('SIGKILL'), 30_000)
+  await exited
+  clearTimeout(timer)
+}
+
+main().then(async code => { await stopServer(); process.exit(code) }, async (err: Error) => { console.error(err.message); await stopServer(); process.exit(2) })
