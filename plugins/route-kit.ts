@@ -3,6 +3,7 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import type { WebSocket } from 'ws'
 import { AppError, DependencyError } from '../services/errors.js'
+import { AgentGone } from '../services/sandbox/agent-client.js'
 
 const REDIS_DOWN = /enableOfflineQueue|Connection is closed|ECONNREFUSED|ECONNRESET|Command timed out|MaxRetriesPerRequest|Reached the max retries/i
 
@@ -10,6 +11,8 @@ const REDIS_DOWN = /enableOfflineQueue|Connection is closed|ECONNREFUSED|ECONNRE
 export function toAppError (err: FastifyError | Error): AppError {
   if (err instanceof AppError) return err
   if (err instanceof DependencyError) return err.toAppError()
+  // A sandbox's agent that went away under a request (its container stopped): what every route answers for a lost one.
+  if (err instanceof AgentGone) return new AppError(410, 'sandbox_lost', 'The sandbox stopped while it was being used; its variables and files are lost', 'sandbox_error')
   // Errors that third-party plugins (the rate limiter) let through from ioredis unwrapped.
   if (REDIS_DOWN.test(err.message) || err.name === 'MaxRetriesPerRequestError') return new DependencyError('redis', err.message).toAppError()
   const fe = err as FastifyError

@@ -16,7 +16,7 @@ export function workspacePath (path: string): string {
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app
   const tags = ['files']
-  const errors = { 404: ErrorSchema, 413: ErrorSchema, ...commonErrors }
+  const errors = { 404: ErrorSchema, 410: ErrorSchema, 413: ErrorSchema, 507: ErrorSchema, ...commonErrors }
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
@@ -43,7 +43,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.put('/:id/files/*', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: 'Upload a file: the raw body is the content (streamed); 507 when the workspace is full', params: FilePathSchema, response: { 201: Type.Object({ path: Type.String(), size: Type.Integer() }), 507: ErrorSchema, ...errors } }
+    schema: { tags, summary: 'Upload a file: the raw body is the content (streamed); 507 when the workspace is full', params: FilePathSchema, response: { 201: Type.Object({ path: Type.String(), size: Type.Integer() }), ...errors } }
   }, async (request, reply) => {
     const path = workspacePath(request.params['*'])
     if (!path) throw new AppError(400, 'invalid_path', 'A file path is required')
