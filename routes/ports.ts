@@ -152,6 +152,14 @@ type App = Parameters<FastifyPluginAsyncTypebox>[0]
 
 type Proxy = ReturnType<typeof proxy>
 
+/** One proxy (and so one pool of kept relays) per server, whichever way in (key, signed URL, host name) a request took. */
+const proxies = new WeakMap<object, Proxy>()
+function proxyOf (app: App): Proxy {
+  let via = proxies.get(app.workspace)
+  if (!via) proxies.set(app.workspace, via = proxy(app))
+  return via
+}
+
 /**
  * One proxy URL for every method: GET (which a WebSocket upgrade also takes) and the others. An upgrade connects to the
  * port before it is accepted (preHandler), so that a closed port, a bad token or another key's sandbox refuse it with
@@ -194,7 +202,7 @@ const anyBody = (app: App) => {
 export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes, workspace } = app
   const tags = ['ports']
-  const via = proxy(app)
+  const via = proxyOf(app)
 
   app.post('/:id/ports/:port/url', {
     schema: { tags, summary: 'A URL for a port that works without an API key (a browser can open it) until it expires', params: PortParamsSchema, body: PortUrlBodySchema, response: { 200: PortUrlSchema, 404: ErrorSchema, ...commonErrors } }
@@ -230,7 +238,7 @@ export const sandboxPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
 /** /v1/ports/:token/...: a port reached with a signed URL (no API key), until the URL expires. */
 export const signedPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes, workspace } = app
-  const via = proxy(app)
+  const via = proxyOf(app)
   anyBody(app)
   const target = async (token: string): Promise<Target> => {
     const claims = await workspace.verifyPort(token)
@@ -269,7 +277,7 @@ export function portHostUrl (req: { headers: IncomingHttpHeaders, url?: string }
  */
 export const hostPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes, workspace } = app
-  const via = proxy(app)
+  const via = proxyOf(app)
   anyBody(app)
   const tokenOf = (request: FastifyRequest): string | undefined => {
     const query = (request.query as Record<string, unknown>)[TOKEN_PARAM]

@@ -276,10 +276,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       }
       const coder = outputCoder((raw.encoding as 'utf8' | 'base64' | undefined) ?? 'utf8')
       attach({ sandbox, pid })
-      const from = terminal
-        ? { tail: 64 * 1024 }
-        : raw.tail !== undefined ? { tail: Number(raw.tail) } : { offset: Number(raw.offset ?? 0) || 0 }
-      sub = await workspace.follow(sandbox, pid, from, (e) => {
+      const from = raw.tail !== undefined ? { tail: Number(raw.tail) } : { offset: Number(raw.offset ?? 0) || 0 }
+      const onEvent = (e: FollowEvent) => {
         if (e.type === 'proc_follow') sendJson({ type: 'ready', pid: e.pid, offset: e.offset, pty: e.pty })
         else if (e.type === 'proc_output') {
           if (socket.readyState !== socket.OPEN) return
@@ -290,7 +288,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
           sendJson({ type: 'exit', ...exitOf(e) })
           socket.close(1000, 'exited')
         }
-      })
+      }
+      // A terminal replays its recent screen (the service's policy); any other process's output from where asked.
+      sub = terminal ? await workspace.attach(sandbox, pid, onEvent) : await workspace.follow(sandbox, pid, from, onEvent)
       if (socket.readyState !== socket.OPEN) await sub.stop()
       await sub.done
     } catch (err) {
