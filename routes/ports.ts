@@ -15,7 +15,7 @@ import { PortAgent, Workspace } from '../services/sandbox/workspace.js'
 
 // Not passed on: hop-by-hop headers, and this server's own credentials (the sandbox never sees an API key).
 const DROP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'host',
-  'authorization', 'x-api-key', 'proxy-authorization', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions',
+  'authorization', 'x-api-key', 'proxy-authorization', 'x-access-token', 'e2b-traffic-access-token', 'sec-websocket-key', 'sec-websocket-version', 'sec-websocket-extensions',
   'sec-websocket-protocol', 'sec-websocket-accept'])
 
 /** The cookie a host-routed app's browser holds its signed token in (never passed on to the app). */
@@ -161,6 +161,14 @@ function proxyOf (app: App): Proxy {
 }
 
 /**
+ * Proxies one HTTP request to a port of a sandbox (E2B's single-URL data plane sends app traffic this way, naming
+ * the port in a header); `prefix` is cut from the URL.
+ */
+export async function proxyToPort (app: App, target: { sandbox: SandboxRecord, port: number, prefix: string }, request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  return await proxyOf(app).http({ ...target, forwarded: '' }, request, reply)
+}
+
+/**
  * One proxy URL for every method: GET (which a WebSocket upgrade also takes) and the others. An upgrade connects to the
  * port before it is accepted (preHandler), so that a closed port, a bad token or another key's sandbox refuse it with
  * the HTTP error a plain request gets.
@@ -291,6 +299,13 @@ export const hostPortRoutes: FastifyPluginAsyncTypebox = async (app) => {
     // Only through a host name of the domain (portHostUrl rewrote the URL): never as a path of the API's own host.
     if (!named || request.originalUrl === request.url) throw new AppError(404, 'sandbox_not_found', 'Sandbox not found', 'sandbox_error')
     let principal = request.principal
+    const access = request.headers['e2b-traffic-access-token']
+    if (!principal && typeof access === 'string') {
+      // A sandbox's access token (what E2B's SDKs hold: sandbox.trafficAccessToken) opens its own ports.
+      const record = await sandboxes.get(named.sandbox, { name: 'port-host', role: 'admin' }).catch(() => null)
+      if (!record || !await workspace.isAccessToken(record, access)) throw new AppError(401, 'invalid_access_token', 'The sandbox access token is not this sandbox\'s', 'authentication_error')
+      principal = request.principal = { name: record.owner, role: 'user' }
+    }
     if (!principal) {
       const token = tokenOf(request)
       if (!token) throw new AppError(401, 'invalid_port_token', 'This app needs an API key or a signed URL (POST /v1/sandboxes/:id/ports/:port/url)', 'authentication_error')

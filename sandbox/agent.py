@@ -174,8 +174,10 @@ def user_env(extra):
 
 
 class Kernel:
-    def __init__(self, language, env):
+    def __init__(self, language, env, key=None, cwd=None):
         self.language = language
+        self.key = key or language  # a language's default kernel, or a named context's (`python:ctx1`)
+        self.cwd = cwd or WORKSPACE
         with AsUser():  # owned by the kernel's uid, so a kernel can reopen its own ends through /proc (R does)
             ctrl_r, self.ctrl_w = os.pipe()
             self.ev_r, ev_w = os.pipe()
@@ -192,7 +194,10 @@ class Kernel:
             try:
                 os.setsid()
                 with AsUser():  # the workspace is the user's (0700): root without CAP_DAC_OVERRIDE enters it as the user (gVisor enforces this)
-                    os.chdir(WORKSPACE)
+                    try:
+                        os.chdir(self.cwd)
+                    except OSError:
+                        os.chdir(WORKSPACE)
                 os.dup2(stdin, 0)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
@@ -387,8 +392,9 @@ IN_MODIFY, IN_ATTRIB, IN_MOVED_FROM, IN_MOVED_TO, IN_CREATE, IN_DELETE = 0x2, 0x
 IN_DELETE_SELF, IN_MOVE_SELF, IN_Q_OVERFLOW, IN_IGNORED, IN_ISDIR = 0x400, 0x800, 0x4000, 0x8000, 0x40000000
 WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
 WATCH_DIRS = 4096  # directories one recursive watch follows
+# A name moved away is a rename; a name moved into place appears, as inotify's users (fsnotify, E2B's envd) report it.
 KINDS = ((IN_CREATE, 'create'), (IN_MODIFY, 'write'), (IN_DELETE, 'remove'), (IN_MOVED_FROM, 'rename'),
-         (IN_MOVED_TO, 'rename'), (IN_ATTRIB, 'chmod'))
+         (IN_MOVED_TO, 'create'), (IN_ATTRIB, 'chmod'))
 
 
 class Watch:
@@ -441,6 +447,8 @@ class Watch:
                 if base == ('' if self.rel == '.' else self.rel):
                     out.append({'kind': 'remove' if mask & IN_DELETE_SELF else 'rename', 'path': self.rel, 'is_dir': True})
                 continue
+            if name.startswith('.upload-'):  # an upload's file before it is renamed into place: ours, not the user's
+                continue
             path = os.path.join(base, name) if base else name
             is_dir = bool(mask & IN_ISDIR)
             if is_dir and self.recursive and mask & (IN_CREATE | IN_MOVED_TO):
@@ -457,6 +465,34 @@ class Watch:
             os.close(self.fd)
         except OSError:
             pass
+
+
+LIST_MAX = 10000
+NAMES = {}
+
+
+def name_of(table, ident):
+    key = (table, ident)
+    if key not in NAMES:
+        try:
+            import grp
+            import pwd
+            NAMES[key] = pwd.getpwuid(ident).pw_name if table == 'user' else grp.getgrgid(ident).gr_name
+        except (KeyError, ImportError):
+            NAMES[key] = str(ident)
+    return NAMES[key]
+
+
+def entry_info(full, name):
+    """A workspace entry: its kind, size, mode bits, owner and group, and where a symlink points."""
+    st = os.lstat(full)
+    kind = 'symlink' if stat.S_ISLNK(st.st_mode) else 'directory' if stat.S_ISDIR(st.st_mode) else 'file'
+    info = {'name': name, 'path': os.path.relpath(full, WORKSPACE), 'type': kind, 'size': st.st_size,
+            'modified': st.st_mtime, 'mode': stat.S_IMODE(st.st_mode), 'permissions': stat.filemode(st.st_mode),
+            'owner': name_of('user', st.st_uid), 'group': name_of('group', st.st_gid)}
+    if kind == 'symlink':
+        info['target'] = os.readlink(full)
+    return info
 
 
 def tasks_summary():
@@ -554,11 +590,12 @@ class Agent:
         self.wakeup_r = None  # readable when a child changed state (SIGCHLD)
 
     # --- kernels -----------------------------------------------------------------------------
-    def kernel(self, language):
-        k = self.kernels.get(language)
+    def kernel(self, language, key=None, cwd=None):
+        key = key or language
+        k = self.kernels.get(key)
         if k is None or not k.alive:
-            k = Kernel(language, self.env)
-            self.kernels[language] = k
+            k = Kernel(language, self.env, key, cwd if cwd is not None else (k.cwd if k is not None else None))
+            self.kernels[key] = k
         return k
 
     def fd_owner(self):
@@ -650,7 +687,7 @@ class Agent:
     def dispatch_event(self, k, kind, ev):
         if kind == 'ready':
             k.ready = True
-            if k.language == 'python' and not self.current:
+            if k.key == 'python' and not self.current:
                 emit({'type': 'ready'})
             return
         cur = self.current
@@ -743,8 +780,8 @@ class Agent:
             self.send_error(cur, err)
             self.finish(cur, 'error', state_lost=True)
         else:
-            self.lost.add(k.language)
-        if k.language == 'python':
+            self.lost.add(k.key)
+        if k.key == 'python':
             self.kernel('python')  # keep the default kernel warm
 
     # --- requests ----------------------------------------------------------------------------
@@ -793,10 +830,13 @@ class Agent:
         if self.current is not None:
             return emit({'id': rid, 'type': 'error', 'code': 'sandbox_busy', 'name': 'Busy',
                          'value': 'another execution is running'})
-        k = self.kernels.get(language)
+        key = req.get('kernel') or language
+        k = self.kernels.get(key)
+        if key != language and (k is None or k.language != language):
+            return self.fail(rid, 'no_kernel', 'no %s context %r in this sandbox' % (language, key), 'NotFound')
         if k is not None and k.alive and k.reap() is not None:
             self.kernel_died(k)  # it died and its EOF is not read yet: restart it now, and say the state is lost
-        k = self.kernel(language)
+        k = self.kernel(language, key)
         self.count += 1
         timeout = float(req.get('timeout_ms') or 30000)
         now = time.monotonic()
@@ -810,8 +850,8 @@ class Agent:
         emit({'id': rid, 'type': 'start', 'execution_count': self.count})
         # Most runs end within a millisecond: the start then leaves in one write with the output and the end.
         self.hold = time.monotonic() + START_HOLD_S
-        if language in self.lost:
-            self.lost.discard(language)
+        if key in self.lost:
+            self.lost.discard(key)
             self.current['lost_before'] = True
             emit({'id': rid, 'type': 'stderr', 'text': '[the %s kernel had stopped since the last run; '
                   'it was restarted and its earlier state is lost]\n' % language})
@@ -852,8 +892,55 @@ class Agent:
             self.relay = relay
         emit({'id': rid, 'type': 'done'})
 
+    def op_kernel_open(self, rid, req):
+        """A named kernel (an E2B code context): its own variables, started in `cwd`."""
+        key, language = req.get('kernel'), req.get('language')
+        if not isinstance(key, str) or ':' not in key or language not in COMMANDS:
+            return self.fail(rid, 'bad_request', 'kernel_open needs a name with a colon and a language')
+        if key in self.kernels:
+            return self.fail(rid, 'kernel_exists', 'a kernel %r exists already' % key)
+        cwd = str(req.get('cwd') or WORKSPACE)
+        cwd = cwd if cwd.startswith('/') else os.path.join(WORKSPACE, cwd)
+        with AsUser():
+            if not os.path.isdir(cwd):
+                return self.fail(rid, 'not_a_directory', 'the context directory %s does not exist' % cwd, 'NotADirectoryError')
+        self.kernel(language, key, cwd)
+        emit({'id': rid, 'type': 'done'})
+
+    def op_kernel_close(self, rid, req):
+        key = req.get('kernel')
+        k = self.kernels.get(key) if isinstance(key, str) and ':' in key else None
+        if k is None:
+            return self.fail(rid, 'no_kernel', 'no context %r in this sandbox' % key, 'NotFound')
+        cur = self.current
+        if cur is not None and cur['kernel'] is k:
+            cur['interrupted'] = cur['interrupted'] or 'request'
+            self.kernel_died(k)
+        k.kill()
+        self.kernels.pop(key, None)
+        self.lost.discard(key)
+        emit({'id': rid, 'type': 'done'})
+
+    def op_kernel_list(self, rid, req):
+        emit({'id': rid, 'type': 'kernels', 'kernels': [{'kernel': k.key, 'language': k.language, 'cwd': k.cwd}
+                                                        for k in self.kernels.values()]})
+
     def op_restart(self, rid, req):
-        """Fresh kernels, the environment kept (a Jupyter restart): a running execution ends as interrupted."""
+        """Fresh kernels, the environment kept (a Jupyter restart): a running execution ends as interrupted. With
+        `kernel`, that one alone (an E2B context's restart)."""
+        key = req.get('kernel')
+        if key:
+            k = self.kernels.get(key)
+            if k is None:
+                return self.fail(rid, 'no_kernel', 'no context %r in this sandbox' % key, 'NotFound')
+            cur = self.current
+            if cur is not None and cur['kernel'] is k:
+                cur['interrupted'] = cur['interrupted'] or 'request'
+                self.kernel_died(k)
+            k.kill()
+            self.lost.discard(key)
+            self.kernels[key] = Kernel(k.language, self.env, key, k.cwd)
+            return emit({'id': rid, 'type': 'done'})
         cur = self.current
         if cur is not None:
             cur['interrupted'] = cur['interrupted'] or 'request'
@@ -1300,6 +1387,12 @@ class Agent:
             raise PermissionError(errno.EACCES, 'path leads outside the workspace')
         return full if not must_exist else real
 
+    def resolve_entry(self, path):
+        """A path that may not exist yet, or the workspace itself."""
+        if not [p for p in str(path or '').split('/') if p not in ('', '.')]:
+            return WORKSPACE
+        return self.resolve(path, must_exist=False)
+
     def handle_denied(self, rid, fn):
         try:
             with AsUser():
@@ -1309,16 +1402,53 @@ class Agent:
                   'value': e.strerror or str(e)})
 
     def op_list(self, rid, req):
+        """A directory's entries; `depth` > 1 descends into subdirectories (not through symlinks), at most
+        LIST_MAX entries in all."""
+        depth = max(1, min(int(req.get('depth') or 1), 32))
+
         def run():
             base = self.resolve(req.get('path'))
             entries = []
-            for entry in sorted(os.scandir(base), key=lambda e: e.name):
-                st = entry.stat(follow_symlinks=False)
-                kind = 'symlink' if entry.is_symlink() else 'directory' if entry.is_dir() else 'file'
-                rel = os.path.relpath(entry.path, WORKSPACE)
-                entries.append({'name': entry.name, 'path': rel, 'type': kind, 'size': st.st_size,
-                                'modified': st.st_mtime})
+            todo = [(base, 1)]
+            while todo and len(entries) < LIST_MAX:
+                directory, level = todo.pop(0)
+                for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                    entries.append(entry_info(entry.path, entry.name))
+                    if level < depth and entry.is_dir(follow_symlinks=False):
+                        todo.append((entry.path, level + 1))
+                    if len(entries) >= LIST_MAX:
+                        break
             emit({'id': rid, 'type': 'files', 'entries': entries})
+        self.handle_denied(rid, run)
+
+    def op_stat(self, rid, req):
+        def run():
+            full = self.resolve_entry(req.get('path'))
+            os.lstat(full)  # FileNotFoundError when it is not there
+            emit({'id': rid, 'type': 'files', 'entries': [entry_info(full, os.path.basename(full) or '.')]})
+        self.handle_denied(rid, run)
+
+    def op_mkdir(self, rid, req):
+        """Makes a directory and its parents; `created` is false when it was there already."""
+        def run():
+            full = self.resolve_entry(req.get('path'))
+            if os.path.isdir(full):
+                return emit({'id': rid, 'type': 'done', 'created': False})
+            os.makedirs(full)
+            emit({'id': rid, 'type': 'done', 'created': True})
+        self.handle_denied(rid, run)
+
+    def op_move(self, rid, req):
+        """Renames a file or directory (its new parents made as needed); answers with the moved entry."""
+        def run():
+            source = self.resolve(req.get('source'), must_exist=False)
+            target = self.resolve(req.get('destination'), must_exist=False)
+            if source == WORKSPACE or target == WORKSPACE:
+                raise PermissionError(errno.EACCES, 'the workspace itself cannot be moved')
+            os.lstat(source)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(source, target)
+            emit({'id': rid, 'type': 'files', 'entries': [entry_info(target, os.path.basename(target))]})
         self.handle_denied(rid, run)
 
     def op_read(self, rid, req):

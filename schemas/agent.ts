@@ -11,11 +11,17 @@ const Path = Type.String({ description: 'relative to the workspace (/home/user)'
 export const AgentRequests = {
   ping: Type.Object({}),
   env: Type.Object({ env: Type.Record(Type.String(), Type.String()) }, { description: 'the kernels\' environment (they restart with it)' }),
-  execute: Type.Object({ language: KernelLanguage, code: Type.String(), timeout_ms: Type.Number(), max_output_bytes: Type.Number() }),
+  execute: Type.Object({ language: KernelLanguage, code: Type.String(), timeout_ms: Type.Number(), max_output_bytes: Type.Number(), kernel: Type.Optional(Type.String({ description: 'a named kernel (kernel_open) instead of the language\'s default one' })) }),
   interrupt: Type.Object({}),
   egress: Type.Object({}, { description: 'start the relay to the egress proxy (127.0.0.1:3128 inside)' }),
-  restart: Type.Object({ language: Type.Optional(KernelLanguage) }, { description: 'fresh kernels; `language` starts warm' }),
-  list: Type.Object({ path: Path }),
+  restart: Type.Object({ language: Type.Optional(KernelLanguage), kernel: Type.Optional(Type.String()) }, { description: 'fresh kernels; `language` starts warm; with `kernel`, that one alone' }),
+  kernel_open: Type.Object({ kernel: Type.String({ description: '<language>:<name>' }), language: KernelLanguage, cwd: Type.Optional(Type.String()) }, { description: 'start a named kernel (an E2B code context) in `cwd`' }),
+  kernel_close: Type.Object({ kernel: Type.String() }),
+  kernel_list: Type.Object({}, { description: 'the live kernels (answers kernels)' }),
+  list: Type.Object({ path: Path, depth: Type.Optional(Type.Integer({ minimum: 1, description: 'levels of subdirectories to descend (1: the directory alone)' })) }),
+  stat: Type.Object({ path: Path }, { description: 'one entry (answers files with it)' }),
+  mkdir: Type.Object({ path: Path }, { description: 'a directory and its parents (done with created: false when it was there)' }),
+  move: Type.Object({ source: Path, destination: Path }, { description: 'rename (answers files with the moved entry)' }),
   read: Type.Object({ path: Path }),
   write_open: Type.Object({ path: Path }),
   unpack_open: Type.Object({ path: Path }, { description: 'like write_open, but the chunks are a tar stream unpacked into this directory (as the user)' }),
@@ -65,7 +71,12 @@ const FileEntry = Type.Object({
   path: Type.String(),
   type: Type.Union([Type.Literal('file'), Type.Literal('directory'), Type.Literal('symlink')]),
   size: Type.Integer(),
-  modified: Type.Number()
+  modified: Type.Number(),
+  mode: Type.Optional(Type.Integer({ description: 'permission bits' })),
+  permissions: Type.Optional(Type.String({ description: 'as ls shows them' })),
+  owner: Type.Optional(Type.String()),
+  group: Type.Optional(Type.String()),
+  target: Type.Optional(Type.String({ description: 'where a symlink points' }))
 })
 
 const ExitFields = {
@@ -95,7 +106,7 @@ const ProcessInfo = Type.Object({
 export const AgentEventSchema = Type.Union([
   event('ready', {}, 'the agent and its python kernel are up (no id)'),
   event('pong', {}, 'answers ping'),
-  event('done', { interrupted: Type.Optional(Type.Boolean()), size: Type.Optional(Type.Integer()) }, 'ends env, interrupt (interrupted: whether a run was), egress, restart, read, the writes (write_close: the size), delete, pack (the size) and suspend'),
+  event('done', { interrupted: Type.Optional(Type.Boolean()), size: Type.Optional(Type.Integer()), created: Type.Optional(Type.Boolean()) }, 'ends env, interrupt (interrupted: whether a run was), egress, restart, read, the writes (write_close: the size), delete, pack (the size) and suspend'),
   event('start', { execution_count: Type.Integer() }, 'an execution began'),
   event('stdout', { text: Type.String() }, 'output of the running code'),
   event('stderr', { text: Type.String() }, 'error output of the running code'),
@@ -115,7 +126,8 @@ export const AgentEventSchema = Type.Union([
     state_lost: Type.Boolean(),
     exit_code: Type.Optional(Type.Integer())
   }, 'ends an execution'),
-  event('files', { entries: Type.Array(FileEntry) }, 'answers list'),
+  event('files', { entries: Type.Array(FileEntry) }, 'answers list, stat and move'),
+  event('kernels', { kernels: Type.Array(Type.Object({ kernel: Type.String(), language: KernelLanguage, cwd: Type.String() })) }, 'answers kernel_list'),
   event('file_start', { size: Type.Integer() }, 'a read opened the file'),
   event('file_chunk', { data: Type.String({ description: 'base64' }) }, 'the next part of a read file (or of a pack)'),
   event('spawned', { pid: Type.Integer() }, 'answers spawn'),

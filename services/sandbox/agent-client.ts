@@ -28,7 +28,7 @@ type Pending = { onEvent: (e: AgentEvent) => void, resolve: () => void, reject: 
 /** How long a non-execute call (files, interrupt, restart, env) may go without a word from the agent. */
 export const AGENT_CALL_IDLE_MS = 30_000
 
-const TERMINAL = new Set(['end', 'done', 'pong', 'files', 'spawned', 'processes', 'proc_exit'])
+const TERMINAL = new Set(['end', 'done', 'pong', 'files', 'spawned', 'processes', 'kernels', 'proc_exit'])
 // Request ids: unique among every replica talking to one agent (a random prefix per process), and cheap (a counter).
 const ID_PREFIX = randomBytes(6).toString('base64url')
 let idCount = 0

@@ -25,7 +25,9 @@ const WORKSPACE_ERRORS: Record<string, [number, string]> = {
   too_many_terminals: [429, 'too_many_terminals'],
   too_many_watchers: [429, 'too_many_watchers'],
   pids_exhausted: [429, 'pids_exhausted'],
-  bad_request: [400, 'validation_error']
+  bad_request: [400, 'validation_error'],
+  no_kernel: [404, 'context_not_found'],
+  kernel_exists: [409, 'context_exists']
 }
 
 export function workspaceError (event: AgentEventOf<'error'>): AppError {
@@ -48,6 +50,8 @@ export interface SpawnOptions {
 }
 
 export type ProcessInfo = AgentEventOf<'processes'>['processes'][number]
+/** A file entry with the details the agent adds (mode, owner, a symlink's target). */
+export type FileDetail = AgentEventOf<'files'>['entries'][number] & FileEntry
 export type ProcessExit = Omit<AgentEventOf<'proc_exit'>, 'id' | 'type'>
 export type FollowEvent = AgentEventOf<'proc_follow'> | AgentEventOf<'proc_output'> | AgentEventOf<'proc_exit'>
 export type WatchEvent = AgentEventOf<'watching'> | AgentEventOf<'fs_event'>
@@ -69,7 +73,11 @@ export interface ExecuteOptions {
   code: string
   timeoutMs: number
   maxOutputBytes: number
+  /** A named kernel (kernelOpen) instead of the language's default one. */
+  named?: string
 }
+
+export interface KernelInfo { kernel: string, language: KernelLanguage, cwd: string }
 
 export const UPLOAD_CHUNK = 192 * 1024
 /** An execution's agent deadline past its own timeout: the agent interrupts, then kills, well within this. */
@@ -87,10 +95,11 @@ export class SandboxHandle {
       language: opts.language, stdout: '', stderr: '', results: [], error: null, execution_count: 0, duration_ms: 0, state_lost: false
     }
     let busy = false
+    let missing: string | null = null
     this.busy = true
     try {
       await this.agent.request('execute', {
-        language: opts.kernel, code: opts.code, timeout_ms: opts.timeoutMs, max_output_bytes: opts.maxOutputBytes
+        language: opts.kernel, code: opts.code, timeout_ms: opts.timeoutMs, max_output_bytes: opts.maxOutputBytes, ...(opts.named ? { kernel: opts.named } : {})
       }, (raw) => {
         const { id: _id, ...event } = raw
         const e = event as unknown as ExecutionEvent
@@ -100,6 +109,7 @@ export class SandboxHandle {
           case 'result': case 'display': execution.results.push({ type: e.type, data: e.data }); break
           case 'error':
             if (e.code === 'sandbox_busy') { busy = true; return }
+            if (e.code === 'no_kernel') { missing = e.value ?? 'no such context'; return }
             execution.error = { name: e.name, value: e.value, traceback: e.traceback ?? [], ...(e.code ? { code: e.code } : {}), ...(e.state_lost !== undefined ? { state_lost: e.state_lost } : {}) }
             break
           case 'end':
@@ -116,6 +126,7 @@ export class SandboxHandle {
       this.busy = false
     }
     if (busy) throw new AppError(409, 'sandbox_busy', 'Another execution is running in this sandbox', 'sandbox_error')
+    if (missing !== null) throw new AppError(404, 'context_not_found', missing)
     return execution
   }
 
@@ -129,10 +140,54 @@ export class SandboxHandle {
     await this.agent.call('restart', { language: kernel })
   }
 
-  async listFiles (path: string): Promise<FileEntry[]> {
-    const answer = await this.agent.call('list', { path })
+  /** Restarts one named kernel (its variables go; its language and directory stay). */
+  async restartKernel (name: string): Promise<void> {
+    const answer = await this.agent.call('restart', { kernel: name })
+    if (answer.type === 'error') throw workspaceError(answer)
+  }
+
+  /** Starts a named kernel `<language>:<name>` in `cwd` (an E2B code context). */
+  async kernelOpen (name: string, language: KernelLanguage, cwd?: string): Promise<void> {
+    const answer = await this.agent.call('kernel_open', { kernel: name, language, ...(cwd ? { cwd } : {}) })
+    if (answer.type === 'error') throw workspaceError(answer)
+  }
+
+  async kernelClose (name: string): Promise<void> {
+    const answer = await this.agent.call('kernel_close', { kernel: name })
+    if (answer.type === 'error') throw workspaceError(answer)
+  }
+
+  async kernels (): Promise<KernelInfo[]> {
+    const answer = await this.agent.call('kernel_list', {})
+    if (answer.type !== 'kernels') throw new AppError(500, 'agent_protocol', `kernel_list answered with ${answer.type}`, 'sandbox_error')
+    return answer.kernels
+  }
+
+  /** A directory's entries; `depth` > 1 includes its subdirectories' to that many levels. */
+  async listFiles (path: string, depth = 1): Promise<FileDetail[]> {
+    return await this.entries(await this.agent.call('list', { path, ...(depth > 1 ? { depth } : {}) }), 'list')
+  }
+
+  /** One entry (a missing one: 404 file_not_found). */
+  async stat (path: string): Promise<FileDetail> {
+    return (await this.entries(await this.agent.call('stat', { path }), 'stat'))[0]!
+  }
+
+  /** Makes a directory and its parents; false when it was there already. */
+  async mkdir (path: string): Promise<boolean> {
+    const answer = await this.agent.call('mkdir', { path })
     if (answer.type === 'error') throw fileError(answer)
-    if (answer.type !== 'files') throw new AppError(500, 'agent_protocol', `list answered with ${answer.type}`, 'sandbox_error')
+    return answer.type === 'done' && answer.created === true
+  }
+
+  /** Renames a file or directory; the moved entry. */
+  async move (source: string, destination: string): Promise<FileDetail> {
+    return (await this.entries(await this.agent.call('move', { source, destination }), 'move'))[0]!
+  }
+
+  private async entries (answer: AgentEvent, op: string): Promise<FileDetail[]> {
+    if (answer.type === 'error') throw fileError(answer)
+    if (answer.type !== 'files') throw new AppError(500, 'agent_protocol', `${op} answered with ${answer.type}`, 'sandbox_error')
     return answer.entries
   }
 

@@ -30,7 +30,7 @@ const PROXY_ENV: Record<string, string> = {
 }
 
 /** The ways in: each execution is counted under the protocol that asked for it. */
-export const PROTOCOLS = ['rest', 'chat', 'websocket', 'openai', 'librechat', 'mcp', 'jupyter'] as const
+export const PROTOCOLS = ['rest', 'chat', 'websocket', 'openai', 'librechat', 'mcp', 'jupyter', 'e2b'] as const
 export type Protocol = typeof PROTOCOLS[number]
 export interface ExecutionObservation {
   language: string
@@ -623,7 +623,7 @@ export class SandboxService {
    * Runs code in a sandbox: every protocol's executions come through here, and each is observed once (by language,
    * outcome and the protocol that asked, `via`; `label` names the language when the code is a wrapper around it).
    */
-  async execute (record: SandboxRecord, req: { code: string, language?: Language, timeout_ms?: number }, onEvent?: (e: ExecutionEvent) => void, context: { via: Protocol, label?: string } = { via: 'rest' }): Promise<Execution> {
+  async execute (record: SandboxRecord, req: { code: string, language?: Language, timeout_ms?: number, kernel?: string }, onEvent?: (e: ExecutionEvent) => void, context: { via: Protocol, label?: string } = { via: 'rest' }): Promise<Execution> {
     if (Buffer.byteLength(req.code) > this.opts.maxCodeSize) {
       throw new AppError(413, 'code_too_large', `Code is limited to ${this.opts.maxCodeSize} bytes`)
     }
@@ -642,7 +642,8 @@ export class SandboxService {
         language,
         code: spec.kernel ? req.code : freshProcess(spec, req.code),
         timeoutMs,
-        maxOutputBytes: this.opts.outputLimit
+        maxOutputBytes: this.opts.outputLimit,
+        ...(req.kernel ? { named: req.kernel } : {})
       }, onEvent)
       observe(result.error ? 'error' : 'ok')
       // The first run after a resume that kept only the files: its kernel started afresh.

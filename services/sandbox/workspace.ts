@@ -140,6 +140,19 @@ export class Workspace {
     })
   }
 
+  /**
+   * Starts a command (on a terminal of the given size with `pty`) and follows it from its first byte in one request:
+   * `onEvent` sees proc_follow (its pid) first, then all its output and its exit. The process outlives `stop()`.
+   */
+  async start (record: SandboxRecord, spec: CommandSpec & { stdin?: boolean, pty?: { cols: number, rows: number } }, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
+    const handle = await this.handle(record)
+    return await this.guard(record, async () => {
+      const sub = await handle.spawnFollowing({ ...this.spawnOptions(spec), stdin: spec.stdin === true, ...(spec.pty ? { pty: spec.pty } : {}) }, 0, onEvent)
+      this.opts.observeProcess?.(spec.pty ? 'terminal' : 'background')
+      return sub
+    })
+  }
+
   /** Opens a terminal: a shell (or `cmd`) on a PTY of the given size. */
   async terminal (record: SandboxRecord, spec: { cmd?: string[], cwd?: string, env?: Record<string, string>, cols: number, rows: number }): Promise<number> {
     const handle = await this.handle(record)
@@ -285,6 +298,21 @@ export class Workspace {
     const port = Number(m?.[1])
     if (!m || port < 1 || port > 65535) return null
     return { sandbox: Buffer.from(m[2]!, 'hex').toString(), port }
+  }
+
+  /**
+   * A token that opens one sandbox's data plane (its processes, files and ports) and nothing else: what E2B's SDKs
+   * send as X-Access-Token and E2B-Traffic-Access-Token. Derived, so every replica knows it; it dies with the sandbox.
+   */
+  async accessToken (record: SandboxRecord): Promise<string> {
+    return createHmac('sha256', await this.opts.secret()).update(`sandbox-access\n${record.id}\n${record.owner}`).digest('base64url')
+  }
+
+  async isAccessToken (record: SandboxRecord, token: string | undefined): Promise<boolean> {
+    if (!token) return false
+    const want = Buffer.from(await this.accessToken(record))
+    const got = Buffer.from(token)
+    return want.length === got.length && timingSafeEqual(want, got)
   }
 
   /** The principal a valid port token acts as: the sandbox's owner, for this sandbox only. */
