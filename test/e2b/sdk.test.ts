@@ -6,6 +6,9 @@ import { Sandbox, CommandExitError, NotFoundError, FileType } from 'e2b'
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter'
 import { build, sandboxConfig, KEYS, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
 
+// sdk-runsc.test.ts runs this suite under gVisor, whose sandboxes pause with their memory (TEST_PAUSE_MODE=memory).
+const pauseMode = process.env.TEST_PAUSE_MODE
+
 async function listen (app: FastifyInstance): Promise<string> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
@@ -152,7 +155,7 @@ t.test('the e2b SDK against our server', async (t) => {
 })
 
 t.test('the code interpreter SDK against our server', async (t) => {
-  const config = await sandboxConfig({ POOL_SIZE: '1' })
+  const config = await sandboxConfig({ POOL_SIZE: '1', ...(pauseMode ? { SANDBOX_PAUSE_MODE: pauseMode } : {}) })
   const app = await build(t, config)
   t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
   const base = await listen(app)
@@ -212,14 +215,17 @@ t.test('the code interpreter SDK against our server', async (t) => {
     await t.rejects(sandbox.runCode('1', { language: 'java' }), /400/, 'a language without a kernel is a clear error')
   })
 
-  t.test('pause and resume keep a variable', async (t) => {
-    await sandbox.runCode('kept = "still here"')
+  t.test(pauseMode === 'memory' ? 'pause and resume keep a variable' : 'pause and resume keep the files (this host pauses without memory)', async (t) => {
+    await sandbox.runCode('kept = "still here"\nopen("kept.txt", "w").write("on disk")')
     t.equal(await sandbox.pause(), true)
-    t.equal((await CodeSandbox.list({ query: { state: ['paused'] } }).nextItems()).length, 1, 'listed as paused')
+    t.equal(await sandbox.pause(), false, 'a second pause says it was paused already')
+    t.same((await CodeSandbox.list({ query: { state: ['paused'] } }).nextItems()).map(s => s.sandboxId), [sandbox.sandboxId], 'listed as paused')
+    t.equal((await CodeSandbox.getInfo(sandbox.sandboxId)).state, 'paused')
     const back = await CodeSandbox.connect(sandbox.sandboxId)
+    t.equal((await back.getInfo()).state, 'running', 'connect resumed it')
+    t.equal(await back.files.read('/home/user/kept.txt'), 'on disk', 'its files came back')
     const execution = await back.runCode('kept')
-    // A host that pauses with memory keeps the variable; one that keeps only files says so (state_lost).
-    if (execution.error) t.match(execution.error.value, /kept|not defined/)
-    else t.equal(execution.text, "'still here'")
+    if (pauseMode === 'memory') t.equal(execution.text, "'still here'", 'its variable came back')
+    else t.equal(execution.error?.name, 'NameError', 'a files pause starts the kernel afresh')
   })
 })

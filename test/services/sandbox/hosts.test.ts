@@ -6,6 +6,8 @@ import { WebSocket } from 'ws'
 import type { FastifyInstance } from 'fastify'
 import { build, sandboxConfig, sandboxCalls, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
 import type { Config } from '../../../services/config.js'
+import { Sandbox as CodeSandbox } from '@e2b/code-interpreter'
+import { toE2bId } from '../../../services/e2b/control.js'
 
 // Two Docker daemons on this machine: the usual one and a second one (scripts/second-dockerd.sh, which this test
 // starts when it is not running and stops again after), two server replicas sharing one Redis, sandboxes spread over both hosts.
@@ -121,6 +123,20 @@ t.test('a workspace on the second host, used through the replica that did not ma
   t.ok(ended)
   t.match((await inject('GET', `/v1/sandboxes/${sandbox}/processes/${sleeper}`)).body, { status: 'killed', signal: 'SIGTERM' }, 'a signal ends it, and its exit says so')
   await inject('POST', `/v1/sandboxes/${sandbox}/processes/${server.body.pid}/signal`, { signal: 'SIGKILL' })
+})
+
+t.test('E2B\'s SDK reaches a sandbox on the second host through the replica that did not make it', async (t) => {
+  let made = -1
+  for (const [i, sid] of ids.entries()) if (made < 0 && await hostOf(sid) === 'two') made = i
+  const other = apps[(made + 1) % 2]!
+  const base = await other.listen({ host: '127.0.0.1', port: 0 }).catch(() => `http://${String((other.server.address() as { address: string }).address)}:${(other.server.address() as { port: number }).port}`)
+  const opts = { apiKey: KEYS.alice, apiUrl: `${base}/e2b`, sandboxUrl: `${base}/e2b/sandbox` }
+  const sandbox = await CodeSandbox.connect(toE2bId(ids[made]!), opts)
+  t.equal((await sandbox.commands.run('echo "$((40 + 2))"')).stdout, '42\n', 'a command')
+  await sandbox.files.write('/home/user/e2b.txt', 'from e2b')
+  t.equal(await sandbox.files.read('/home/user/e2b.txt'), 'from e2b', 'a file')
+  t.equal((await sandbox.runCode('x')).text, String(made), 'the code interpreter sees the variable set through the REST API')
+  t.equal((await CodeSandbox.list({ ...opts, query: { metadata: {} } }).nextItems()).length, ids.length, 'listed from either replica')
 })
 
 t.test('agent directories: 30 creates while every host\'s pool, in this and another deployment sharing the directory, sweeps; none fails, none loses its directory', async (t) => {
