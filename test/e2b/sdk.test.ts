@@ -2,6 +2,7 @@
 // E2B_SANDBOX_URL and E2B_API_KEY are set. Real Docker, real Redis; the examples follow E2B's documentation.
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
+import { request as httpRequest } from 'node:http'
 import { Sandbox, CommandExitError, NotFoundError, FileType } from 'e2b'
 import { Sandbox as CodeSandbox } from '@e2b/code-interpreter'
 import { build, sandboxConfig, KEYS, REDIS_URL, flushPrefix, waitFor } from '../helper.js'
@@ -16,7 +17,7 @@ async function listen (app: FastifyInstance): Promise<string> {
 }
 
 t.test('the e2b SDK against our server', async (t) => {
-  const config = await sandboxConfig({ SANDBOX_MAX_TERMINALS: '2', POOL_SIZE: '2' })
+  const config = await sandboxConfig({ SANDBOX_MAX_TERMINALS: '2', POOL_SIZE: '2', PORT_HOST_DOMAIN: 'sandbox.test' })
   const app = await build(t, config)
   t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
   const base = await listen(app)
@@ -24,6 +25,7 @@ t.test('the e2b SDK against our server', async (t) => {
   process.env.E2B_API_URL = `${base}/e2b`
   process.env.E2B_SANDBOX_URL = `${base}/e2b/sandbox`
   process.env.E2B_API_KEY = KEYS.alice
+  process.env.E2B_DOMAIN = 'sandbox.test'
   t.teardown(() => { process.env = saved })
 
   const sandbox = await Sandbox.create({ metadata: { suite: 'e2b', run: 'one' } })
@@ -122,6 +124,30 @@ t.test('the e2b SDK against our server', async (t) => {
     await waitFor('the watcher sees the file', () => events.some(e => e.name === 'new.txt'), { ms: 10_000 })
     t.ok(events.some(e => e.name === 'new.txt' && (e.type === 'create' || e.type === 'write')))
     await watcher.stop()
+  })
+
+  t.test('an app\'s port: getHost through host routing, and the single-URL mode', async (t) => {
+    await sandbox.files.write('/home/user/site/page.html', 'served')
+    const server = await sandbox.commands.run('python3 -m http.server 8080', { background: true, cwd: '/home/user/site' })
+    const host = sandbox.getHost(8080)
+    t.equal(host, `8080-${sandbox.sandboxId}.sandbox.test`, 'E2B\'s host name is our port host label')
+    const get = (headers: Record<string, string>) => new Promise<{ status: number, body: string }>((resolve, reject) => {
+      httpRequest(`${base}/page.html`, { headers: { host, ...headers } }, (res) => {
+        let body = ''
+        res.on('data', (c: Buffer) => { body += c.toString() })
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
+      }).on('error', reject).end()
+    })
+    const page = await waitFor('the app answers through getHost', async () => {
+      const res = await get({ 'e2b-traffic-access-token': sandbox.trafficAccessToken! })
+      return res.status === 200 ? res : null
+    }, { ms: 10_000 })
+    t.equal(page.body, 'served', 'the host name with the sandbox\'s traffic token')
+    t.equal((await get({})).status, 401, 'without the token: refused')
+    t.equal((await get({ 'e2b-traffic-access-token': 'forged' })).status, 401, 'a forged token: refused')
+    const single = await fetch(`${base}/e2b/sandbox/page.html`, { headers: { 'E2b-Sandbox-Id': sandbox.sandboxId, 'E2b-Sandbox-Port': '8080', 'X-Access-Token': sandbox.trafficAccessToken! } })
+    t.equal(await single.text(), 'served', 'E2B_SANDBOX_URL with E2b-Sandbox-Port reaches the app')
+    await server.kill()
   })
 
   t.test('list, connect from a second client, setTimeout, getInfo', async (t) => {
