@@ -34,6 +34,8 @@ export function errorBody (err: unknown): { error: { message: string, type: stri
 export function logError (request: FastifyRequest, err: unknown, error: AppError): void {
   if (error.code === 'capacity_exhausted') {
     request.log.warn({ code: error.code, retryAfter: error.extra.retry_after }, error.message) // overload, not a fault
+  } else if (error.statusCode === 501) {
+    request.log.info({ code: error.code, status: 501 }, error.message) // a feature we do not offer, asked for: not a fault
   } else if (error.statusCode === 502 || error.statusCode === 504) {
     request.log.warn({ code: error.code, status: error.statusCode }, error.message) // an upstream model's fault, not ours
   } else if (error.statusCode >= 500) {

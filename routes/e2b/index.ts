@@ -66,6 +66,16 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   const config = { apiKeyHeader: true }
   const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 429: ErrorBody, 503: ErrorBody }
   app.setErrorHandler(protocolErrors(e => ({ code: e.statusCode, message: e.message })))
+  // E2B's clients send Content-Type: application/json on bodiless calls too (DELETE, pause): an empty body is no body.
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string', bodyLimit: 1024 * 1024 }, (_request, body, done) => {
+    if (body === '') return done(null, undefined)
+    try {
+      done(null, JSON.parse(body as string))
+    } catch {
+      done(new AppError(400, 'invalid_json', 'The body is not JSON'), undefined)
+    }
+  })
   const unsupported = (what: string) => new AppError(501, 'unsupported', `${what} is not offered by this server (see the README's "Use with E2B's SDKs")`)
   app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {
     const path = request.url.split('?')[0]!.replace(/^\/e2b/, '')
@@ -143,6 +153,11 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   ] as const) {
     app.route({ method, url, config, schema: { tags, summary: `Not offered: ${what}`, response: { 501: ErrorBody } }, handler: async () => { throw unsupported(what) } })
   }
+  // Any other path of E2B's API (templates, volumes, secrets, ...): its error shape, after the key is checked as E2B's is.
+  app.all('/*', { config, schema: { hide: true } }, async (request, reply) => {
+    const path = request.url.split('?')[0]!.replace(/^\/e2b/, '')
+    return reply.status(404).send({ code: 404, message: `${request.method} ${path}: this part of E2B's API is not offered by this server (see the README's "Use with E2B's SDKs")` })
+  })
 }
 
 function safeDecode (s: string): string {

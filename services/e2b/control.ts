@@ -175,8 +175,11 @@ export class E2bControl {
    */
   async list (principal: Principal, query: { metadata?: Record<string, string>, state?: string[], limit?: number, nextToken?: string }): Promise<{ items: E2bSandbox[], nextToken: string | null }> {
     const limit = Math.min(query.limit ?? MAX_PAGE, MAX_PAGE)
-    const start = query.nextToken ? Number(Buffer.from(query.nextToken, 'base64url').toString()) : 0
-    if (!Number.isInteger(start) || start < 0) throw new AppError(400, 'validation_error', 'nextToken is not one this server gave')
+    const decoded = query.nextToken !== undefined ? Buffer.from(query.nextToken, 'base64url').toString() : '0'
+    if (!/^\d{1,9}$/.test(decoded) || (query.nextToken !== undefined && Buffer.from(decoded).toString('base64url') !== query.nextToken)) {
+      throw new AppError(400, 'validation_error', 'nextToken is not one this server gave')
+    }
+    const start = Number(decoded)
     const wanted = new Set(query.state?.length ? query.state : ['running', 'paused'])
     const unknown = [...wanted].filter(s => s !== 'running' && s !== 'paused')
     if (unknown.length) throw new AppError(400, 'validation_error', `state must be running or paused (got ${unknown[0]})`)

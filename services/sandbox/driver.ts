@@ -251,7 +251,8 @@ export class DockerDriver implements SandboxDriver {
     try {
       await this.docker.getContainer(id).remove({ force: true })
     } catch (err) {
-      if (statusOf(err) !== 404) throw err
+      // 409 "removal ... already in progress": another request (two DELETEs at once) is removing it; gone either way.
+      if (statusOf(err) !== 404 && !(statusOf(err) === 409 && /already in progress/.test((err as Error).message))) throw err
     }
   }
 
