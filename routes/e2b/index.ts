@@ -64,7 +64,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   const control = new E2bControl(app.sandboxes, app.workspace, { domain: app.config.PORT_HOST_DOMAIN || null, maxTimeoutS: app.config.SANDBOX_MAX_TIMEOUT_S })
   const tags = ['e2b']
   const config = { apiKeyHeader: true }
-  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 429: ErrorBody, 503: ErrorBody }
+  const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 413: ErrorBody, 415: ErrorBody, 429: ErrorBody, 503: ErrorBody }
   app.setErrorHandler(protocolErrors(e => ({ code: e.statusCode, message: e.message })))
   // E2B's clients send Content-Type: application/json on bodiless calls too (DELETE, pause): an empty body is no body.
   app.removeContentTypeParser('application/json')
@@ -151,7 +151,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     ['POST', '/sandboxes/:sandboxID/snapshots', 'Snapshots through E2B\'s API (use POST /v1/snapshots)'],
     ['GET', '/snapshots', 'Listing snapshots through E2B\'s API (use GET /v1/snapshots)']
   ] as const) {
-    app.route({ method, url, config, schema: { tags, summary: `Not offered: ${what}`, response: { 501: ErrorBody } }, handler: async () => { throw unsupported(what) } })
+    app.route({ method, url, config, schema: { tags, summary: `Not offered: ${what}`, response: { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 415: ErrorBody, 501: ErrorBody } }, handler: async () => { throw unsupported(what) } })
   }
   // Any other path of E2B's API (templates, volumes, secrets, ...): its error shape, after the key is checked as E2B's is.
   app.all('/*', { config, schema: { hide: true } }, async (request, reply) => {

@@ -17,6 +17,8 @@ const ENVD_PORT = 49983
 const INTERPRETER_PORT = 49999
 const MAX_MESSAGE = 4 * 1024 * 1024
 const ErrorBody = Type.Object({ code: Type.Integer(), message: Type.String() })
+/** What any data-plane call may answer: a missing or bad header (400), token (401), a sandbox gone (502), and the rest. */
+const errors = Object.fromEntries([400, 401, 403, 404, 409, 410, 413, 415, 429, 502, 503, 507].map(code => [code, ErrorBody]))
 
 type Unary = (record: SandboxRecord, req: unknown) => Promise<unknown>
 type Streaming = (record: SandboxRecord, req: unknown, send: (m: unknown) => void) => Promise<Subscription>
@@ -178,14 +180,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     return reply.status(CONNECT_STATUS[e.code]).type('application/json').send(errorJson(e))
   })
 
-  app.get('/health', { config, schema: { tags, summary: 'envd health (204)', response: { 204: Type.Null() } } }, async (request, reply) => {
+  app.get('/health', { config, schema: { tags, summary: 'envd health (204)', response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
     if (forOther(request, ENVD_PORT)) return await proxy(request, reply)
     return reply.status(204).send(null)
   })
 
   app.get('/files', {
     config,
-    schema: { tags, summary: 'Download a file (envd GET /files)', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Any(), 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody } }
+    schema: { tags, summary: 'Download a file (envd GET /files)', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Any(), ...errors } }
   }, async (request, reply) => {
     if (forOther(request, ENVD_PORT)) return await proxy(request, reply)
     user(request.query.username)
@@ -196,7 +198,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.post('/files', {
     config,
-    schema: { tags, summary: 'Upload files (envd POST /files): multipart parts named by their paths, or one octet-stream body at ?path', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Array(Type.Object({ name: Type.String(), type: Type.String(), path: Type.String() })), 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 413: ErrorBody, 507: ErrorBody } }
+    schema: { tags, summary: 'Upload files (envd POST /files): multipart parts named by their paths, or one octet-stream body at ?path', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Array(Type.Object({ name: Type.String(), type: Type.String(), path: Type.String() })), ...errors } }
   }, async (request, reply) => {
     if (forOther(request, ENVD_PORT)) return await proxy(request, reply)
     user(request.query.username)
@@ -223,7 +225,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   // The code interpreter (port 49999).
   const jsonBody = async <T>(request: FastifyRequest): Promise<T> => parseJson(await readBody(request)) as T
 
-  app.post('/execute', { config, schema: { tags, summary: 'Run code (code interpreter): NDJSON lines of stdout, stderr, result, error, then number_of_executions', response: { 200: Type.Any(), 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 502: ErrorBody } } }, async (request, reply) => {
+  app.post('/execute', { config, schema: { tags, summary: 'Run code (code interpreter): NDJSON lines of stdout, stderr, result, error, then number_of_executions', response: { 200: Type.Any(), ...errors } } }, async (request, reply) => {
     if (forOther(request, INTERPRETER_PORT)) return await proxy(request, reply)
     const body = await jsonBody<Record<string, unknown>>(request)
     if (typeof body?.code !== 'string') throw new AppError(400, 'validation_error', 'body/code must be a string')
@@ -252,7 +254,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     reply.raw.end()
   })
 
-  app.post('/contexts', { config, schema: { tags, summary: 'Create a code context (its own kernel): language, cwd', response: { 200: Type.Object({ id: Type.String(), language: Type.String(), cwd: Type.String() }), 400: ErrorBody, 401: ErrorBody, 429: ErrorBody } } }, async (request, reply) => {
+  app.post('/contexts', { config, schema: { tags, summary: 'Create a code context (its own kernel): language, cwd', response: { 200: Type.Object({ id: Type.String(), language: Type.String(), cwd: Type.String() }), ...errors } } }, async (request, reply) => {
     if (forOther(request, INTERPRETER_PORT)) return await proxy(request, reply)
     const body = await jsonBody<{ language?: unknown, cwd?: unknown }>(request)
     return await interpreter.createContext(recordOf(request), {
@@ -261,19 +263,19 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     })
   })
 
-  app.get('/contexts', { config, schema: { tags, summary: 'The code contexts (and each language\'s default)', response: { 200: Type.Array(Type.Object({ id: Type.String(), language: Type.String(), cwd: Type.String() })), 401: ErrorBody } } }, async (request, reply) => {
+  app.get('/contexts', { config, schema: { tags, summary: 'The code contexts (and each language\'s default)', response: { 200: Type.Array(Type.Object({ id: Type.String(), language: Type.String(), cwd: Type.String() })), ...errors } } }, async (request, reply) => {
     if (forOther(request, INTERPRETER_PORT)) return await proxy(request, reply)
     return await interpreter.listContexts(recordOf(request))
   })
 
   const ContextId = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64 }) })
-  app.post('/contexts/:id/restart', { config, schema: { tags, summary: 'Restart a code context (its variables go)', params: ContextId, response: { 200: Type.Null(), 404: ErrorBody, 401: ErrorBody } } }, async (request, reply) => {
+  app.post('/contexts/:id/restart', { config, schema: { tags, summary: 'Restart a code context (its variables go)', params: ContextId, response: { 200: Type.Null(), ...errors } } }, async (request, reply) => {
     if (forOther(request, INTERPRETER_PORT)) return await proxy(request, reply)
     await interpreter.restartContext(recordOf(request), request.params.id)
     return reply.status(200).send(null)
   })
 
-  app.delete('/contexts/:id', { config, schema: { tags, summary: 'Remove a code context', params: ContextId, response: { 200: Type.Null(), 400: ErrorBody, 404: ErrorBody, 401: ErrorBody } } }, async (request, reply) => {
+  app.delete('/contexts/:id', { config, schema: { tags, summary: 'Remove a code context', params: ContextId, response: { 200: Type.Null(), ...errors } } }, async (request, reply) => {
     if (forOther(request, INTERPRETER_PORT)) return await proxy(request, reply)
     await interpreter.removeContext(recordOf(request), request.params.id)
     return reply.status(200).send(null)

@@ -91,6 +91,25 @@ t.test('E2B routes refuse bad input clearly', async (t) => {
     t.match(endOf((await stream('filesystem.Filesystem/WatchDir', envelope({ path: '/home/user/missing' }))).raw), { error: { code: 'not_found' } })
   })
 
+  t.test('polling watchers (CreateWatcher, GetWatcherEvents, RemoveWatcher), as E2B\'s Python SDK uses them', async (t) => {
+    t.match(await rpc('filesystem.Filesystem/MakeDir', { path: 'polled' }), { status: 200, body: { entry: { type: 'FILE_TYPE_DIRECTORY', path: '/home/user/polled' } } })
+    const made = await rpc('filesystem.Filesystem/CreateWatcher', { path: '/home/user/polled' })
+    t.equal(made.status, 200)
+    const watcherId = made.body.watcherId as string
+    const upload = await app.inject({ method: 'POST', url: '/e2b/sandbox/files?path=/home/user/polled/f.txt', headers: { ...data(), 'content-type': 'application/octet-stream' }, payload: 'x' })
+    t.match({ status: upload.statusCode, body: upload.json() }, { status: 200, body: [{ path: '/home/user/polled/f.txt' }] }, 'an octet-stream upload')
+    let events: Array<{ name: string, type: string }> = []
+    for (let i = 0; i < 100 && !events.some(e => e.name === 'f.txt'); i++) {
+      events = events.concat((await rpc('filesystem.Filesystem/GetWatcherEvents', { watcherId })).body.events)
+      await new Promise(resolve => setTimeout(resolve, 50))
+    }
+    t.ok(events.some(e => e.name === 'f.txt' && e.type === 'EVENT_TYPE_CREATE'), 'the new file, polled')
+    t.notOk(events.some(e => e.name.startsWith('.upload-')), 'not the upload\'s own temporary file')
+    t.match(await rpc('filesystem.Filesystem/RemoveWatcher', { watcherId }), { status: 200 })
+    t.match(await rpc('filesystem.Filesystem/GetWatcherEvents', { watcherId }), { status: 404, body: { code: 'not_found' } }, 'gone once removed')
+    t.match(await rpc('filesystem.Filesystem/GetWatcherEvents', { watcherId: 'made-up' }), { status: 404 })
+  })
+
   t.test('envd REST and the code interpreter', async (t) => {
     const files = async (url: string, headers = data()) => {
       const res = await app.inject({ method: 'GET', url: `/e2b/sandbox${url}`, headers })
