@@ -254,7 +254,6 @@ async function multipartPhase () {
   await healthy()
 }
 
-
 /** E2B's data plane with a real sandbox's headers: mutated Connect messages (unary and enveloped), /files, the interpreter. */
 async function e2bPhase () {
   const t = tally('E2B data plane')
