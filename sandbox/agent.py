@@ -912,14 +912,18 @@ class Agent:
         k = self.kernels.get(key) if isinstance(key, str) and ':' in key else None
         if k is None:
             return self.fail(rid, 'no_kernel', 'no context %r in this sandbox' % key, 'NotFound')
+        self.end_kernel(k)
+        self.kernels.pop(key, None)
+        emit({'id': rid, 'type': 'done'})
+
+    def end_kernel(self, k):
+        """Kills one kernel; a run in it ends as interrupted, and nothing says its state was lost later."""
         cur = self.current
         if cur is not None and cur['kernel'] is k:
             cur['interrupted'] = cur['interrupted'] or 'request'
             self.kernel_died(k)
         k.kill()
-        self.kernels.pop(key, None)
-        self.lost.discard(key)
-        emit({'id': rid, 'type': 'done'})
+        self.lost.discard(k.key)
 
     def op_kernel_list(self, rid, req):
         emit({'id': rid, 'type': 'kernels', 'kernels': [{'kernel': k.key, 'language': k.language, 'cwd': k.cwd}
@@ -933,12 +937,7 @@ class Agent:
             k = self.kernels.get(key)
             if k is None:
                 return self.fail(rid, 'no_kernel', 'no context %r in this sandbox' % key, 'NotFound')
-            cur = self.current
-            if cur is not None and cur['kernel'] is k:
-                cur['interrupted'] = cur['interrupted'] or 'request'
-                self.kernel_died(k)
-            k.kill()
-            self.lost.discard(key)
+            self.end_kernel(k)
             self.kernels[key] = Kernel(k.language, self.env, key, k.cwd)
             return emit({'id': rid, 'type': 'done'})
         cur = self.current

@@ -1,6 +1,6 @@
 // E2B's own SDKs (`e2b` and `@e2b/code-interpreter` from npm), unchanged, against our server: only E2B_API_URL,
 // E2B_SANDBOX_URL and E2B_API_KEY are set. Real Docker, real Redis; the examples follow E2B's documentation.
-import t from 'tap'
+import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { request as httpRequest } from 'node:http'
 import { Sandbox, CommandExitError, NotFoundError, FileType } from 'e2b'
@@ -10,23 +10,25 @@ import { build, sandboxConfig, KEYS, REDIS_URL, flushPrefix, waitFor } from '../
 // sdk-runsc.test.ts runs this suite under gVisor, whose sandboxes pause with their memory (TEST_PAUSE_MODE=memory).
 const pauseMode = process.env.TEST_PAUSE_MODE
 
-async function listen (app: FastifyInstance): Promise<string> {
+/** Listens, and points E2B's SDKs at the server with only their environment variables (as a user would); its URL. */
+async function pointSdkAt (t: Test, app: FastifyInstance, domain?: string): Promise<string> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
-  return `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`
+  const base = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`
+  const saved = { ...process.env }
+  process.env.E2B_API_URL = `${base}/e2b`
+  process.env.E2B_SANDBOX_URL = `${base}/e2b/sandbox`
+  process.env.E2B_API_KEY = KEYS.alice
+  if (domain) process.env.E2B_DOMAIN = domain
+  t.teardown(() => { process.env = saved })
+  return base
 }
 
 t.test('the e2b SDK against our server', async (t) => {
   const config = await sandboxConfig({ SANDBOX_MAX_TERMINALS: '2', POOL_SIZE: '2', PORT_HOST_DOMAIN: 'sandbox.test' })
   const app = await build(t, config)
   t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
-  const base = await listen(app)
-  const saved = { ...process.env }
-  process.env.E2B_API_URL = `${base}/e2b`
-  process.env.E2B_SANDBOX_URL = `${base}/e2b/sandbox`
-  process.env.E2B_API_KEY = KEYS.alice
-  process.env.E2B_DOMAIN = 'sandbox.test'
-  t.teardown(() => { process.env = saved })
+  const base = await pointSdkAt(t, app, 'sandbox.test')
 
   const sandbox = await Sandbox.create({ metadata: { suite: 'e2b', run: 'one' } })
   t.teardown(async () => { await sandbox.kill().catch(() => {}) })
@@ -184,12 +186,7 @@ t.test('the code interpreter SDK against our server', async (t) => {
   const config = await sandboxConfig({ POOL_SIZE: '1', ...(pauseMode ? { SANDBOX_PAUSE_MODE: pauseMode } : {}) })
   const app = await build(t, config)
   t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
-  const base = await listen(app)
-  const saved = { ...process.env }
-  process.env.E2B_API_URL = `${base}/e2b`
-  process.env.E2B_SANDBOX_URL = `${base}/e2b/sandbox`
-  process.env.E2B_API_KEY = KEYS.alice
-  t.teardown(() => { process.env = saved })
+  await pointSdkAt(t, app)
 
   const sandbox = await CodeSandbox.create()
   t.teardown(async () => { await sandbox.kill().catch(() => {}) })
