@@ -41,6 +41,7 @@ import mcpRoutes from './routes/mcp/index.js'
 import librechatRoutes from './routes/librechat/index.js'
 import jupyterRoutes from './routes/jupyter/index.js'
 import e2bRoutes, { e2bSandboxRoutes } from './routes/e2b/index.js'
+import secretRoutes from './routes/secrets.js'
 
 export interface AppOptions {
   config: Config
@@ -97,6 +98,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   if (app.config.PORT_HOST_DOMAIN) await app.register(hostPortRoutes, { prefix: '/v1/port-hosts' })
   await app.register(snapshotRoutes, { prefix: '/v1/snapshots' })
   await app.register(volumeRoutes, { prefix: '/v1/volumes' })
+  await app.register(secretRoutes, { prefix: '/v1/secrets' })
   await app.register(languageRoutes, { prefix: '/v1' })
   await app.register(chatRoutes, { prefix: '/v1' })
   await app.register(openaiRoutes, { prefix: '/v1' })

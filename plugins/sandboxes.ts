@@ -11,9 +11,11 @@ import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
 import { Snapshots } from '../services/sandbox/snapshots.js'
 import { Volumes } from '../services/sandbox/volumes.js'
 import { Workspace } from '../services/sandbox/workspace.js'
+import { TlsInterceptor } from '../services/sandbox/tls-intercept.js'
+import { Secrets } from '../services/secrets.js'
 
 declare module 'fastify' {
-  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes, workspace: Workspace }
+  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes, workspace: Workspace, secrets: Secrets }
 }
 
 export interface SandboxPluginOptions {
@@ -61,7 +63,14 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   }, hosts.length > 1 ? log.child({ host: name }) : log))
   const pool = pools[0]
   const egressAllowed = parseAllowedList(c.SANDBOX_EGRESS_ALLOWED)
+  // The keys' secrets, and the deployment CA that lets the egress proxy change HTTPS requests (both optional).
+  const secrets = new Secrets(app.store, c.SECRETS_KEY, c.SECRETS_KEY_PREVIOUS, c.SECRETS_MAX_PER_KEY)
+  app.decorate('secrets', secrets)
+  const tls = c.EGRESS_CA_DIR ? await TlsInterceptor.load(c.EGRESS_CA_DIR, c.EGRESS_UPSTREAM_CA) : undefined
   const egress = new EgressProxy({
+    ...(secrets.enabled ? { secrets: async (owner: string, template: string) => await secrets.fill(owner, template) } : {}),
+    ...(tls ? { tls } : {}),
+    observe: (event) => app.metrics.egressEvents.inc({ event }),
     maxBytes: c.SANDBOX_EGRESS_MAX_BYTES,
     maxConnections: c.SANDBOX_EGRESS_MAX_CONNECTIONS,
     log: log.child({ egress: true }),
@@ -79,6 +88,8 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   }, log)
   const service = new SandboxService(pools, app.store, {
     volumes,
+    ...(secrets.enabled ? { checkSecrets: async (owner: string, templates: string[], field: string) => await secrets.check(owner, templates, field) } : {}),
+    ...(tls ? { egressCa: tls.caCert } : {}),
     enabled: c.SANDBOX_ENABLED,
     egress,
     egressAllowed,

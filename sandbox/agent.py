@@ -467,6 +467,26 @@ class Watch:
             pass
 
 
+CA_BUNDLE = '/tmp/.egress-ca/ca-bundle.pem'
+SYSTEM_CAS = '/etc/ssl/certs/ca-certificates.crt'
+
+
+def write_ca_bundle(ca):
+    """The system CAs plus the deployment's (the egress proxy signs the hosts whose requests it changes with it), where
+    SSL_CERT_FILE, REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, PIP_CERT and NODE_EXTRA_CA_CERTS point: root's, read-only."""
+    os.makedirs(os.path.dirname(CA_BUNDLE), mode=0o755, exist_ok=True)
+    try:
+        with open(SYSTEM_CAS) as f:
+            system = f.read()
+    except OSError:
+        system = ''
+    tmp = CA_BUNDLE + '.new'
+    with open(tmp, 'w') as f:
+        f.write(system.rstrip('\n') + '\n' + ca.strip() + '\n')
+    os.chmod(tmp, 0o644)
+    os.rename(tmp, CA_BUNDLE)
+
+
 LIST_MAX = 10000
 NAMES = {}
 
@@ -890,6 +910,8 @@ class Agent:
                              'value': 'the egress relay did not start'})
             relay.stdout.close()
             self.relay = relay
+        if req.get('ca'):
+            write_ca_bundle(str(req['ca']))
         emit({'id': rid, 'type': 'done'})
 
     def op_kernel_open(self, rid, req):

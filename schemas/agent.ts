@@ -13,7 +13,7 @@ export const AgentRequests = {
   env: Type.Object({ env: Type.Record(Type.String(), Type.String()) }, { description: 'the kernels\' environment (they restart with it)' }),
   execute: Type.Object({ language: KernelLanguage, code: Type.String(), timeout_ms: Type.Number(), max_output_bytes: Type.Number(), kernel: Type.Optional(Type.String({ description: 'a named kernel (kernel_open) instead of the language\'s default one' })) }),
   interrupt: Type.Object({}),
-  egress: Type.Object({}, { description: 'start the relay to the egress proxy (127.0.0.1:3128 inside)' }),
+  egress: Type.Object({ ca: Type.Optional(Type.String({ description: 'the deployment CA (PEM): written with the system CAs to /tmp/.egress-ca/ca-bundle.pem' })) }, { description: 'start the relay to the egress proxy (127.0.0.1:3128 inside)' }),
   restart: Type.Object({ language: Type.Optional(KernelLanguage), kernel: Type.Optional(Type.String()) }, { description: 'fresh kernels; `language` starts warm; with `kernel`, that one alone' }),
   kernel_open: Type.Object({ kernel: Type.String({ description: '<language>:<name>' }), language: KernelLanguage, cwd: Type.Optional(Type.String()) }, { description: 'start a named kernel (an E2B code context) in `cwd`' }),
   kernel_close: Type.Object({ kernel: Type.String() }),

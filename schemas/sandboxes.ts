@@ -22,10 +22,19 @@ export const ResourcesSchema = Type.Object({
   memory_mb: Type.Optional(Type.Integer({ minimum: 64, maximum: 65536 }))
 }, { additionalProperties: false })
 
+export const TransformSchema = Type.Object({
+  host: Type.String({ maxLength: 260, description: 'an entry of allow (the same text): the requests it changes go there' }),
+  path_prefix: Type.Optional(Type.String({ maxLength: 1024, description: 'only requests under this path' })),
+  headers: Type.Optional(Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 4096 }), { description: 'headers set (replacing the code\'s), e.g. {"Authorization": "Bearer {{secret:OPENAI_KEY}}"}: {{secret:NAME}} is the key\'s secret, read when the request leaves' })),
+  basic_auth: Type.Optional(Type.Object({ username: Type.String({ maxLength: 1024 }), password: Type.String({ maxLength: 1024 }) }, { additionalProperties: false, description: 'Authorization: Basic from these (templates too)' })),
+  replace_placeholders: Type.Optional(Type.Boolean({ description: 'also replace {{secret:NAME}} in the headers the code sent (to this host only)' }))
+}, { additionalProperties: false, description: 'changes requests to one host: the sandbox never holds the secret' })
+
 export const NetworkPolicySchema = Type.Union([
   Type.Literal('none'),
   Type.Object({
-    allow: Type.Array(Type.String({ maxLength: 260 }), { maxItems: 100, description: 'host, host:port, *.domain or an address ([v6]:port); without a port, 80 and 443' })
+    allow: Type.Array(Type.String({ maxLength: 260 }), { maxItems: 100, description: 'host, host:port, *.domain or an address ([v6]:port); without a port, 80 and 443' }),
+    transforms: Type.Optional(Type.Array(TransformSchema, { maxItems: 50, description: 'secrets injected by the egress proxy into requests to allowed hosts (HTTPS ones through the deployment CA)' }))
   }, { additionalProperties: false })
 ], { description: 'none (the default): no network at all; allow: only these destinations, through the egress proxy' })
 export type NetworkPolicy = Static<typeof NetworkPolicySchema>
@@ -76,6 +85,8 @@ export const SandboxRecordSchema = Type.Object({
   session_id: Type.Union([Type.String(), Type.Null()]),
   /** The egress allow list, when the sandbox has one. */
   network: Type.Optional(Type.Array(Type.String())),
+  /** What the egress proxy changes in its requests (templates: never a secret's value). */
+  network_transforms: Type.Optional(Type.Array(TransformSchema)),
   /** Set by an admin key or the operator's default: the user wall (services/sandbox/egress.ts) does not apply. */
   network_trusted: Type.Optional(Type.Boolean()),
   /** The Docker host it lives on (SANDBOX_DOCKER_HOSTS); absent: the first. */

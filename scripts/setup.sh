@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say () { printf '[setup] %s\n' "$*"; }
-PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus iproute2 criu)  # prometheus: promtool; iproute2: the second dockerd's bridge; criu: Docker's checkpoints under runc
+PACKAGES=(redis-server docker.io docker-compose debootstrap tmux chromium prometheus iproute2 criu openssl)  # openssl: the egress CA and its certificates; prometheus: promtool; iproute2: the second dockerd's bridge; criu: Docker's checkpoints under runc
 # SANDBOX_RUNSC=1 also installs gVisor's runsc and registers it with Docker as the `runsc` runtime (CI does).
 [ "${SANDBOX_RUNSC:-0}" = "1" ] && PACKAGES+=(runsc)
 
@@ -95,11 +95,17 @@ say "slim sandbox image: $(SANDBOX_IMAGE_PROFILE=slim npx --no-install tsx scrip
 
 if [ "${CI:-}" != "true" ] && [ ! -f .env ]; then
   key=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
+  # The deployment CA of the egress proxy (its key readable by this user only), and the key that seals secrets.
+  ca_dir="${EGRESS_CA_DIR:-/var/lib/interpreter-server/egress-ca}"
+  npx --no-install tsx scripts/make-ca.ts "$ca_dir" >/dev/null
   cat > .env <<ENV
 # written by npm run setup; see docs/configuration.md for every setting
 API_KEYS=admin:admin:${key}
 REDIS_URL=redis://127.0.0.1:6379
+SECRETS_KEY=$(head -c 32 /dev/urandom | base64 | tr -d '/+=')
+EGRESS_CA_DIR=${ca_dir}
 ENV
-  say "wrote .env with an admin API key: ${key}"
+  chmod 600 .env
+  say "wrote .env with an admin API key: ${key}, a SECRETS_KEY and the egress CA in ${ca_dir}"
 fi
 say "ready"

@@ -1,5 +1,8 @@
-import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { request as httpsRequest } from 'node:https'
 import { BlockList, connect, isIP, type Socket } from 'node:net'
+import { TLSSocket, checkServerIdentity } from 'node:tls'
+import type { TlsInterceptor } from './tls-intercept.js'
 import { lookup } from 'node:dns/promises'
 import { unlink } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -22,7 +25,62 @@ export const PROXY_URL_IN_SANDBOX = 'http://127.0.0.1:3128'
 /** One allow-list entry: a host name, `*.domain` (its subdomains), or an address; with a port, or 80 and 443. */
 export interface AllowRule { host: string, wildcard: boolean, ip: boolean, port: number | null, text: string }
 
-export type NetworkPolicy = 'none' | { allow: string[] }
+export type NetworkPolicy = 'none' | { allow: string[], transforms?: TransformSpec[] }
+
+/** A change to requests leaving a sandbox for one host (and a path prefix): headers set from the key's secrets. */
+export interface TransformSpec {
+  host: string
+  path_prefix?: string
+  /** Header name → value; `{{secret:NAME}}` in a value is the secret's value, read when the request leaves. */
+  headers?: Record<string, string>
+  /** Authorization: Basic from these two templates. */
+  basic_auth?: { username: string, password: string }
+  /** Also replace `{{secret:NAME}}` in the headers the code sent itself (to this host only). */
+  replace_placeholders?: boolean
+}
+export interface Transform extends TransformSpec { rule: AllowRule }
+
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/
+/** Headers a transform may not set: the connection's own, and the proxy's. */
+const FIXED_HEADERS = new Set(['host', 'connection', 'content-length', 'transfer-encoding', 'proxy-authorization', 'proxy-connection', 'upgrade', 'te', 'trailer', 'keep-alive'])
+
+/** Reads a policy's transforms: each for a host the allow list names (400 otherwise), its headers well formed. */
+export function parseTransforms (raw: unknown, rules: AllowRule[], field = 'network'): Transform[] {
+  const list = raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as { transforms?: unknown }).transforms : undefined
+  if (list === undefined) return []
+  if (!Array.isArray(list) || list.length > 50) throw invalid(`${field}.transforms`, 'must be a list of at most 50 transforms')
+  return list.map((t: unknown, i) => {
+    const f = `${field}.transforms[${i}]`
+    if (t === null || typeof t !== 'object' || Array.isArray(t)) throw invalid(f, 'must be {host, path_prefix?, headers?, basic_auth?, replace_placeholders?}')
+    const spec = t as TransformSpec
+    const rule = parseRule(spec.host, `${f}.host`)
+    if (!rules.some(r => r.host === rule.host && r.wildcard === rule.wildcard && r.port === rule.port)) {
+      throw invalid(`${f}.host`, `${rule.text} is not in the allow list: a transform applies only to a host the sandbox may reach`)
+    }
+    if (spec.path_prefix !== undefined && (typeof spec.path_prefix !== 'string' || !spec.path_prefix.startsWith('/') || spec.path_prefix.length > 1024 || /[\s#?]|\/\.\.?(\/|$)/.test(spec.path_prefix))) {
+      throw invalid(`${f}.path_prefix`, 'must be a path starting with /, without . or .. segments, a query or spaces')
+    }
+    const headers = spec.headers ?? {}
+    if (typeof headers !== 'object' || Array.isArray(headers) || Object.keys(headers).length > 16) throw invalid(`${f}.headers`, 'must map at most 16 header names to values')
+    for (const [name, value] of Object.entries(headers)) {
+      if (!TOKEN.test(name) || FIXED_HEADERS.has(name.toLowerCase())) throw invalid(`${f}.headers`, `"${name}" is not a header a transform may set`)
+      if (typeof value !== 'string' || value.length > 4096 || /[\r\n\0]/.test(value)) throw invalid(`${f}.headers.${name}`, 'must be a string of at most 4096 characters on one line')
+    }
+    const basic = spec.basic_auth
+    if (basic !== undefined && (typeof basic !== 'object' || typeof basic.username !== 'string' || typeof basic.password !== 'string' || basic.username.length > 1024 || basic.password.length > 1024 || basic.username.includes(':'))) {
+      throw invalid(`${f}.basic_auth`, 'must be {username, password}: strings, the username without a colon')
+    }
+    if (basic && Object.keys(headers).some(h => h.toLowerCase() === 'authorization')) throw invalid(f, 'basic_auth and an Authorization header cannot both be set')
+    if (spec.replace_placeholders !== undefined && typeof spec.replace_placeholders !== 'boolean') throw invalid(`${f}.replace_placeholders`, 'must be a boolean')
+    if (!Object.keys(headers).length && !basic && !spec.replace_placeholders) throw invalid(f, 'changes nothing: give headers, basic_auth or replace_placeholders')
+    return { host: rule.text, ...(spec.path_prefix ? { path_prefix: spec.path_prefix } : {}), headers, ...(basic ? { basic_auth: { username: basic.username, password: basic.password } } : {}), replace_placeholders: spec.replace_placeholders === true, rule }
+  })
+}
+
+/** Every secret template of some transforms (what a policy is checked against: each name must exist). */
+export function templatesOf (transforms: TransformSpec[]): string[] {
+  return transforms.flatMap(t => [...Object.values(t.headers ?? {}), ...(t.basic_auth ? [t.basic_auth.username, t.basic_auth.password] : [])])
+}
 
 const LABEL = /^(?!-)[a-z0-9_-]{1,63}(?<!-)$/
 
@@ -68,7 +126,7 @@ function port (text: string, field: string, raw: string): number {
 export function parsePolicy (raw: unknown, field = 'network'): AllowRule[] {
   if (raw === undefined || raw === null || raw === 'none') return []
   if (typeof raw !== 'object' || Array.isArray(raw) || !Array.isArray((raw as { allow?: unknown }).allow)) {
-    throw invalid(field, 'must be "none" or {"allow": ["host", "host:port", "*.domain", ...]}')
+    throw invalid(field, 'must be "none" or {"allow": ["host", "host:port", "*.domain", ...], "transforms"?: [...]}')
   }
   const allow = (raw as { allow: unknown[] }).allow
   if (allow.length > 100) throw invalid(`${field}.allow`, 'must have at most 100 entries')
@@ -95,6 +153,12 @@ export function checkAllowed (rules: AllowRule[], allowed: AllowRule[], admin: b
   if (outside) {
     throw new AppError(403, 'egress_not_allowed', `This server does not let sandboxes reach ${outside.text} (SANDBOX_EGRESS_ALLOWED)`, 'permission_error')
   }
+}
+
+/** Whether a (normalised) request path is the prefix or below it, segment-wise. */
+function pathUnder (path: string, prefix: string): boolean {
+  if (prefix === '/' || path === prefix) return true
+  return path.startsWith(prefix.endsWith('/') ? prefix : `${prefix}/`)
 }
 
 function matches (rule: AllowRule, host: string, port: number): boolean {
@@ -234,15 +298,30 @@ export interface EgressOptions {
   ownEndpoints?: Endpoint[]
   /** The group each sandbox's proxy socket is given (mode 0660), when agent directories are shared with one. */
   socketGroup?: number
+  /** A template with the owner's secrets filled in, read at the moment of the request (`missing`: a name gone since). */
+  secrets?: (owner: string, template: string) => Promise<{ text: string, missing: string | null }>
+  /** Terminates TLS for hosts with a transform (EGRESS_CA_DIR); without it, transforms reach plain HTTP only. */
+  tls?: TlsInterceptor
+  /** Told of each injection and each refusal (metrics). */
+  observe?: (event: 'injected' | 'refused') => void
 }
 
-interface Gate { server: Server, rules: AllowRule[], trusted: boolean, bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string }
+/** Which sandbox a connection's requests come from, and where they go, once its TLS is ours to read. */
+interface Intercepted { sandboxId: string, gate: Gate, host: string, port: number, address: string }
+
+interface Gate { server: Server, rules: AllowRule[], trusted: boolean, bytes: number, open: Set<Socket>, sockets: Set<Socket>, path: string, owner: string, transforms: Transform[] }
 
 /** The per-sandbox proxies of this process. */
 export class EgressProxy {
   private readonly gates = new Map<string, Gate>()
+  /** Reads the requests of intercepted TLS connections (one parser for every sandbox: the socket says whose). */
+  private readonly inner: Server
+  private readonly intercepted = new WeakMap<object, Intercepted>()
 
-  constructor (private readonly opts: EgressOptions) {}
+  constructor (private readonly opts: EgressOptions) {
+    this.inner = createServer({ keepAlive: true }, (req, res) => { void this.relay(req, res) })
+    this.inner.on('clientError', (_err, socket: Socket) => { socket.destroy() })
+  }
 
   /** The own endpoints as addresses (resolved once, when the first user gate asks). */
   private own: Promise<Array<{ address: string, port: number }>> | null = null
@@ -261,12 +340,12 @@ export class EgressProxy {
    * Serves a sandbox's proxy socket in its agent directory (replacing a stale one). `trusted`: an admin key set its
    * policy, so its rules are all that limit it; otherwise the user wall applies too (see userWall).
    */
-  async open (sandboxId: string, dir: string, rules: AllowRule[], trusted = false): Promise<void> {
+  async open (sandboxId: string, dir: string, rules: AllowRule[], trusted = false, inject?: { owner: string, transforms: Transform[] }): Promise<void> {
     await this.close(sandboxId)
     const path = join(dir, EGRESS_SOCKET)
     await unlink(path).catch(() => {})
     const server = createServer()
-    const gate: Gate = { server, rules, trusted, bytes: 0, open: new Set(), sockets: new Set(), path }
+    const gate: Gate = { server, rules, trusted, bytes: 0, open: new Set(), sockets: new Set(), path, owner: inject?.owner ?? '', transforms: inject?.transforms ?? [] }
     server.on('connection', (socket: Socket) => {
       gate.sockets.add(socket)
       socket.on('close', () => gate.sockets.delete(socket))
@@ -312,8 +391,46 @@ export class EgressProxy {
       decision = await decide(gate.rules, host, port, this.opts.resolve, wall)
     }
     if (decision.ok) this.opts.log.info({ sandbox: sandboxId, host, port, address: decision.address }, 'egress allowed')
-    else this.opts.log.warn({ sandbox: sandboxId, host, port, reason: decision.reason }, 'egress refused')
+    else {
+      this.opts.log.warn({ sandbox: sandboxId, host, port, reason: decision.reason }, 'egress refused')
+      this.opts.observe?.('refused')
+    }
     return decision
+  }
+
+  /**
+   * Sets the headers a sandbox's transforms give a request to host:port/path (secrets read now, never logged);
+   * returns why the request may not go (a secret gone, secrets off), or null.
+   */
+  private async inject (sandboxId: string, gate: Gate, host: string, port: number, path: string, headers: IncomingHttpHeaders): Promise<string | null> {
+    const transforms = gate.transforms.filter(t => matches(t.rule, host, port) && pathUnder(path, t.path_prefix ?? '/'))
+    for (const t of transforms) {
+      const fill = async (template: string) => {
+        if (!this.opts.secrets) throw new Error('this server keeps no secrets')
+        const { text, missing } = await this.opts.secrets(gate.owner, template)
+        if (missing) throw new Error(`the secret ${missing} no longer exists`)
+        return text
+      }
+      try {
+        if (t.replace_placeholders) {
+          for (const [name, value] of Object.entries(headers)) {
+            const text = Array.isArray(value) ? value.join(', ') : value
+            if (text?.includes('{{secret:')) headers[name] = await fill(text)
+          }
+        }
+        for (const [name, template] of Object.entries(t.headers ?? {})) headers[name.toLowerCase()] = await fill(template)
+        if (t.basic_auth) headers.authorization = `Basic ${Buffer.from(`${await fill(t.basic_auth.username)}:${await fill(t.basic_auth.password)}`).toString('base64')}`
+      } catch (err) {
+        const reason = `the transform for ${t.host} cannot be applied: ${(err as Error).message}`
+        this.opts.log.warn({ sandbox: sandboxId, host, port, rule: t.host, reason }, 'egress refused')
+        this.opts.observe?.('refused')
+        return reason
+      }
+      const names = [...Object.keys(t.headers ?? {}), ...(t.basic_auth ? ['authorization'] : []), ...(t.replace_placeholders ? ['(placeholders)'] : [])]
+      this.opts.log.info({ sandbox: sandboxId, host, port, rule: t.host, path_prefix: t.path_prefix ?? '/', headers: names }, 'egress secret injected')
+      this.opts.observe?.('injected')
+    }
+    return null
   }
 
   /** Counts a socket's bytes against the sandbox's budget, and ends it when the budget is spent. */
@@ -345,6 +462,9 @@ export class EgressProxy {
       client.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\negress refused: ${decision.reason}\n`)
       return
     }
+    const host = target![1].toLowerCase()
+    const port = Number(target![2])
+    if (gate.transforms.some(t => matches(t.rule, host, port))) return await this.intercept(sandboxId, gate, client, head, host, port, decision.address!)
     let server: Socket | undefined
     this.meter(gate, client, () => server)
     try {
@@ -358,6 +478,83 @@ export class EgressProxy {
     if (head.length) server.write(head)
     server.pipe(client)
     client.pipe(server)
+  }
+
+  /** A CONNECT to a host whose requests change: its TLS is ours (a certificate of the deployment CA), its requests relayed. */
+  private async intercept (sandboxId: string, gate: Gate, client: Socket, head: Buffer, host: string, port: number, address: string): Promise<void> {
+    if (!this.opts.tls) {
+      this.opts.log.warn({ sandbox: sandboxId, host, port, reason: 'no deployment CA' }, 'egress refused')
+      client.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\negress refused: requests to this host are changed, which over HTTPS needs the deployment CA (EGRESS_CA_DIR)\n')
+      return
+    }
+    let context
+    try {
+      context = await this.opts.tls.contextFor(host)
+    } catch (err) {
+      client.end(`HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\n\r\nno certificate for ${host}: ${(err as Error).message}\n`)
+      return
+    }
+    this.meter(gate, client, () => undefined)
+    client.write('HTTP/1.1 200 Connection Established\r\n\r\n')
+    if (head.length) client.unshift(head)
+    const secure = new TLSSocket(client, { isServer: true, secureContext: context })
+    secure.on('error', () => client.destroy())
+    this.intercepted.set(secure, { sandboxId, gate, host, port, address })
+    this.inner.emit('connection', secure)
+  }
+
+  /** A request read from an intercepted connection: changed, then sent on over TLS that verifies the upstream. */
+  private async relay (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const ctx = this.intercepted.get(req.socket)
+    if (!ctx || !this.gates.has(ctx.sandboxId)) { res.destroy(); return }
+    const { sandboxId, gate, host, port, address } = ctx
+    let path: string
+    try {
+      path = new URL(req.url ?? '/', 'https://x').pathname
+    } catch {
+      res.writeHead(400, { connection: 'close' }).end('egress refused: a request without a path\n')
+      return
+    }
+    const headers: IncomingHttpHeaders = { ...req.headers, host: port === 443 ? host : `${host}:${port}` }
+    delete headers['proxy-connection']
+    delete headers['proxy-authorization']
+    const refused = await this.inject(sandboxId, gate, host, port, path, headers)
+    if (refused) {
+      res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${refused}\n`)
+      return
+    }
+    const tls = this.opts.tls!
+    const upstream = httpsRequest({
+      host: address,
+      port,
+      method: req.method,
+      path: req.url,
+      headers,
+      agent: false,
+      ca: tls.upstreamCa,
+      ...(isIP(host) ? {} : { servername: host }),
+      checkServerIdentity: (_name, cert) => checkServerIdentity(host, cert),
+      timeout: this.opts.connectTimeoutMs ?? 10_000
+    }, (answer) => {
+      answer.on('data', (chunk: Buffer) => {
+        gate.bytes += chunk.length
+        if (gate.bytes > this.opts.maxBytes) { answer.destroy(); res.destroy() }
+      })
+      // Redirects go back to the code as they are: a redirect elsewhere is a new request, which gets that host's rules.
+      res.writeHead(answer.statusCode ?? 502, answer.headers)
+      answer.pipe(res)
+    })
+    upstream.on('timeout', () => upstream.destroy(new Error('timeout')))
+    upstream.on('error', (err: NodeJS.ErrnoException) => {
+      const certificate = /CERT|SELF_SIGNED|altnames|certificate/i.test(`${err.code ?? ''} ${err.message}`)
+      if (certificate) {
+        this.opts.log.warn({ sandbox: sandboxId, host, port, reason: `the upstream certificate did not verify: ${err.message}` }, 'egress refused')
+        this.opts.observe?.('refused')
+      }
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain', connection: 'close' }).end(certificate ? `egress refused: the certificate of ${host} did not verify (${err.message}); nothing was sent\n` : `${err.message}\n`)
+      else res.destroy()
+    })
+    req.pipe(upstream)
   }
 
   /** A plain HTTP request in absolute form (http://host/path): forwarded to an allowed destination. */
@@ -376,10 +573,15 @@ export class EgressProxy {
       res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${decision.reason}\n`)
       return
     }
-    this.meter(gate, req.socket, () => upstream.socket ?? undefined)
-    const headers: Record<string, string | string[] | undefined> = { ...req.headers, host: url.host, connection: 'close' }
+    const headers: IncomingHttpHeaders = { ...req.headers, host: url.host, connection: 'close' }
     delete headers['proxy-connection']
     delete headers['proxy-authorization']
+    const refused = await this.inject(sandboxId, gate, url.hostname.toLowerCase(), port, url.pathname, headers)
+    if (refused) {
+      res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${refused}\n`)
+      return
+    }
+    this.meter(gate, req.socket, () => upstream.socket ?? undefined)
     const upstream = httpRequest({ host: decision.address, port, method: req.method, path: `${url.pathname}${url.search}`, headers, setHost: false, timeout: this.opts.connectTimeoutMs ?? 10_000 }, (answer) => {
       answer.on('data', (chunk: Buffer) => {
         gate.bytes += chunk.length

@@ -8,7 +8,8 @@ import { spawn } from 'node:child_process'
 
 export const SUITE = 'bookworm'
 export const BASE_PACKAGES = [
-  'python3', 'python3-pip', 'python3-numpy', 'python3-pandas', 'python3-matplotlib', 'nodejs', 'bash', 'util-linux', 'procps', 'ca-certificates'
+  'python3', 'python3-pip', 'python3-numpy', 'python3-pandas', 'python3-matplotlib', 'nodejs', 'bash', 'util-linux', 'procps', 'ca-certificates',
+  'curl', 'python3-requests'
 ]
 /** The full profile adds compilers and runtimes for the languages LibreChat's tool offers, all from Debian. */
 export const FULL_PACKAGES = [
@@ -23,7 +24,7 @@ const shortHash = (text: string) => createHash('sha256').update(text).digest('he
 
 export function baseImageTag (profile = imageProfile()): string {
   // The slim profile keeps the hash it had before profiles existed, so existing images stay valid.
-  const inputs = profile === 'slim' ? { SUITE, BASE_PACKAGES, v: 2 } : { SUITE, packages: packagesOf(profile), v: 3 }
+  const inputs = profile === 'slim' ? { SUITE, BASE_PACKAGES, v: 3 } : { SUITE, packages: packagesOf(profile), v: 4 }
   return `interpreter-sandbox-base:${shortHash(JSON.stringify(inputs))}`
 }
 

@@ -261,8 +261,8 @@ export class SandboxHandle {
   }
 
   /** Starts the relay that offers the server's egress proxy inside the sandbox (127.0.0.1:3128). */
-  async enableEgress (): Promise<void> {
-    const answer = await this.agent.call('egress', {})
+  async enableEgress (ca?: string): Promise<void> {
+    const answer = await this.agent.call('egress', ca ? { ca } : {})
     if (answer.type === 'error') throw new AppError(500, 'egress_failed', answer.value ?? 'the egress relay did not start', 'sandbox_error')
   }
 

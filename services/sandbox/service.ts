@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { AgentGone } from './agent-client.js'
-import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, type AllowRule, type EgressProxy } from './egress.js'
+import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, parseTransforms, templatesOf, type AllowRule, type EgressProxy, type Transform } from './egress.js'
 import type { Store } from '../store/types.js'
 import type { Principal } from '../auth.js'
 import { canAccess } from '../auth.js'
@@ -26,7 +26,9 @@ const PROXY_ENV: Record<string, string> = {
   no_proxy: 'localhost',
   PIP_BREAK_SYSTEM_PACKAGES: '1',
   PIP_USER: '1',
-  PIP_DISABLE_PIP_VERSION_CHECK: '1'
+  PIP_DISABLE_PIP_VERSION_CHECK: '1',
+  // The proxy refuses at once (403): pip's retries would only wait longer before saying so.
+  PIP_RETRIES: '0'
 }
 
 /** The ways in: each execution is counted under the protocol that asked for it. */
@@ -88,7 +90,15 @@ export interface SandboxServiceOptions {
   observePause?: (e: PauseObservation) => void
   /** The keys' named volumes, which sandboxes may mount. */
   volumes?: Volumes
+  /** Checks that each secret a policy's transforms name exists for the owner (400 otherwise). */
+  checkSecrets?: (owner: string, templates: string[], field: string) => Promise<void>
+  /** The deployment CA's certificate (EGRESS_CA_DIR): sandboxes with a network trust it, and HTTPS requests can be changed. */
+  egressCa?: string
 }
+
+/** Where a sandbox finds the system CAs plus the deployment's (the agent writes it; see sandbox/agent.py op_egress). */
+export const CA_BUNDLE_IN_SANDBOX = '/tmp/.egress-ca/ca-bundle.pem'
+const CA_ENV: Record<string, string> = Object.fromEntries(['SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'PIP_CERT', 'NODE_EXTRA_CA_CERTS'].map(k => [k, CA_BUNDLE_IN_SANDBOX]))
 
 /** Kept workspace files a new sandbox starts from: a volume on a host (absent: the first), and their language. */
 export interface KeptFiles { volume: string, host?: string, language?: Language }
@@ -187,7 +197,8 @@ export class SandboxService {
     const { egress } = this.opts
     const dir = this.hostSet.pool(this.hostSet.hostOf(record))?.containers.agentDirOf(handle.containerId)
     if (record.network?.length && egress && dir && !egress.has(id)) {
-      egress.open(id, dir, record.network.map((r, i) => parseRule(r, `network.allow[${i}]`)), record.network_trusted === true)
+      const rules = record.network.map((r, i) => parseRule(r, `network.allow[${i}]`))
+      egress.open(id, dir, rules, record.network_trusted === true, { owner: record.owner, transforms: parseTransforms({ transforms: record.network_transforms ?? [] }, rules) })
         .catch((err: Error) => this.log.warn({ sandbox: id, err: err.message }, 'could not serve a sandbox\'s egress proxy'))
     }
   }
@@ -211,6 +222,7 @@ export class SandboxService {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
     const rules = spec.network === undefined ? this.opts.networkDefault ?? [] : this.networkRules(principal, spec.network, trustedNetwork)
+    const transforms = spec.network === undefined ? [] : await this.networkTransforms(principal, spec.network, rules)
     // An admin's policy (or the operator's default) is all that limits its sandbox; a user key's, and a session's
     // (whoever set it), also meets the wall.
     const networkTrusted = spec.network === undefined || principal.role === 'admin'
@@ -231,7 +243,7 @@ export class SandboxService {
     }
     try {
       const id = `sbx_${randomBytes(12).toString('base64url')}`
-      await this.prepare(handle, id, pool, { cpus, memoryMb, rules, trusted: networkTrusted, env: spec.env ?? {} })
+      await this.prepare(handle, id, pool, { cpus, memoryMb, rules, trusted: networkTrusted, env: spec.env ?? {}, owner: principal.name, transforms })
       if (source) await pool.containers.unpack(handle, source.volume)
       const now = new Date().toISOString()
       const record: SandboxRecord = {
@@ -249,6 +261,7 @@ export class SandboxService {
         ...(spec.on_timeout ? { on_timeout: spec.on_timeout } : {}),
         ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
         ...(rules.length ? { network: rules.map(r => r.text), network_trusted: networkTrusted } : {}),
+        ...(transforms.length ? { network_transforms: transforms.map(({ rule: _rule, ...spec }) => spec) } : {}),
         ...(this.pools.length > 1 ? { host: pool.host } : {})
       }
       signal?.throwIfAborted()
@@ -285,7 +298,7 @@ export class SandboxService {
   }
 
   /** Gives a new container its sandbox's resources, egress proxy and environment (with the proxy's variables). */
-  private async prepare (handle: SandboxHandle, id: string, pool: SandboxPool, setup: { cpus: number, memoryMb: number, rules: AllowRule[], trusted: boolean, env: Record<string, string> }): Promise<void> {
+  private async prepare (handle: SandboxHandle, id: string, pool: SandboxPool, setup: { cpus: number, memoryMb: number, rules: AllowRule[], trusted: boolean, env: Record<string, string>, owner: string, transforms: Transform[] }): Promise<void> {
     const { cpus, memoryMb, rules } = setup
     if (cpus !== this.opts.cpus || memoryMb !== this.opts.memoryMb) {
       await pool.driver.update(handle.containerId, { memoryMb, cpus }).catch((err: { statusCode?: number, json?: { message?: string } }) => {
@@ -300,9 +313,9 @@ export class SandboxService {
     if (rules.length) {
       const dir = pool.containers.agentDirOf(handle.containerId)
       if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
-      await this.opts.egress!.open(id, dir, rules, setup.trusted)
-      await handle.enableEgress()
-      env = { ...PROXY_ENV, ...env }
+      await this.opts.egress!.open(id, dir, rules, setup.trusted, { owner: setup.owner, transforms: setup.transforms })
+      await handle.enableEgress(this.opts.egressCa)
+      env = { ...PROXY_ENV, ...(this.opts.egressCa ? CA_ENV : {}), ...env }
     }
     if (Object.keys(env).length) await handle.setEnv(env)
   }
@@ -318,6 +331,22 @@ export class SandboxService {
       throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, runsc registered with --host-uds=all)')
     }
     return rules
+  }
+
+  /**
+   * The transforms a policy asks for: each for a host of its allow list, each secret it names the key's (400 naming
+   * the first that is not), and HTTPS ones only where the deployment CA is configured.
+   */
+  async networkTransforms (principal: Principal, policy: unknown, rules: AllowRule[]): Promise<Transform[]> {
+    const transforms = parseTransforms(policy, rules)
+    if (!transforms.length) return transforms
+    const https = transforms.find(t => t.rule.port !== 80)
+    if (https && !this.opts.egressCa) {
+      throw new AppError(400, 'validation_error', `network.transforms: ${https.host} may be reached over HTTPS, and changing HTTPS requests needs the deployment CA (EGRESS_CA_DIR; npm run setup makes one); name the host as host:80 for plain HTTP only`)
+    }
+    if (!this.opts.checkSecrets) throw new AppError(400, 'validation_error', 'network.transforms: this server keeps no secrets (SECRETS_KEY)')
+    await this.opts.checkSecrets(principal.name, templatesOf(transforms), 'network.transforms')
+    return transforms
   }
 
   /**
@@ -519,7 +548,8 @@ export class SandboxService {
             await pool.containers.unpack(handle, volume!)
             // Its resources and network again; the environment given at creation is not kept (the store never holds it).
             const rules = (fresh.network ?? []).map((r, i) => parseRule(r, `network.allow[${i}]`))
-            await this.prepare(handle, fresh.id, pool, { cpus: fresh.cpus, memoryMb: fresh.memory_mb, rules, trusted: fresh.network_trusted === true, env: {} })
+            const transforms = parseTransforms({ transforms: fresh.network_transforms ?? [] }, rules)
+            await this.prepare(handle, fresh.id, pool, { cpus: fresh.cpus, memoryMb: fresh.memory_mb, rules, trusted: fresh.network_trusted === true, env: {}, owner: fresh.owner, transforms })
           } catch (err) {
             handle.agent.close()
             await pool.containers.remove(handle.containerId).catch(() => {})
@@ -695,7 +725,7 @@ export class SandboxService {
       resources: { cpus: record.cpus, memory_mb: record.memory_mb },
       metadata: record.metadata,
       session_id: record.session_id,
-      network: record.network?.length ? { allow: record.network } : 'none',
+      network: record.network?.length ? { allow: record.network, ...(record.network_transforms?.length ? { transforms: record.network_transforms } : {}) } : 'none',
       ...(record.volumes?.length ? { volumes: record.volumes } : {}),
       on_timeout: this.idleActionOf(record),
       ...(paused ? { paused_at: paused.at, pause_mode: paused.mode } : {})

@@ -9,6 +9,10 @@ import { KEYS, sleep, REDIS_URL, flushPrefix, fakeLlmConfig, fakeLlmApp, cliArgs
 import type { Config } from '../../services/config.js'
 
 const fake = new FakeLlm()
+// A tmux server of this test's own, kept up by a session that lives as long as the test: closing a pane's session must
+// not end the server under the next pane's new-session (tmux: "server exited unexpectedly").
+const SOCKET = `interpreter-test-${process.pid}`
+const tmux = (...a: string[]) => execFileSync('tmux', ['-L', SOCKET, ...a], { encoding: 'utf8' })
 let app: FastifyInstance
 let config: Config
 let base: string
@@ -24,6 +28,8 @@ const cli = (args: string[], input?: string) => new Promise<{ status: number | n
 })
 
 t.before(async () => {
+  tmux('new-session', '-d', '-s', 'keeper', 'sleep 3600')
+  t.teardown(() => { try { tmux('kill-server') } catch {} })
   await fake.start()
   config = await fakeLlmConfig(fake.url, { POOL_SIZE: '1' })
   app = await fakeLlmApp(config)
@@ -46,7 +52,6 @@ t.test('exec runs a file or stdin in a fresh sandbox and exits non-zero when the
 /** The chat client in a tmux pane: its screen, keys sent to it, and waiting for text to appear. */
 function terminal (t: Test, name: string, ...args: string[]) {
   const pane = `interpreter-${name}-${process.pid}`
-  const tmux = (...a: string[]) => execFileSync('tmux', a, { encoding: 'utf8' })
   const screen = () => tmux('capture-pane', '-p', '-t', pane, '-S', '-200')
   const command = [process.execPath, ...cliArgs('chat', ...args, '--url', base, '--api-key', KEYS.alice)].map(a => `'${a}'`).join(' ')
   // the pane stays after the client exits and shows its exit status
