@@ -43,7 +43,7 @@ export default fp(async (app) => {
     processes: new Counter({ name: 'sandbox_processes_started_total', help: 'Commands started in sandboxes, by kind (command: to its end; background; terminal)', labelNames: ['kind'], registers: [registry] }),
     portBytes: new Counter({ name: 'sandbox_port_bytes_total', help: 'Bytes proxied to (in) and from (out) ports inside sandboxes', labelNames: ['direction'], registers: [registry] }),
     portConnections: new Counter({ name: 'sandbox_port_connections_total', help: 'Connections to ports inside sandboxes, by outcome (ok, refused: nothing listened)', labelNames: ['status'], registers: [registry] }),
-    egressEvents: new Counter({ name: 'sandbox_egress_events_total', help: 'Egress proxy requests that had a secret injected (injected), and connections or requests it refused (refused)', labelNames: ['event'], registers: [registry] }),
+    egressEvents: new Counter({ name: 'sandbox_egress_events_total', help: 'Egress proxy events: requests that had a secret injected (injected), connections or requests refused (refused), package downloads served from the cache (cache_hit) or fetched into it (cache_miss)', labelNames: ['event'], registers: [registry] }),
     streamsOpen: new Gauge({ name: 'sandbox_streams_open', help: 'Open terminal, process-output and watcher streams, by kind', labelNames: ['kind'], registers: [registry] })
   }
   app.decorate('metrics', metrics)

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto'
 import { availableParallelism, totalmem } from 'node:os'
 import { SandboxPool } from '../services/sandbox/pool.js'
 import { DockerDriver } from '../services/sandbox/driver.js'
-import { SandboxService } from '../services/sandbox/service.js'
+import { SandboxService, parsePackageIndexes } from '../services/sandbox/service.js'
 import { sandboxImageTag } from '../services/sandbox/image.js'
 import { EgressProxy, parseAllowedList } from '../services/sandbox/egress.js'
 import { ownEndpoints, parseDockerHosts } from '../services/sandbox/hosts.js'
@@ -67,7 +67,9 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const secrets = new Secrets(app.store, c.SECRETS_KEY, c.SECRETS_KEY_PREVIOUS, c.SECRETS_MAX_PER_KEY)
   app.decorate('secrets', secrets)
   const tls = c.EGRESS_CA_DIR ? await TlsInterceptor.load(c.EGRESS_CA_DIR, c.EGRESS_UPSTREAM_CA) : undefined
+  const packages = parsePackageIndexes(c.SANDBOX_PACKAGE_INDEXES)
   const egress = new EgressProxy({
+    ...(c.SANDBOX_PACKAGE_CACHE_DIR && packages.rules.length ? { packageCache: { dir: c.SANDBOX_PACKAGE_CACHE_DIR, hosts: packages.rules } } : {}),
     ...(secrets.enabled ? { secrets: async (owner: string, template: string) => await secrets.fill(owner, template) } : {}),
     ...(tls ? { tls } : {}),
     observe: (event) => app.metrics.egressEvents.inc({ event }),
@@ -90,6 +92,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     volumes,
     ...(secrets.enabled ? { checkSecrets: async (owner: string, templates: string[], field: string) => await secrets.check(owner, templates, field) } : {}),
     ...(tls ? { egressCa: tls.caCert } : {}),
+    packages,
     enabled: c.SANDBOX_ENABLED,
     egress,
     egressAllowed,

@@ -87,6 +87,8 @@ export const EnvSchema = Type.Object({
   SANDBOX_EGRESS_ALLOWED: Type.String({ default: '', description: 'hosts user keys may allow (comma-separated: host, host:port, *.domain, addresses; * for any); admin keys may allow any host' }),
   SANDBOX_EGRESS_MAX_BYTES: Int(1, 1024 * 1024 * 1024, 'bytes one sandbox may move through the egress proxy, both ways, over its life'),
   SANDBOX_EGRESS_MAX_CONNECTIONS: Int(1, 32, 'egress connections one sandbox may have open at once'),
+  SANDBOX_PACKAGE_INDEXES: Type.String({ default: '', description: 'what the `packages` entry of a network policy allows: comma-separated pip=<PyPI-style simple index URL>, npm=<npm registry URL>, or files=<URL> (another host the indexes send downloads to), e.g. pip=https://pypi.org/simple,files=https://files.pythonhosted.org,npm=https://registry.npmjs.org; a deployment may name its own mirror' }),
+  SANDBOX_PACKAGE_CACHE_DIR: Type.Optional(Type.String({ minLength: 1, description: 'keep package downloads (wheels, sdists, npm tarballs) from SANDBOX_PACKAGE_INDEXES here: the egress proxy serves a second download of the same file from it, for any sandbox (HTTPS indexes need EGRESS_CA_DIR)' })),
   SECRETS_KEY: Type.Optional(Type.String({ minLength: 32, description: 'seals the keys\' secrets at rest (AES-256-GCM); npm run setup writes one into .env. Without it, /v1/secrets answers 503' })),
   SECRETS_KEY_PREVIOUS: Type.Optional(Type.String({ minLength: 32, description: 'the SECRETS_KEY before a rotation: still read, until each secret is rotated (resealed) with the new one' })),
   SECRETS_MAX_PER_KEY: Int(1, 50, 'secrets one key may keep'),

@@ -4,7 +4,9 @@ import { BlockList, connect, isIP, type Socket } from 'node:net'
 import { TLSSocket, checkServerIdentity } from 'node:tls'
 import type { TlsInterceptor } from './tls-intercept.js'
 import { lookup } from 'node:dns/promises'
-import { unlink } from 'node:fs/promises'
+import { unlink, stat, rename } from 'node:fs/promises'
+import { createReadStream, createWriteStream, mkdirSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
 import { join } from 'node:path'
 import { AppError } from '../errors.js'
 import { shareWithGroup } from './agent-socket.js'
@@ -302,9 +304,15 @@ export interface EgressOptions {
   secrets?: (owner: string, template: string) => Promise<{ text: string, missing: string | null }>
   /** Terminates TLS for hosts with a transform (EGRESS_CA_DIR); without it, transforms reach plain HTTP only. */
   tls?: TlsInterceptor
-  /** Told of each injection and each refusal (metrics). */
-  observe?: (event: 'injected' | 'refused') => void
+  /** Told of each injection and each refusal, and of each package served from the cache or fetched into it (metrics). */
+  observe?: (event: 'injected' | 'refused' | 'cache_hit' | 'cache_miss') => void
+  /** Package downloads (wheels, sdists, npm tarballs) from these hosts are kept in `dir` and served from it again. */
+  packageCache?: { dir: string, hosts: AllowRule[] }
 }
+
+/** What a package index serves that never changes under its URL: the archives, not the index pages. */
+const ARTIFACT = /\.(whl|tar\.gz|tgz|zip|tar\.bz2|egg)$/
+const MAX_CACHED = 512 * 1024 * 1024
 
 /** Which sandbox a connection's requests come from, and where they go, once its TLS is ours to read. */
 interface Intercepted { sandboxId: string, gate: Gate, host: string, port: number, address: string }
@@ -319,6 +327,7 @@ export class EgressProxy {
   private readonly intercepted = new WeakMap<object, Intercepted>()
 
   constructor (private readonly opts: EgressOptions) {
+    if (opts.packageCache) mkdirSync(opts.packageCache.dir, { recursive: true, mode: 0o700 })
     this.inner = createServer({ keepAlive: true }, (req, res) => { void this.relay(req, res) })
     this.inner.on('clientError', (_err, socket: Socket) => { socket.destroy() })
   }
@@ -464,7 +473,8 @@ export class EgressProxy {
     }
     const host = target![1].toLowerCase()
     const port = Number(target![2])
-    if (gate.transforms.some(t => matches(t.rule, host, port))) return await this.intercept(sandboxId, gate, client, head, host, port, decision.address!)
+    const cached = this.opts.tls && this.opts.packageCache?.hosts.some(r => matches(r, host, port))
+    if (cached || gate.transforms.some(t => matches(t.rule, host, port))) return await this.intercept(sandboxId, gate, client, head, host, port, decision.address!)
     let server: Socket | undefined
     this.meter(gate, client, () => server)
     try {
@@ -523,6 +533,8 @@ export class EgressProxy {
       res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${refused}\n`)
       return
     }
+    const key = this.cacheKey('https', host, port, req.method, path, req.url ?? '')
+    if (key && await this.fromCache(sandboxId, key, res)) return
     const tls = this.opts.tls!
     const upstream = httpsRequest({
       host: address,
@@ -542,6 +554,7 @@ export class EgressProxy {
       })
       // Redirects go back to the code as they are: a redirect elsewhere is a new request, which gets that host's rules.
       res.writeHead(answer.statusCode ?? 502, answer.headers)
+      if (key) this.keep(key, answer)
       answer.pipe(res)
     })
     upstream.on('timeout', () => upstream.destroy(new Error('timeout')))
@@ -555,6 +568,46 @@ export class EgressProxy {
       else res.destroy()
     })
     req.pipe(upstream)
+  }
+
+  /** The cache's name for a package download (null: not one the cache keeps). */
+  private cacheKey (scheme: string, host: string, port: number, method: string | undefined, path: string, pathAndQuery: string): string | null {
+    const cache = this.opts.packageCache
+    if (!cache || method !== 'GET' || !ARTIFACT.test(path) || !cache.hosts.some(r => matches(r, host, port))) return null
+    return createHash('sha256').update(`${scheme}://${host}:${port}${pathAndQuery}`).digest('hex')
+  }
+
+  /** Serves a kept download; false when there is none. */
+  private async fromCache (sandboxId: string, key: string, res: ServerResponse): Promise<boolean> {
+    const file = join(this.opts.packageCache!.dir, key)
+    const size = await stat(file).then(s => s.size, () => null)
+    if (size === null) return false
+    this.opts.log.info({ sandbox: sandboxId, key, size }, 'package served from the cache')
+    this.opts.observe?.('cache_hit')
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size })
+    createReadStream(file).on('error', () => res.destroy()).pipe(res)
+    return true
+  }
+
+  /** Keeps a download that answered 200 whole (written aside, renamed into place once complete). */
+  private keep (key: string, answer: IncomingMessage): void {
+    const length = Number(answer.headers['content-length'] ?? 0)
+    if (answer.statusCode !== 200 || length > MAX_CACHED) return
+    this.opts.observe?.('cache_miss')
+    const dir = this.opts.packageCache!.dir
+    const tmp = join(dir, `.${key}.${randomBytes(4).toString('hex')}`)
+    const out = createWriteStream(tmp)
+    let bytes = 0
+    let ended = false
+    answer.on('data', (chunk: Buffer) => { bytes += chunk.length; if (bytes > MAX_CACHED) out.destroy() })
+    answer.on('end', () => { ended = true })
+    answer.on('aborted', () => out.destroy())
+    answer.pipe(out)
+    out.on('error', () => {})
+    out.on('close', () => {
+      if (ended && bytes <= MAX_CACHED && (!length || bytes === length)) void rename(tmp, join(dir, key)).catch(() => unlink(tmp).catch(() => {}))
+      else void unlink(tmp).catch(() => {})
+    })
   }
 
   /** A plain HTTP request in absolute form (http://host/path): forwarded to an allowed destination. */
@@ -581,6 +634,8 @@ export class EgressProxy {
       res.writeHead(403, { 'content-type': 'text/plain', connection: 'close' }).end(`egress refused: ${refused}\n`)
       return
     }
+    const key = this.cacheKey('http', url.hostname.toLowerCase(), port, req.method, url.pathname, `${url.pathname}${url.search}`)
+    if (key && await this.fromCache(sandboxId, key, res)) return
     this.meter(gate, req.socket, () => upstream.socket ?? undefined)
     const upstream = httpRequest({ host: decision.address, port, method: req.method, path: `${url.pathname}${url.search}`, headers, setHost: false, timeout: this.opts.connectTimeoutMs ?? 10_000 }, (answer) => {
       answer.on('data', (chunk: Buffer) => {
@@ -588,6 +643,7 @@ export class EgressProxy {
         if (gate.bytes > this.opts.maxBytes) { answer.destroy(); res.destroy() }
       })
       res.writeHead(answer.statusCode ?? 502, { ...answer.headers, connection: 'close' })
+      if (key) this.keep(key, answer)
       answer.pipe(res)
     })
     upstream.on('timeout', () => upstream.destroy(new Error('timeout')))

@@ -94,6 +94,34 @@ export interface SandboxServiceOptions {
   checkSecrets?: (owner: string, templates: string[], field: string) => Promise<void>
   /** The deployment CA's certificate (EGRESS_CA_DIR): sandboxes with a network trust it, and HTTPS requests can be changed. */
   egressCa?: string
+  /** What a policy's `packages` entry allows (SANDBOX_PACKAGE_INDEXES): the hosts, and pip's and npm's settings. */
+  packages?: PackageIndexes
+}
+
+export interface PackageIndexes { rules: AllowRule[], env: Record<string, string> }
+
+/** Reads SANDBOX_PACKAGE_INDEXES (pip=URL, npm=URL, files=URL; comma-separated) into rules and environment. */
+export function parsePackageIndexes (text: string): PackageIndexes {
+  const rules: AllowRule[] = []
+  const env: Record<string, string> = {}
+  for (const [i, item] of text.split(',').map(x => x.trim()).filter(Boolean).entries()) {
+    const m = /^(pip|npm|files)=(https?:\/\/\S+)$/.exec(item)
+    if (!m) throw new AppError(400, 'validation_error', `SANDBOX_PACKAGE_INDEXES[${i}]: "${item}" is not pip=URL, npm=URL or files=URL`)
+    const url = new URL(m[2]!)
+    rules.push(parseRule(url.port ? `${url.hostname}:${url.port}` : url.hostname, `SANDBOX_PACKAGE_INDEXES[${i}]`))
+    // pip takes a plain-HTTP index (a mirror inside the deployment) only when told to trust its host.
+    if (m[1] === 'pip' && !env.PIP_INDEX_URL) Object.assign(env, { PIP_INDEX_URL: url.href }, url.protocol === 'http:' ? { PIP_TRUSTED_HOST: url.hostname } : {})
+    if (m[1] === 'npm' && !env.npm_config_registry) env.npm_config_registry = url.href
+  }
+  return { rules, env }
+}
+
+/** The `packages` preset of an allow list: where it is, and the policy without it. */
+function withoutPreset (policy: unknown): { policy: unknown, packages: boolean } {
+  if (policy === null || typeof policy !== 'object' || Array.isArray(policy) || !Array.isArray((policy as { allow?: unknown }).allow)) return { policy, packages: false }
+  const allow = (policy as { allow: unknown[] }).allow
+  if (!allow.includes('packages')) return { policy, packages: false }
+  return { policy: { ...policy, allow: allow.filter(a => a !== 'packages') }, packages: true }
 }
 
 /** Where a sandbox finds the system CAs plus the deployment's (the agent writes it; see sandbox/agent.py op_egress). */
@@ -315,7 +343,9 @@ export class SandboxService {
       if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
       await this.opts.egress!.open(id, dir, rules, setup.trusted, { owner: setup.owner, transforms: setup.transforms })
       await handle.enableEgress(this.opts.egressCa)
-      env = { ...PROXY_ENV, ...(this.opts.egressCa ? CA_ENV : {}), ...env }
+      const packages = this.opts.packages
+      const indexes = packages?.rules.length && packages.rules.every(p => rules.some(r => r.text === p.text)) ? packages.env : {}
+      env = { ...PROXY_ENV, ...(this.opts.egressCa ? CA_ENV : {}), ...indexes, ...env }
     }
     if (Object.keys(env).length) await handle.setEnv(env)
   }
@@ -324,9 +354,13 @@ export class SandboxService {
    * The allow list a request asks for, within what the operator lets user keys allow (403 naming the host beyond it);
    * a 400 when this server cannot give sandboxes a network (agents over docker attach, or runsc without --host-uds).
    */
-  networkRules (principal: Principal, policy: unknown, trusted = false): AllowRule[] {
-    const rules = parsePolicy(policy)
-    checkAllowed(rules, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
+  networkRules (principal: Principal, raw: unknown, trusted = false): AllowRule[] {
+    const { policy, packages } = withoutPreset(raw)
+    const own = parsePolicy(policy)
+    checkAllowed(own, this.opts.egressAllowed ?? [], trusted || principal.role === 'admin')
+    if (packages && !this.opts.packages?.rules.length) throw new AppError(400, 'validation_error', 'network.allow: "packages" names the package indexes this server offers, and it offers none (SANDBOX_PACKAGE_INDEXES)')
+    // The operator's own indexes: allowed whoever asks (the user wall still applies to the addresses they resolve to).
+    const rules = packages ? [...own, ...this.opts.packages!.rules.filter(p => !own.some(r => r.text === p.text))] : own
     if (rules.length && !(this.opts.egress && this.pools.some(p => p.containers.hasAgentDirs))) {
       throw new AppError(400, 'network_unavailable', 'This server cannot give sandboxes a network: the egress proxy needs SANDBOX_AGENT_CHANNEL=socket (and, under runsc, runsc registered with --host-uds=all)')
     }
