@@ -1,5 +1,5 @@
 import { createServer, request as httpRequest, type IncomingHttpHeaders, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import { request as httpsRequest } from 'node:https'
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https'
 import { BlockList, connect, isIP, type Socket } from 'node:net'
 import { TLSSocket, checkServerIdentity } from 'node:tls'
 import type { TlsInterceptor } from './tls-intercept.js'
@@ -325,6 +325,23 @@ export class EgressProxy {
   /** Reads the requests of intercepted TLS connections (one parser for every sandbox: the socket says whose). */
   private readonly inner: Server
   private readonly intercepted = new WeakMap<object, Intercepted>()
+  /** Kept TLS connections to upstreams of intercepted hosts, one pool per host, port and address (at most 200 pools). */
+  private readonly upstreams = new Map<string, HttpsAgent>()
+
+  private upstreamAgent (host: string, port: number, address: string): HttpsAgent {
+    const key = `${host}|${port}|${address}`
+    let agent = this.upstreams.get(key)
+    if (!agent) {
+      if (this.upstreams.size >= 200) {
+        const [oldest, old] = this.upstreams.entries().next().value!
+        old.destroy()
+        this.upstreams.delete(oldest)
+      }
+      agent = new HttpsAgent({ keepAlive: true, maxSockets: 32, maxFreeSockets: 4, timeout: 30_000, ca: this.opts.tls!.upstreamCa })
+      this.upstreams.set(key, agent)
+    }
+    return agent
+  }
 
   constructor (private readonly opts: EgressOptions) {
     if (opts.packageCache) mkdirSync(opts.packageCache.dir, { recursive: true, mode: 0o700 })
@@ -386,6 +403,8 @@ export class EgressProxy {
   }
 
   async closeAll (): Promise<void> {
+    for (const agent of this.upstreams.values()) agent.destroy()
+    this.upstreams.clear()
     await Promise.all([...this.gates.keys()].map(id => this.close(id)))
   }
 
@@ -542,7 +561,7 @@ export class EgressProxy {
       method: req.method,
       path: req.url,
       headers,
-      agent: false,
+      agent: this.upstreamAgent(host, port, address),
       ca: tls.upstreamCa,
       ...(isIP(host) ? {} : { servername: host }),
       checkServerIdentity: (_name, cert) => checkServerIdentity(host, cert),
