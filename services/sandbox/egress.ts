@@ -345,7 +345,7 @@ export class EgressProxy {
 
   constructor (private readonly opts: EgressOptions) {
     if (opts.packageCache) mkdirSync(opts.packageCache.dir, { recursive: true, mode: 0o700 })
-    this.inner = createServer({ keepAlive: true }, (req, res) => { void this.relay(req, res) })
+    this.inner = createServer({ keepAlive: true }, (req, res) => { this.relay(req, res).catch((err: Error) => this.failed(res, err)) })
     this.inner.on('clientError', (_err, socket: Socket) => { socket.destroy() })
   }
 
@@ -376,8 +376,8 @@ export class EgressProxy {
       gate.sockets.add(socket)
       socket.on('close', () => gate.sockets.delete(socket))
     })
-    server.on('connect', (req: IncomingMessage, client: Socket, head: Buffer) => { void this.tunnel(sandboxId, gate, req, client, head) })
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => { void this.forward(sandboxId, gate, req, res) })
+    server.on('connect', (req: IncomingMessage, client: Socket, head: Buffer) => { this.tunnel(sandboxId, gate, req, client, head).catch(() => client.destroy()) })
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => { this.forward(sandboxId, gate, req, res).catch((err: Error) => this.failed(res, err)) })
     server.on('clientError', (_err, socket: Socket) => { socket.destroy() })
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path, () => { server.off('error', reject); resolve() }) })
     if (this.opts.socketGroup !== undefined) await shareWithGroup(path, this.opts.socketGroup, 0o660)
@@ -437,6 +437,7 @@ export class EgressProxy {
         if (!this.opts.secrets) throw new Error('this server keeps no secrets')
         const { text, missing } = await this.opts.secrets(gate.owner, template)
         if (missing) throw new Error(`the secret ${missing} no longer exists`)
+        if (/[\r\n\0]/.test(text)) throw new Error('a secret it names holds a line break or NUL, which no header may carry')
         return text
       }
       try {
@@ -587,6 +588,13 @@ export class EgressProxy {
       else res.destroy()
     })
     req.pipe(upstream)
+  }
+
+  /** A request the proxy could not pass on (a header Node refuses, say): a 502 saying so, never a crash. */
+  private failed (res: ServerResponse, err: Error): void {
+    this.opts.log.warn({ err: err.message }, 'egress request failed')
+    if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain', connection: 'close' }).end(`egress failed: ${err.message}\n`)
+    else res.destroy()
   }
 
   /** The cache's name for a package download (null: not one the cache keeps). */

@@ -161,6 +161,14 @@ t.test('secrets never enter the sandbox: the egress proxy injects them', async (
     t.match(pip.stdout, /403|Forbidden|ProxyError|Could not find/, pip.stdout)
   })
 
+  t.test('a secret with a line break is not sent as a header (and nothing crashes)', async (t) => {
+    await call('PUT', '/v1/secrets/API_TOKEN', { value: 'first\r\nX-Evil: 1' })
+    t.match((await sh(`curl -sS ${url}/v1/models`)).stdout, /line break/)
+    t.match((await sh(`curl -sS http://127.0.0.1:${httpPort}/api/x`)).stdout, /line break/)
+    await call('PUT', '/v1/secrets/API_TOKEN', { value })
+    t.equal((await sh(`curl -sS ${url}/v1/models`)).stdout, `auth=Bearer ${value} key= custom=`, 'and the proxy still serves')
+  })
+
   t.test('a secret deleted under a running sandbox: its requests are refused, not sent without it', async (t) => {
     t.equal((await call('DELETE', '/v1/secrets/API_TOKEN')).status, 204)
     const res = await sh(`curl -sS ${url}/v1/models`)
