@@ -4,7 +4,10 @@
 // crashes, hangs, 500s and statuses the OpenAPI document does not list, checks health throughout, and prints a table
 // and the server's RSS at start and end. Exit code 1 when anything was found.
 import { spawn } from 'node:child_process'
-import { openSync, readFileSync } from 'node:fs'
+import { mkdtempSync, openSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { makeCa } from '../services/sandbox/tls-intercept.js'
 import { parseArgs } from 'node:util'
 import WebSocket from 'ws'
 
@@ -38,6 +41,9 @@ const note = (t: Tally, what: string) => { if (t.examples.length < 5) t.examples
 const seen = (t: Tally, status: number) => t.statuses.set(status, (t.statuses.get(status) ?? 0) + 1)
 
 // --- the server under test ---------------------------------------------------------------------------------------
+// With secrets and the deployment CA on, so that /v1/secrets and network transforms are fuzzed for real.
+const CA_DIR = join(mkdtempSync(join(tmpdir(), 'fuzz-ca-')), 'ca')
+await makeCa(CA_DIR)
 const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '--host', '127.0.0.1', '--port', String(PORT)], {
   env: {
     ...process.env,
@@ -52,7 +58,9 @@ const server = spawn(process.execPath, ['--import', 'tsx', 'cli.ts', 'serve', '-
     MAX_SANDBOXES_PER_KEY: '4',
     EXECUTION_TIMEOUT_MS: '5000',
     MAX_EXECUTION_TIMEOUT_MS: '10000',
-    SANDBOX_KEEP_ON_CLOSE: 'false'
+    SANDBOX_KEEP_ON_CLOSE: 'false',
+    SECRETS_KEY: 'f'.repeat(64),
+    EGRESS_CA_DIR: CA_DIR
   },
   stdio: ['ignore', process.env.FUZZ_LOG ? openSync(process.env.FUZZ_LOG, 'w') : 'ignore', 'pipe'] // FUZZ_LOG=file keeps the server's log
 })
