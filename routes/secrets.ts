@@ -21,7 +21,7 @@ const SecretSchema = Type.Object({
  */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const tags = ['secrets']
-  const errors = { 404: ErrorSchema, 409: ErrorSchema, ...commonErrors }
+  const errors = { 404: ErrorSchema, 409: ErrorSchema, 415: ErrorSchema, ...commonErrors }
   const Params = Type.Object({ name: Name })
 
   app.post('', {
