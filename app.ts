@@ -40,7 +40,7 @@ import uiRoutes from './routes/ui.js'
 import mcpRoutes from './routes/mcp/index.js'
 import librechatRoutes from './routes/librechat/index.js'
 import jupyterRoutes from './routes/jupyter/index.js'
-import e2bRoutes, { e2bSandboxRoutes } from './routes/e2b/index.js'
+import e2bRoutes from './routes/e2b/index.js'
 import secretRoutes from './routes/secrets.js'
 
 export interface AppOptions {
@@ -109,7 +109,6 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(librechatRoutes, { prefix: '/librechat/v1' })
   await app.register(jupyterRoutes, { prefix: '/jupyter' })
   await app.register(e2bRoutes, { prefix: '/e2b' })
-  await app.register(e2bSandboxRoutes, { prefix: '/e2b/sandbox' })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }

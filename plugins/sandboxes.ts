@@ -70,7 +70,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   const packages = parsePackageIndexes(c.SANDBOX_PACKAGE_INDEXES)
   const egress = new EgressProxy({
     ...(c.SANDBOX_PACKAGE_CACHE_DIR && packages.rules.length ? { packageCache: { dir: c.SANDBOX_PACKAGE_CACHE_DIR, hosts: packages.rules } } : {}),
-    ...(secrets.enabled ? { secrets: async (owner: string, template: string) => await secrets.fill(owner, template) } : {}),
+    ...(secrets.enabled ? { secrets: async (owner: string, templates: string[]) => await secrets.fill(owner, templates) } : {}),
     ...(tls ? { tls } : {}),
     observe: (event) => app.metrics.egressEvents.inc({ event }),
     maxBytes: c.SANDBOX_EGRESS_MAX_BYTES,

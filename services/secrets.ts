@@ -114,16 +114,19 @@ export class Secrets {
     }
   }
 
-  /** A template with its secrets filled in, read now (the egress proxy's only way to a value); null names one gone. */
-  async fill (owner: string, template: string): Promise<{ text: string, missing: string | null }> {
+  /**
+   * Templates with their secrets filled in, each secret read once, now (the egress proxy's only way to a value);
+   * `missing` names one that is gone.
+   */
+  async fill (owner: string, templates: string[]): Promise<{ texts: string[], missing: string | null }> {
     let missing: string | null = null
+    const names = new Set(templates.flatMap(t => [...t.matchAll(PLACEHOLDER)].map(m => m[1]!)))
     const values = new Map<string, string>()
-    for (const [, name] of template.matchAll(PLACEHOLDER)) {
-      if (values.has(name!)) continue
-      const record = await this.store.getNamed<SecretRecord>(KIND, owner, name!)
-      if (!record) { missing ??= name!; continue }
-      values.set(name!, this.open(record))
-    }
-    return { text: template.replace(PLACEHOLDER, (whole, name: string) => values.get(name) ?? whole), missing }
+    await Promise.all([...names].map(async (name) => {
+      const record = await this.store.getNamed<SecretRecord>(KIND, owner, name)
+      if (record) values.set(name, this.open(record))
+      else missing ??= name
+    }))
+    return { texts: templates.map(t => t.replace(PLACEHOLDER, (whole, name: string) => values.get(name) ?? whole)), missing }
   }
 }

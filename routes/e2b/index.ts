@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Type } from 'typebox'
 import { E2bControl } from '../../services/e2b/control.js'
+import sandboxRoutes from './sandbox.js'
 import { AppError } from '../../services/errors.js'
 import { clientGone, protocolErrors } from '../../plugins/route-kit.js'
 
@@ -61,7 +62,9 @@ const Timeout = Type.Object({ timeout: Type.Integer({ minimum: 1, description: '
  * X-API-KEY that is one of our keys. Their data plane is routes/e2b/sandbox.ts.
  */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const control = new E2bControl(app.sandboxes, app.workspace, { domain: app.config.PORT_HOST_DOMAIN || null, maxTimeoutS: app.config.SANDBOX_MAX_TIMEOUT_S })
+  const control = new E2bControl(app.sandboxes, app.workspace, { domain: app.config.PORT_HOST_DOMAIN || null })
+  // The data plane (E2B_SANDBOX_URL) under /e2b/sandbox, with the same control (its tokens and ids).
+  await app.register(sandboxRoutes, { prefix: '/sandbox', control })
   const tags = ['e2b']
   const config = { apiKeyHeader: true }
   const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 410: ErrorBody, 413: ErrorBody, 415: ErrorBody, 429: ErrorBody, 503: ErrorBody }
@@ -77,10 +80,6 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     }
   })
   const unsupported = (what: string) => new AppError(501, 'unsupported', `${what} is not offered by this server (see the README's "Use with E2B's SDKs")`)
-  app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {
-    const path = request.url.split('?')[0]!.replace(/^\/e2b/, '')
-    reply.status(404).send({ code: 404, message: `${request.method} ${path}: this part of E2B's API is not offered by this server (see the README's "Use with E2B's SDKs")` })
-  })
 
   const create = async (request: FastifyRequest<{ Body: Record<string, unknown> }>, reply: FastifyReply) =>
     reply.status(201).send(await control.create(request.principal, request.body, clientGone(reply)))
@@ -118,7 +117,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     (await control.list(request.principal, { state: ['running'] })).items)
 
   app.get('/sandboxes/:sandboxID', { config, schema: { tags, summary: 'A sandbox (E2B: Sandbox.getInfo)', params: Id, response: { 200: Listed, ...errors } } }, async (request) =>
-    await control.info(await control.record(request.principal, request.params.sandboxID)))
+    control.info(await control.record(request.principal, request.params.sandboxID)))
 
   app.delete('/sandboxes/:sandboxID', { config, schema: { tags, summary: 'Kill a sandbox', params: Id, response: { 204: Type.Null(), ...errors } } }, async (request, reply) => {
     await control.kill(await control.record(request.principal, request.params.sandboxID))
@@ -165,4 +164,3 @@ function safeDecode (s: string): string {
 }
 
 export default routes
-export { default as e2bSandboxRoutes } from './sandbox.js'

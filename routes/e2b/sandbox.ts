@@ -3,8 +3,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import multipart from '@fastify/multipart'
 import { Type } from 'typebox'
 import type { Readable } from 'node:stream'
-import { E2bControl } from '../../services/e2b/control.js'
-import { EnvdService, checkUser } from '../../services/e2b/envd.js'
+import type { E2bControl } from '../../services/e2b/control.js'
+import { EnvdService, basicUser, checkUser } from '../../services/e2b/envd.js'
 import { InterpreterService } from '../../services/e2b/interpreter.js'
 import { CONNECT_STATUS, ConnectError, endOfStream, envelope, errorJson, parseJson, readEnvelope, toConnectError } from '../../services/e2b/connect.js'
 import { AppError } from '../../services/errors.js'
@@ -21,7 +21,9 @@ const ErrorBody = Type.Object({ code: Type.Integer(), message: Type.String() })
 const errors = Object.fromEntries([400, 401, 403, 404, 409, 410, 413, 415, 429, 502, 503, 507].map(code => [code, ErrorBody]))
 
 type Unary = (record: SandboxRecord, req: unknown) => Promise<unknown>
-type Streaming = (record: SandboxRecord, req: unknown, send: (m: unknown) => void) => Promise<Subscription>
+/** A server-streaming RPC, and the message its stream says "still here" with. */
+interface Streaming { open: (record: SandboxRecord, req: unknown, send: (m: unknown) => void) => Promise<Subscription>, keepalive: unknown }
+const PROCESS_KEEPALIVE = { event: { keepalive: {} } }
 
 /**
  * E2B's data plane (E2B_SANDBOX_URL=http://host:8000/e2b/sandbox): every call names its sandbox and port in the
@@ -29,8 +31,7 @@ type Streaming = (record: SandboxRecord, req: unknown, send: (m: unknown) => voi
  * for processes and the file system, REST /files and /health), 49999 the code interpreter (/execute, /contexts); any
  * other port is proxied to the app listening on it inside the sandbox.
  */
-const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const control = new E2bControl(app.sandboxes, app.workspace, { domain: app.config.PORT_HOST_DOMAIN || null, maxTimeoutS: app.config.SANDBOX_MAX_TIMEOUT_S })
+const routes: FastifyPluginAsyncTypebox<{ control: E2bControl }> = async (app, { control }) => {
   const envd = new EnvdService(app.sandboxes, app.workspace, { maxWatchers: app.config.SANDBOX_MAX_WATCHERS, maxWatcherEvents: 10_000 })
   const interpreter = new InterpreterService(app.sandboxes)
   const sweep = setInterval(() => { void envd.sweep(10 * 60_000) }, 60_000)
@@ -50,9 +51,6 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     if (typeof e.extra.retry_after === 'number') reply.header('retry-after', e.extra.retry_after)
     return reply.status(e.statusCode).send({ code: e.statusCode, message: e.message })
   })
-  app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {
-    reply.status(404).send({ code: 404, message: `${request.method} ${request.url.split('?')[0]}: not part of the envd or code-interpreter API this server offers` })
-  })
 
   const header = (request: FastifyRequest, name: string) => {
     const v = request.headers[name]
@@ -69,7 +67,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const { record, principal } = await control.authorize(id, header(request, 'x-access-token') ?? header(request, 'e2b-traffic-access-token'))
     request.principal = principal
     records.set(request, record)
-    checkUser(request.headers.authorization)
+    checkUser(basicUser(request.headers.authorization))
   })
   const recordOf = (request: FastifyRequest) => records.get(request)!
 
@@ -105,9 +103,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     'filesystem.Filesystem/RemoveWatcher': async (r, q) => await envd.removeWatcher(r, q)
   }
   const streaming: Record<string, Streaming> = {
-    'process.Process/Start': async (r, q, send) => await envd.start(r, q, send),
-    'process.Process/Connect': async (r, q, send) => await envd.connect(r, q, send),
-    'filesystem.Filesystem/WatchDir': async (r, q, send) => await envd.watchDir(r, q, send)
+    'process.Process/Start': { open: async (r, q, send) => await envd.start(r, q, send), keepalive: PROCESS_KEEPALIVE },
+    'process.Process/Connect': { open: async (r, q, send) => await envd.connect(r, q, send), keepalive: PROCESS_KEEPALIVE },
+    'filesystem.Filesystem/WatchDir': { open: async (r, q, send) => await envd.watchDir(r, q, send), keepalive: { keepalive: {} } }
   }
 
   /** A unary call: JSON in, JSON out; an error is its Connect code's HTTP status with {code, message}. */
@@ -126,7 +124,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
    * A server stream: enveloped messages as they come, keepalives while it is quiet (the SDK asks for them), and an
    * end-of-stream envelope. It ends with the process (or watch), the client going away, or its Connect-Timeout-Ms.
    */
-  const callStreaming = async (fn: Streaming, request: FastifyRequest, reply: FastifyReply) => {
+  const callStreaming = async (rpc: Streaming, request: FastifyRequest, reply: FastifyReply) => {
     const record = recordOf(request)
     let sub: Subscription
     const held: Buffer[] = []
@@ -134,7 +132,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const write = (chunk: Buffer) => { if (open) reply.raw.write(chunk); else held.push(chunk) }
     try {
       const message = readEnvelope(await readBody(request), MAX_MESSAGE)
-      sub = await fn(record, message, (m) => write(envelope(m)))
+      sub = await rpc.open(record, message, (m) => write(envelope(m)))
     } catch (err) {
       // Before the stream opened: a stream's error travels in its end-of-stream message (its HTTP status stays 200).
       const e = toConnectError(err)
@@ -147,7 +145,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     for (const chunk of held) reply.raw.write(chunk)
     const asked = Number(header(request, 'keepalive-ping-interval'))
     const beat = setInterval(() => {
-      reply.raw.write(envelope(request.url.includes('Filesystem') ? { keepalive: {} } : { event: { keepalive: {} } }))
+      reply.raw.write(envelope(rpc.keepalive))
       app.sandboxes.touch(record).catch(() => {}) // a stream open is a use: the idle reaper leaves the sandbox alone
     }, Math.max(1, Math.min(Number.isFinite(asked) && asked > 0 ? asked : 30, 30)) * 1000)
     const deadlineMs = Number(header(request, 'connect-timeout-ms'))
@@ -190,7 +188,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags, summary: 'Download a file (envd GET /files)', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Any(), ...errors } }
   }, async (request, reply) => {
     if (forOther(request, ENVD_PORT)) return await proxy(request, reply)
-    user(request.query.username)
+    checkUser(request.query.username)
     const file = await envd.readFile(recordOf(request), request.query.path ?? '')
     reply.header('content-length', file.size).type('application/octet-stream')
     return reply.send(file.stream)
@@ -201,7 +199,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags, summary: 'Upload files (envd POST /files): multipart parts named by their paths, or one octet-stream body at ?path', querystring: Type.Object({ path: Type.Optional(Type.String({ maxLength: 4096 })), username: Type.Optional(Type.String({ maxLength: 64 })) }, { additionalProperties: true }), response: { 200: Type.Array(Type.Object({ name: Type.String(), type: Type.String(), path: Type.String() })), ...errors } }
   }, async (request, reply) => {
     if (forOther(request, ENVD_PORT)) return await proxy(request, reply)
-    user(request.query.username)
+    checkUser(request.query.username)
     const record = recordOf(request)
     const written = []
     const max = app.config.MAX_UPLOAD_BYTES
@@ -286,11 +284,6 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     if (portOf(request) !== ENVD_PORT && portOf(request) !== INTERPRETER_PORT) return await proxy(request, reply)
     return reply.status(404).send({ code: 404, message: `${request.method} ${request.url.split('?')[0]}: not part of the envd or code-interpreter API this server offers` })
   })
-}
-
-/** The user a /files call names: ours is `user` (the default when none is named). */
-function user (name: string | undefined): void {
-  if (name && name !== 'user') throw new ConnectError('permission_denied', `Files here belong to the sandbox user "user"; "${name}" is not offered (sandboxes have no root)`)
 }
 
 export default routes

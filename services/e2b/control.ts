@@ -77,8 +77,6 @@ export interface E2bCreated {
 export interface E2bControlOptions {
   /** PORT_HOST_DOMAIN: where `sandbox.getHost(port)` leads (null: no host routing). */
   domain: string | null
-  /** The longest timeout a sandbox may ask for (seconds). */
-  maxTimeoutS: number
 }
 
 export class E2bControl {
@@ -98,12 +96,13 @@ export class E2bControl {
 
   async create (principal: Principal, body: E2bCreate, signal?: AbortSignal): Promise<E2bCreated> {
     const template = body.templateID ?? 'base'
+    const network = this.network(body)
     const spec: CreateSandbox = {
-      ...(body.timeout !== undefined ? { timeout_s: this.timeout(body.timeout) } : {}),
+      ...(body.timeout !== undefined ? { timeout_s: body.timeout } : {}),
       ...(body.metadata ? { metadata: body.metadata } : {}),
       ...(body.envVars && Object.keys(body.envVars).length ? { env: body.envVars } : {}),
       ...(body.autoPause !== undefined ? { on_timeout: body.autoPause ? 'pause' as const : 'remove' as const } : {}),
-      ...(this.network(body) ? { network: this.network(body)! } : {}),
+      ...(network ? { network } : {}),
       ...(body.volumeMounts?.length ? { volumes: body.volumeMounts.map(v => ({ name: v.name, path: v.path })) } : {})
     }
     if (body.mcp) throw new AppError(400, 'unsupported', 'MCP gateways inside sandboxes (the `mcp` option) are not offered by this server; its own MCP endpoint is /mcp')
@@ -123,13 +122,6 @@ export class E2bControl {
     return await this.created(record, template)
   }
 
-  /** E2B's timeout is the sandbox's life from now; ours is how long it may stay idle (a use renews it). */
-  private timeout (seconds: number): number {
-    if (!Number.isInteger(seconds) || seconds < 1) throw new AppError(400, 'validation_error', 'timeout must be a whole number of seconds, at least 1')
-    if (seconds > this.opts.maxTimeoutS) throw new AppError(400, 'validation_error', `timeout must be at most ${this.opts.maxTimeoutS} seconds on this server`)
-    return seconds
-  }
-
   /** E2B's network options as our egress policy: an allow list, and nothing else (no network is our default). */
   private network (body: E2bCreate): NetworkPolicy | null {
     const net = body.network ?? {}
@@ -147,7 +139,8 @@ export class E2bControl {
     return { sandboxID: toE2bId(record.id), templateID: template, clientID: 'interpreter-server', envdVersion: ENVD_VERSION, envdAccessToken: token, trafficAccessToken: token, domain: this.opts.domain }
   }
 
-  async info (record: SandboxRecord): Promise<E2bSandbox> {
+  /** E2B's timeout is the sandbox's life from now; ours is how long it may stay idle (a use renews it): `endAt` says when. */
+  info (record: SandboxRecord): E2bSandbox {
     const view = this.sandboxes.view(record)
     return {
       sandboxID: toE2bId(record.id),
@@ -187,8 +180,7 @@ export class E2bControl {
       wanted.has(r.paused ? 'paused' : 'running') &&
       Object.entries(query.metadata ?? {}).every(([k, v]) => r.metadata[k] === v))
     const page = all.slice(start, start + limit)
-    const items = await Promise.all(page.map(r => this.info(r)))
-    return { items, nextToken: start + limit < all.length ? Buffer.from(String(start + limit)).toString('base64url') : null }
+    return { items: page.map(r => this.info(r)), nextToken: start + limit < all.length ? Buffer.from(String(start + limit)).toString('base64url') : null }
   }
 
   async kill (record: SandboxRecord): Promise<void> {
@@ -196,7 +188,7 @@ export class E2bControl {
   }
 
   async setTimeout (record: SandboxRecord, seconds: number): Promise<void> {
-    await this.sandboxes.update(record, { timeout_s: this.timeout(seconds) })
+    await this.sandboxes.update(record, { timeout_s: seconds })
   }
 
   /** Pauses; false when it was paused already (E2B answers 409 then). */
@@ -211,7 +203,7 @@ export class E2bControl {
     const resumed = record.paused !== undefined
     let current = record
     if (resumed) current = (await this.sandboxes.resume(record)).record
-    if (timeout !== undefined) current = await this.sandboxes.update(current, { timeout_s: this.timeout(timeout) })
+    if (timeout !== undefined) current = await this.sandboxes.update(current, { timeout_s: timeout })
     return { created: await this.created(current), resumed }
   }
 

@@ -52,11 +52,14 @@ export function entryInfo (e: FileDetail): Record<string, unknown> {
   }
 }
 
-/** The user a request names (Basic auth, `user:`): ours is `user`; nothing here runs as root. */
-export function checkUser (authorization: string | undefined): void {
+/** The user an envd request names in Basic auth (`user:`), if any. */
+export function basicUser (authorization: string | undefined): string | undefined {
   const m = /^Basic\s+(\S+)$/i.exec(authorization ?? '')
-  if (!m) return
-  const user = Buffer.from(m[1]!, 'base64').toString().split(':')[0]
+  return m ? Buffer.from(m[1]!, 'base64').toString().split(':')[0] : undefined
+}
+
+/** The user a request names (Basic auth, or /files' `username`): ours is `user`; nothing here runs as root. */
+export function checkUser (user: string | undefined): void {
   if (user && user !== 'user') {
     throw new ConnectError('permission_denied', `Commands and files here belong to the sandbox user "user"; running as "${user}" is not offered (sandboxes have no root)`)
   }
@@ -182,7 +185,8 @@ export class EnvdService {
 
   /** The pid a ProcessSelector names (by pid, or by tag among the running processes). */
   private async selected (record: SandboxRecord, req: unknown): Promise<number> {
-    const selector = field<Record<string, unknown>>(field<Record<string, unknown>>(req, 'process', 'object', {}), 'selector', 'object', field<Record<string, unknown>>(req, 'process', 'object', {}))
+    const proc = field<Record<string, unknown>>(req, 'process', 'object', {})
+    const selector = field<Record<string, unknown>>(proc, 'selector', 'object', proc)
     const pid = field(selector, 'pid', 'number', 0)
     if (pid) {
       if (!Number.isInteger(pid) || pid < 1 || pid > 4_194_304) throw new ConnectError('invalid_argument', 'process.pid is not a pid')
@@ -219,10 +223,7 @@ export class EnvdService {
     const path = workspacePath(field(req, 'path', 'string', ''))
     const depth = field(req, 'depth', 'number', 1)
     if (!Number.isInteger(depth) || depth < 1 || depth > 32) throw new ConnectError('invalid_argument', 'depth must be from 1 to 32')
-    const handle = await this.handle(record)
-    const info = await handle.stat(path)
-    if (info.type !== 'directory') throw new ConnectError('invalid_argument', `${absolute(path)} is not a directory`)
-    return { entries: (await handle.listFiles(path, depth)).map(entryInfo) }
+    return { entries: (await (await this.handle(record)).listFiles(path, depth)).map(entryInfo) }
   }
 
   async remove (record: SandboxRecord, req: unknown): Promise<unknown> {

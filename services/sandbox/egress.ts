@@ -301,7 +301,7 @@ export interface EgressOptions {
   /** The group each sandbox's proxy socket is given (mode 0660), when agent directories are shared with one. */
   socketGroup?: number
   /** A template with the owner's secrets filled in, read at the moment of the request (`missing`: a name gone since). */
-  secrets?: (owner: string, template: string) => Promise<{ text: string, missing: string | null }>
+  secrets?: (owner: string, templates: string[]) => Promise<{ texts: string[], missing: string | null }>
   /** Terminates TLS for hosts with a transform (EGRESS_CA_DIR); without it, transforms reach plain HTTP only. */
   tls?: TlsInterceptor
   /** Told of each injection and each refusal, and of each package served from the cache or fetched into it (metrics). */
@@ -433,22 +433,20 @@ export class EgressProxy {
   private async inject (sandboxId: string, gate: Gate, host: string, port: number, path: string, headers: IncomingHttpHeaders): Promise<string | null> {
     const transforms = gate.transforms.filter(t => matches(t.rule, host, port) && pathUnder(path, t.path_prefix ?? '/'))
     for (const t of transforms) {
-      const fill = async (template: string) => {
-        if (!this.opts.secrets) throw new Error('this server keeps no secrets')
-        const { text, missing } = await this.opts.secrets(gate.owner, template)
-        if (missing) throw new Error(`the secret ${missing} no longer exists`)
-        if (/[\r\n\0]/.test(text)) throw new Error('a secret it names holds a line break or NUL, which no header may carry')
-        return text
-      }
+      // Every header this transform sets: its own, Basic auth, and the code's that carry placeholders, filled at once.
+      const set: Array<[string, string]> = [
+        ...(t.replace_placeholders ? Object.entries(headers).map(([name, v]) => [name, Array.isArray(v) ? v.join(', ') : v ?? ''] as [string, string]).filter(([, v]) => v.includes('{{secret:')) : []),
+        ...Object.entries(t.headers ?? {}).map(([name, v]) => [name.toLowerCase(), v] as [string, string]),
+        ...(t.basic_auth ? [['authorization:user', t.basic_auth.username], ['authorization:password', t.basic_auth.password]] as Array<[string, string]> : [])
+      ]
       try {
-        if (t.replace_placeholders) {
-          for (const [name, value] of Object.entries(headers)) {
-            const text = Array.isArray(value) ? value.join(', ') : value
-            if (text?.includes('{{secret:')) headers[name] = await fill(text)
-          }
-        }
-        for (const [name, template] of Object.entries(t.headers ?? {})) headers[name.toLowerCase()] = await fill(template)
-        if (t.basic_auth) headers.authorization = `Basic ${Buffer.from(`${await fill(t.basic_auth.username)}:${await fill(t.basic_auth.password)}`).toString('base64')}`
+        if (!this.opts.secrets) throw new Error('this server keeps no secrets')
+        const { texts, missing } = await this.opts.secrets(gate.owner, set.map(([, template]) => template))
+        if (missing) throw new Error(`the secret ${missing} no longer exists`)
+        if (texts.some(text => /[\r\n\0]/.test(text))) throw new Error('a secret it names holds a line break or NUL, which no header may carry')
+        const filled = new Map(set.map(([name], i) => [name, texts[i]!]))
+        for (const [name, text] of filled) if (!name.startsWith('authorization:')) headers[name] = text
+        if (t.basic_auth) headers.authorization = `Basic ${Buffer.from(`${filled.get('authorization:user')}:${filled.get('authorization:password')}`).toString('base64')}`
       } catch (err) {
         const reason = `the transform for ${t.host} cannot be applied: ${(err as Error).message}`
         this.opts.log.warn({ sandbox: sandboxId, host, port, rule: t.host, reason }, 'egress refused')

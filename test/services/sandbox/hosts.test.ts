@@ -50,6 +50,9 @@ const status = async (app: FastifyInstance, id: string, code: string) => {
   const res = await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/execute`, headers: alice, payload: { code } })
   return { status: res.statusCode, body: res.json() }
 }
+/** A replica's URL: it listens (on loopback) the first time a test asks. */
+const urls = new Map<FastifyInstance, Promise<string>>()
+const urlOf = (app: FastifyInstance) => urls.get(app) ?? urls.set(app, app.listen({ host: '127.0.0.1', port: 0 })).get(app)!
 const until = (what: string, check: () => Promise<boolean>, ms = 30_000) => waitFor(what, check, { ms, every: 200 })
 const ids: string[] = []
 
@@ -80,7 +83,7 @@ t.test('a workspace on the second host, used through the replica that did not ma
   t.ok(made >= 0, 'a sandbox on host two')
   const sandbox = ids[made]!
   const other = apps[(made + 1) % 2]!
-  const base = await other.listen({ host: '127.0.0.1', port: 0 })
+  const base = await urlOf(other)
   const wsBase = base.replace('http', 'ws')
   const inject = async (method: 'GET' | 'POST', url: string, payload?: object, headers: Record<string, string> = alice) => {
     const res = await other.inject({ method, url, headers, ...(payload ? { payload } : {}) })
@@ -129,7 +132,7 @@ t.test('E2B\'s SDK reaches a sandbox on the second host through the replica that
   let made = -1
   for (const [i, sid] of ids.entries()) if (made < 0 && await hostOf(sid) === 'two') made = i
   const other = apps[(made + 1) % 2]!
-  const base = await other.listen({ host: '127.0.0.1', port: 0 }).catch(() => `http://${String((other.server.address() as { address: string }).address)}:${(other.server.address() as { port: number }).port}`)
+  const base = await urlOf(other)
   const opts = { apiKey: KEYS.alice, apiUrl: `${base}/e2b`, sandboxUrl: `${base}/e2b/sandbox` }
   const sandbox = await CodeSandbox.connect(toE2bId(ids[made]!), opts)
   t.equal((await sandbox.commands.run('echo "$((40 + 2))"')).stdout, '42\n', 'a command')
