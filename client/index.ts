@@ -124,6 +124,14 @@ export class InterpreterClient {
  * A WebSocket attached to one session. It pings the server, reconnects with backoff when the connection
  * drops, and then resumes after the last event it delivered, so `events()` yields each event exactly once.
  */
+/** Whether event id `a` (a Redis stream id, `ms-seq`) comes after `b`. */
+function after (a: string, b: string): boolean {
+  if (!/^\d+-\d+$/.test(a) || !/^\d+-\d+$/.test(b)) return true
+  const [am, as] = a.split('-').map(BigInt)
+  const [bm, bs] = b.split('-').map(BigInt)
+  return am! > bm! || (am === bm && as! > bs!)
+}
+
 export class SessionSocket {
   sessionId = ''
   lastEventId: string | null = null
@@ -170,6 +178,8 @@ export class SessionSocket {
   private receive (frame: any): void {
     if (frame.type === 'event') {
       const event = frame as SessionEvent & { type: string }
+      // A resume replays from the id it names; an event the old live stream delivered meanwhile may come again.
+      if (this.lastEventId && !after(event.id, this.lastEventId)) return
       this.lastEventId = event.id
       this.queue.push({ id: event.id, event: event.event, data: event.data })
       this.wake?.()

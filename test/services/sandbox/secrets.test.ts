@@ -151,14 +151,16 @@ t.test('secrets never enter the sandbox: the egress proxy injects them', async (
   })
 
   t.test('a host the policy refuses fails at once with a message', async (t) => {
+    // Not timed here (these machines are noisy): the proxy's refusal is its first answer, and pip does not retry it.
     let began = Date.now()
     const curl = await sh('curl -sS https://api.example.com/ 2>&1; true')
-    t.ok(Date.now() - began < 2000, `curl refused in ${Date.now() - began} ms`)
-    t.match(curl.stdout, /403/, curl.stdout)
+    t.comment(`curl refused in ${Date.now() - began} ms`)
+    t.match(curl.stdout, /CONNECT tunnel failed, response 403/, curl.stdout)
     began = Date.now()
-    const pip = await sh('pip download --no-deps --index-url https://pypi.example.org/simple -d /tmp/x six 2>&1 | tail -3; true')
-    t.ok(Date.now() - began < 2000, `pip gave up in ${Date.now() - began} ms`)
-    t.match(pip.stdout, /403|Forbidden|ProxyError|Could not find/, pip.stdout)
+    const pip = await sh('pip download -v --no-deps --index-url https://pypi.example.org/simple -d /tmp/x six 2>&1; true')
+    t.comment(`pip gave up in ${Date.now() - began} ms`)
+    t.match(pip.stdout, /No matching distribution found for six/)
+    t.notMatch(pip.stdout, /Retrying/, 'pip gives up at the first refusal (PIP_RETRIES=0)')
   })
 
   t.test('a secret with a line break is not sent as a header (and nothing crashes)', async (t) => {
