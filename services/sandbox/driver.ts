@@ -251,8 +251,16 @@ export class DockerDriver implements SandboxDriver {
     try {
       await this.docker.getContainer(id).remove({ force: true })
     } catch (err) {
-      // 409 "removal ... already in progress": another request (two DELETEs at once) is removing it; gone either way.
-      if (statusOf(err) !== 404 && !(statusOf(err) === 409 && /already in progress/.test((err as Error).message))) throw err
+      if (statusOf(err) === 404) return
+      // 409 "removal ... already in progress": another request (two DELETEs at once, the reaper) is removing it:
+      // removed means gone, so wait for that one to finish (at most 30 s) instead of answering before it has.
+      if (statusOf(err) !== 409 || !/already in progress/.test((err as Error).message)) throw err
+      for (let i = 0; i < 300; i++) {
+        const gone = await this.docker.getContainer(id).inspect().then(() => false, (e: unknown) => statusOf(e) === 404)
+        if (gone) return
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+      throw err
     }
   }
 
