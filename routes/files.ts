@@ -12,6 +12,16 @@ export function workspacePath (path: string): string {
   return path
 }
 
+/** The bytes of `source`, refused with a 413 past `maxBytes`. */
+async function * limited (source: AsyncIterable<Buffer>, maxBytes: number): AsyncIterable<Buffer> {
+  let total = 0
+  for await (const piece of source) {
+    total += piece.length
+    if (total > maxBytes) throw new AppError(413, 'file_too_large', `Uploads are limited to ${maxBytes} bytes`)
+    yield piece
+  }
+}
+
 /** Files in a sandbox's workspace; uploads are the raw request body, streamed. */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
   const { sandboxes } = app
@@ -50,6 +60,30 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     const handle = await open(request.params.id, request.principal)
     const body = (request.body ?? []) as AsyncIterable<Buffer>
     const size = await handle.writeFile(path, body, app.config.MAX_UPLOAD_BYTES)
+    return reply.status(201).send({ path, size })
+  })
+
+  app.get('/:id/archive', {
+    schema: { tags, summary: 'The whole workspace (/home/user) as a tar stream: what an agent SDK persists', params: IdParamsSchema, produces: ['application/x-tar'], response: { 200: Type.Any({ description: 'a tar archive (POSIX, symlinks kept as symlinks)' }), ...errors } }
+  }, async (request, reply) => {
+    const handle = await open(request.params.id, request.principal)
+    reply.type('application/x-tar').header('content-disposition', `attachment; filename="${request.params.id}.tar"`)
+    return reply.send(handle.pack())
+  })
+
+  app.put('/:id/archive', {
+    preHandler: app.limitPerTarget,
+    schema: {
+      tags,
+      summary: 'Unpack a tar stream (the raw body) into a workspace directory, as the sandbox user: members leading out of it are refused; 507 when the workspace is full',
+      params: IdParamsSchema,
+      querystring: Type.Object({ path: Type.String({ default: '', maxLength: 1024, description: 'the directory, relative to /home/user; the workspace itself by default' }) }),
+      response: { 201: Type.Object({ path: Type.String(), size: Type.Integer({ description: 'the bytes of tar taken' }) }), ...errors }
+    }
+  }, async (request, reply) => {
+    const path = workspacePath(request.query.path)
+    const handle = await open(request.params.id, request.principal)
+    const size = await handle.unpack(path, limited((request.body ?? []) as AsyncIterable<Buffer>, app.config.MAX_UPLOAD_BYTES))
     return reply.status(201).send({ path, size })
   })
 

@@ -12,6 +12,7 @@ export const ModelEntrySchema = Type.Object({
   system_message: Type.Optional(Type.String()),
   fallback: Type.Optional(Type.Array(Type.String())),
   vision: Type.Optional(Type.Boolean({ description: 'pass images (plots) back to the model' })),
+  native_tools: Type.Optional(Type.Boolean({ description: 'offer Claude\'s own bash and text editor tools beside execute (anthropic models; default true)' })),
   timeout_ms: Type.Optional(Type.Integer({ minimum: 100 }))
 }, { additionalProperties: false })
 export type ModelEntry = Static<typeof ModelEntrySchema>

@@ -1,15 +1,19 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 
-/** One scripted answer: text and/or one `execute` call, or an HTTP error, or no answer at all. */
+/** One scripted answer: text and/or one tool call (`code`: execute; `tool`: any), or an HTTP error, or no answer at all. */
 export interface Reply {
   text?: string
   code?: { language: string, code: string }
+  /** A call of any other tool (Claude's bash or text editor, ...) by name, with its input. */
+  tool?: { name: string, input: Record<string, unknown> }
   status?: number
   hang?: boolean
   /** Pause between streamed pieces, ms. */
   delayMs?: number
 }
 export type Script = Reply | ((request: Record<string, unknown>) => Reply)
+
+const callOf = (reply: Reply) => reply.tool ?? (reply.code ? { name: 'execute', input: reply.code as Record<string, unknown> } : undefined)
 
 export interface Received { api: 'openai' | 'anthropic', model: string, body: Record<string, unknown>, authorization?: string }
 
@@ -76,7 +80,8 @@ export class FakeLlm {
   private async openai (body: Record<string, unknown>, reply: Reply, res: ServerResponse): Promise<void> {
     const id = 'chatcmpl-fake'
     const base = { id, object: 'chat.completion.chunk', created: 1, model: body.model }
-    const args = reply.code ? JSON.stringify(reply.code) : ''
+    const call = callOf(reply)
+    const args = call ? JSON.stringify(call.input) : ''
     const usage = { prompt_tokens: 11, completion_tokens: 7, total_tokens: 18 }
     if (!body.stream) {
       res.writeHead(200, { 'content-type': 'application/json' })
@@ -86,7 +91,7 @@ export class FakeLlm {
         created: 1,
         model: body.model,
         usage,
-        choices: [{ index: 0, finish_reason: reply.code ? 'tool_calls' : 'stop', message: { role: 'assistant', content: reply.text ?? null, ...(reply.code ? { tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'execute', arguments: args } }] } : {}) } }]
+        choices: [{ index: 0, finish_reason: call ? 'tool_calls' : 'stop', message: { role: 'assistant', content: reply.text ?? null, ...(call ? { tool_calls: [{ id: 'call_1', type: 'function', function: { name: call.name, arguments: args } }] } : {}) } }]
       }))
       return
     }
@@ -97,18 +102,19 @@ export class FakeLlm {
     }
     await send({ ...base, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] })
     for (const piece of this.pieces(reply.text ?? '')) await send({ ...base, choices: [{ index: 0, delta: { content: piece }, finish_reason: null }] })
-    if (reply.code) {
+    if (call) {
       const callId = `call_${Math.random().toString(36).slice(2, 10)}`
-      await send({ ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: callId, type: 'function', function: { name: 'execute', arguments: '' } }] }, finish_reason: null }] })
+      await send({ ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, id: callId, type: 'function', function: { name: call.name, arguments: '' } }] }, finish_reason: null }] })
       for (const piece of this.pieces(args)) await send({ ...base, choices: [{ index: 0, delta: { tool_calls: [{ index: 0, function: { arguments: piece } }] }, finish_reason: null }] })
     }
-    await send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: reply.code ? 'tool_calls' : 'stop' }] })
+    await send({ ...base, choices: [{ index: 0, delta: {}, finish_reason: call ? 'tool_calls' : 'stop' }] })
     await send({ ...base, choices: [], usage })
     res.end('data: [DONE]\n\n')
   }
 
   private async anthropic (body: Record<string, unknown>, reply: Reply, res: ServerResponse): Promise<void> {
-    const args = reply.code ? JSON.stringify(reply.code) : ''
+    const call = callOf(reply)
+    const args = call ? JSON.stringify(call.input) : ''
     if (!body.stream) {
       res.writeHead(200, { 'content-type': 'application/json' })
       res.end(JSON.stringify({
@@ -116,10 +122,10 @@ export class FakeLlm {
         type: 'message',
         role: 'assistant',
         model: body.model,
-        stop_reason: reply.code ? 'tool_use' : 'end_turn',
+        stop_reason: call ? 'tool_use' : 'end_turn',
         stop_sequence: null,
         usage: { input_tokens: 13, output_tokens: 5 },
-        content: [...(reply.text ? [{ type: 'text', text: reply.text }] : []), ...(reply.code ? [{ type: 'tool_use', id: 'toolu_1', name: 'execute', input: reply.code }] : [])]
+        content: [...(reply.text ? [{ type: 'text', text: reply.text }] : []), ...(call ? [{ type: 'tool_use', id: 'toolu_1', name: call.name, input: call.input }] : [])]
       }))
       return
     }
@@ -136,12 +142,12 @@ export class FakeLlm {
       await send('content_block_stop', { type: 'content_block_stop', index })
       index++
     }
-    if (reply.code) {
-      await send('content_block_start', { type: 'content_block_start', index, content_block: { type: 'tool_use', id: `toolu_${Math.random().toString(36).slice(2, 10)}`, name: 'execute', input: {} } })
+    if (call) {
+      await send('content_block_start', { type: 'content_block_start', index, content_block: { type: 'tool_use', id: `toolu_${Math.random().toString(36).slice(2, 10)}`, name: call.name, input: {} } })
       for (const piece of this.pieces(args)) await send('content_block_delta', { type: 'content_block_delta', index, delta: { type: 'input_json_delta', partial_json: piece } })
       await send('content_block_stop', { type: 'content_block_stop', index })
     }
-    await send('message_delta', { type: 'message_delta', delta: { stop_reason: reply.code ? 'tool_use' : 'end_turn', stop_sequence: null }, usage: { output_tokens: 5 } })
+    await send('message_delta', { type: 'message_delta', delta: { stop_reason: call ? 'tool_use' : 'end_turn', stop_sequence: null }, usage: { output_tokens: 5 } })
     await send('message_stop', { type: 'message_stop' })
     res.end()
   }

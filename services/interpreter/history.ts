@@ -1,19 +1,30 @@
 import type { Message } from '../../schemas/sessions.js'
 import type { ChatMessage, ToolCall } from '../llm/types.js'
+import { BASH_TOOL, EDITOR_TOOL } from './claude-tools.js'
 
 const text = (content: Message['content']) => typeof content === 'string' ? content : JSON.stringify(content)
+
+/**
+ * The tool call a stored code message was: Claude's bash (its command, or the input of a restart) or text editor (the
+ * input), stored with the tool's name as format; any other code, the execute tool in its language.
+ */
+function callOf (m: Message, id: string): ToolCall {
+  if (m.format === BASH_TOOL) return { id, name: BASH_TOOL, arguments: JSON.stringify(typeof m.content === 'string' ? { command: m.content } : m.content) }
+  if (m.format === EDITOR_TOOL) return { id, name: EDITOR_TOOL, arguments: JSON.stringify(m.content) }
+  return { id, name: 'execute', arguments: JSON.stringify({ language: m.format ?? 'python', code: text(m.content) }) }
+}
 
 /** Stored LMC messages as a provider-neutral conversation: code becomes a tool call, its console output and images the result. */
 export function toChatMessages (messages: Message[], outputLimit = Infinity): ChatMessage[] {
   const out: ChatMessage[] = []
   let assistant: { content: string, toolCalls: ToolCall[] } | null = null
-  const results = new Map<string, { content: string, images: string[] }>()
+  const results = new Map<string, { content: string, images: string[], isError?: boolean }>()
   const flush = () => {
     if (!assistant) return
     out.push({ role: 'assistant', content: assistant.content, ...(assistant.toolCalls.length ? { toolCalls: assistant.toolCalls } : {}) })
     for (const call of assistant.toolCalls) {
       const result = results.get(call.id)
-      out.push({ role: 'tool', toolCallId: call.id, content: cutForModel(result?.content || '(no output)', outputLimit), ...(result?.images.length ? { images: result.images } : {}) })
+      out.push({ role: 'tool', toolCallId: call.id, content: cutForModel(result?.content || '(no output)', outputLimit), ...(result?.images.length ? { images: result.images } : {}), ...(result?.isError ? { isError: true } : {}) })
     }
     assistant = null
     results.clear()
@@ -33,12 +44,15 @@ export function toChatMessages (messages: Message[], outputLimit = Infinity): Ch
     } else if (m.role === 'assistant' && m.type === 'code') {
       assistant ??= { content: '', toolCalls: [] }
       const id = m.id ?? `call_history_${++generated}`
-      assistant.toolCalls.push({ id, name: 'execute', arguments: JSON.stringify({ language: m.format ?? 'python', code: text(m.content) }) })
+      assistant.toolCalls.push(callOf(m, id))
     } else if (m.role === 'computer' && assistant?.toolCalls.length) {
       const id = m.id ?? assistant.toolCalls[assistant.toolCalls.length - 1].id
       const result = results.get(id) ?? { content: '', images: [] }
       if (m.type === 'image') result.images.push(text(m.content))
-      else if (m.type === 'console') result.content += text(m.content)
+      else if (m.type === 'console') {
+        result.content += text(m.content)
+        if (m.format === 'error') result.isError = true
+      }
       results.set(id, result)
     }
   }

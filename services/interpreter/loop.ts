@@ -7,6 +7,7 @@ import { LlmError } from '../llm/types.js'
 import { toChatMessages, trimToContext } from './history.js'
 import { partialStringField } from './partial-json.js'
 import { LANGUAGES, findLanguage, type LanguageSpec } from '../sandbox/languages.js'
+import { BASH_TOOL, EDITOR_TOOL, claudeTools, type ToolOutcome } from './claude-tools.js'
 
 /** The execute tool the model sees, offering the languages this server's image runs. */
 export function executeTool (languages: LanguageSpec[] = LANGUAGES): ToolDef {
@@ -51,6 +52,11 @@ export interface TurnDeps {
   /** Stores the messages of a finished step, so that history is consistent whatever happens next. */
   store (messages: Message[]): Promise<void>
   signal: AbortSignal
+  /** Runs Claude's own tools in the session's sandbox; without it only `execute` is offered. */
+  native?: {
+    bash (input: Record<string, unknown>, onEvent: (e: ExecutionEvent) => void): Promise<ToolOutcome>
+    edit (input: Record<string, unknown>): Promise<ToolOutcome>
+  }
 }
 
 export interface TurnOptions {
@@ -69,6 +75,11 @@ export interface TurnResult { usage: Usage, finishReason: FinishReason }
 
 interface PendingCall { id: string, name: string, args: string, streamed: string, started: boolean, language?: Language }
 
+/** Whether a model is offered Claude's bash and text editor tools (an Anthropic model, unless its entry says not). */
+function offersNative (model: { provider: string, native_tools?: boolean }, deps: TurnDeps): boolean {
+  return model.provider === 'anthropic' && model.native_tools !== false && deps.native !== undefined
+}
+
 /**
  * One chat turn: the model answers, may call `execute`, sees the results, and goes on until it answers
  * without a tool call or the step limit is reached. Streams LMC chunks as it goes.
@@ -80,7 +91,7 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
   const conversation = [...history]
   const budget = (model.context_window ?? 128_000) - opts.maxTokens
   const languages = opts.languages ?? LANGUAGES
-  const tool = executeTool(languages)
+  const tools = [executeTool(languages), ...(offersNative(model, deps) ? claudeTools() : [])]
 
   for (let step = 0; step < opts.maxSteps; step++) {
     const chat: ChatMessage[] = trimToContext([{ role: 'system', content: system }, ...toChatMessages(conversation, opts.outputLimit)], budget)
@@ -92,7 +103,7 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
       textOpen = false
     }
     try {
-      for await (const event of deps.models.stream(model.name, { messages: chat, tools: [tool], temperature: opts.temperature, maxTokens: opts.maxTokens, signal: deps.signal })) {
+      for await (const event of deps.models.stream(model.name, { messages: chat, tools, temperature: opts.temperature, maxTokens: opts.maxTokens, signal: deps.signal })) {
         if (event.type === 'text') {
           if (!textOpen) await deps.emit({ role: 'assistant', type: 'message', start: true })
           textOpen = true
@@ -144,6 +155,20 @@ export async function runTurn (history: Message[], deps: TurnDeps, opts: TurnOpt
 
 /** Streams a code block while its arguments arrive, once the language is known. */
 async function streamCode (call: PendingCall, deps: TurnDeps, languages: LanguageSpec[]): Promise<void> {
+  if (call.name === EDITOR_TOOL) return // shown whole when it runs
+  if (call.name === BASH_TOOL) {
+    const command = partialStringField(call.args, 'command')
+    if (!command) return
+    if (!call.started) {
+      call.started = true
+      await deps.emit({ role: 'assistant', type: 'code', format: 'bash', id: call.id, start: true })
+    }
+    if (command.value.length > call.streamed.length) {
+      await deps.emit({ role: 'assistant', type: 'code', format: 'bash', id: call.id, content: command.value.slice(call.streamed.length) })
+      call.streamed = command.value
+    }
+    return
+  }
   if (!call.language) {
     const language = partialStringField(call.args, 'language')
     if (!language?.complete) return
@@ -162,6 +187,7 @@ async function streamCode (call: PendingCall, deps: TurnDeps, languages: Languag
 }
 
 async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): Promise<Message[]> {
+  if ((call.name === BASH_TOOL || call.name === EDITOR_TOOL) && deps.native) return await runNative(call, deps, deps.native, opts)
   let language: Language = call.language ?? 'python'
   let code = ''
   let invalid: string | null = null
@@ -169,7 +195,7 @@ async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): P
     const args = JSON.parse(call.args || '{}') as { language?: string, code?: string }
     language = languageOf(args.language, opts.languages ?? LANGUAGES)
     code = String(args.code ?? '')
-    if (call.name !== 'execute') invalid = `unknown tool "${call.name}"; the only tool is execute`
+    if (call.name !== 'execute') invalid = `unknown tool "${call.name}"; the tools are execute${deps.native ? `, ${BASH_TOOL} and ${EDITOR_TOOL}` : ''}`
   } catch {
     invalid = 'the tool arguments were not valid JSON'
   }
@@ -192,6 +218,62 @@ async function runCall (call: PendingCall, deps: TurnDeps, opts: TurnOptions): P
 
   const { messages: results } = await streamExecution(deps, call.id, language, code)
   return [...messages, ...results]
+}
+
+/** How a call of Claude's text editor reads in a transcript: the command, the path, and what it changes. */
+export function describeEdit (input: Record<string, unknown>): string {
+  const head = `${String(input.command ?? '?')} ${String(input.path ?? '')}`
+  const range = Array.isArray(input.view_range) ? ` [${input.view_range.join(', ')}]` : input.insert_line !== undefined ? ` after line ${String(input.insert_line)}` : ''
+  const body = ['file_text', 'old_str', 'new_str', 'insert_text'].filter(k => typeof input[k] === 'string').map(k => `--- ${k}\n${String(input[k])}`).join('\n')
+  return `${head}${range}${body ? '\n' + body : ''}`
+}
+
+/**
+ * Claude's bash or text editor call: shown as a code block (the command; the editor's command and path), confirmed like
+ * code when auto-run is off, run in the sandbox, its result stored as console output (format `error` for an error result).
+ * Stored as code with the tool's name as its format and the input as its content, so history replays the same call.
+ */
+async function runNative (call: PendingCall, deps: TurnDeps, native: NonNullable<TurnDeps['native']>, opts: TurnOptions): Promise<Message[]> {
+  let input: Record<string, unknown> | null = null
+  try {
+    const parsed = JSON.parse(call.args || '{}') as unknown
+    if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) input = parsed as Record<string, unknown>
+  } catch {}
+  const bash = call.name === BASH_TOOL
+  const format = bash ? 'bash' : EDITOR_TOOL
+  const shown = !input ? call.args : bash ? (input.restart === true ? '# restart the shell' : String(input.command ?? '')) : describeEdit(input)
+  if (!call.started) await deps.emit({ role: 'assistant', type: 'code', format, id: call.id, start: true })
+  if (shown.length > call.streamed.length && shown.startsWith(call.streamed)) await deps.emit({ role: 'assistant', type: 'code', format, id: call.id, content: shown.slice(call.streamed.length) })
+  await deps.emit({ role: 'assistant', type: 'code', format, id: call.id, end: true })
+  const content = !input ? { invalid: call.args } : bash && typeof input.command === 'string' && input.restart !== true ? input.command : input
+  const stored: Message = { role: 'assistant', type: 'code', format: call.name, content, id: call.id }
+  const result = (outcome: ToolOutcome): Message => ({ role: 'computer', type: 'console', format: outcome.isError ? 'error' : 'output', content: outcome.text || '(no output)', id: call.id })
+  if (!input) {
+    const outcome = { text: 'Error: the tool input was not a JSON object', isError: true }
+    await emitConsole(deps, call.id, outcome.text)
+    return [stored, result(outcome)]
+  }
+  if (!opts.autoRun) {
+    await deps.emit({ role: 'computer', type: 'confirmation', format: 'execution', id: call.id, content: { type: 'code', format, content: shown, id: call.id } })
+    const decision = await deps.confirm(call.id)
+    if (decision !== 'approved') {
+      const note = decision === 'declined' ? 'The user declined to run this command.' : 'The confirmation expired; the command was not run.'
+      await emitConsole(deps, call.id, note)
+      return [stored, result({ text: note, isError: true })]
+    }
+  }
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, start: true })
+  let printed = ''
+  const outcome = bash
+    ? await native.bash(input, (e) => {
+      if (e.type === 'stdout' || e.type === 'stderr') { printed += e.text; void deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: e.text }) }
+    })
+    : await native.edit(input)
+  // What the result adds to the output printed as it came (an exit code, a timeout): shown too.
+  const rest = outcome.text.startsWith(printed) ? outcome.text.slice(printed.length) : `\n${outcome.text}`
+  if (rest) await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, content: rest })
+  await deps.emit({ role: 'computer', type: 'console', format: 'output', id: call.id, end: true })
+  return [stored, result(outcome)]
 }
 
 /**

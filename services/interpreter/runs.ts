@@ -13,6 +13,7 @@ import type { Bus } from '../bus.js'
 import { AppError, DependencyError } from '../errors.js'
 import { LlmError } from '../llm/types.js'
 import { runTurn, streamExecution, type Decision, type TurnDeps } from './loop.js'
+import { ClaudeTools } from './claude-tools.js'
 
 export interface RunSettings { maxSteps: number, outputLimit: number, confirmTimeoutMs: number, defaultTemperature: number, defaultMaxTokens: number, autoRun: boolean }
 export interface RunRequest {
@@ -85,6 +86,7 @@ export function runError (err: unknown): AppError {
  */
 export class RunManager {
   private readonly active = new Map<string, ActiveRun>()
+  private readonly claude: ClaudeTools
 
   constructor (private readonly deps: {
     sessions: SessionService,
@@ -98,6 +100,7 @@ export class RunManager {
     bus: Bus | null
     lockTtlMs: number
   }) {
+    this.claude = new ClaudeTools(deps.sandboxes)
     deps.bus?.on('run.confirm', async (m: { session_id: string, code_id: string, approve: boolean }) =>
       this.active.has(m.session_id) ? await relayed(() => { this.confirmHere(m.session_id, m.code_id, m.approve); return { ok: true } }) : undefined)
     deps.bus?.on('run.interrupt', async (m: { session_id: string }) =>
@@ -200,22 +203,47 @@ export class RunManager {
     return outcome
   }
 
-  /** Runs code in the session's sandbox, remembering it so that an interrupt reaches the code. */
+  /**
+   * Runs `work` in the session's sandbox, remembering it so that an interrupt reaches the code; `note` says when the
+   * session's sandbox was lost and this is a fresh one.
+   */
+  private async inSandbox<T> (run: ActiveRun, session: Session, work: (record: SandboxRecord, note: string) => Promise<T>): Promise<T> {
+    const before = session.sandbox_id
+    const record = await this.sessionSandbox(session, run.abort.signal)
+    run.executing = record
+    try {
+      // The session had a sandbox that is gone (lost with its host, or reaped): this run has a fresh one, and says so.
+      const note = before && before !== record.id ? '[this session\'s sandbox was lost (reaped, or its host came back without it); this run has a fresh one and earlier variables and files are gone]\n' : ''
+      return await work(record, note)
+    } finally {
+      run.executing = null
+    }
+  }
+
+  /** Runs code in the session's sandbox. */
   private executor (run: ActiveRun, session: Session, via: Protocol, timeoutMs?: number, also?: (e: ExecutionEvent) => void): TurnDeps['execute'] {
     return async (language, code, ownEvent) => {
       const onEvent = also ? (e: ExecutionEvent) => { ownEvent?.(e); also(e) } : ownEvent
-      const before = session.sandbox_id
-      const record = await this.sessionSandbox(session, run.abort.signal)
-      run.executing = record
-      try {
-        // The session had a sandbox that is gone (lost with its host, or reaped): this run has a fresh one, and says so.
-        const note = before && before !== record.id ? '[this session\'s sandbox was lost (reaped, or its host came back without it); this run has a fresh one and earlier variables and files are gone]\n' : ''
+      return await this.inSandbox(run, session, async (record, note) => {
         if (note) onEvent?.({ type: 'stderr', text: note })
         const execution = await this.deps.sandboxes.execute(record, { language, code, ...(timeoutMs ? { timeout_ms: timeoutMs } : {}) }, onEvent, { via })
         return note ? { ...execution, stderr: note + execution.stderr, state_lost: true } : execution
-      } finally {
-        run.executing = null
-      }
+      })
+    }
+  }
+
+  /** Claude's bash and text editor, run in the session's sandbox. */
+  private native (run: ActiveRun, session: Session, via: Protocol): NonNullable<TurnDeps['native']> {
+    return {
+      bash: async (input, onEvent) => await this.inSandbox(run, session, async (record, note) => {
+        if (note) onEvent({ type: 'stderr', text: note })
+        const outcome = await this.claude.bash(record, input, onEvent, via)
+        return note ? { ...outcome, text: note + outcome.text } : outcome
+      }),
+      edit: async (input) => await this.inSandbox(run, session, async (record, note) => {
+        const outcome = await this.claude.edit(record, input)
+        return note ? { ...outcome, text: note + outcome.text } : outcome
+      })
     }
   }
 
@@ -240,7 +268,8 @@ export class RunManager {
           stored.push(...messages)
         },
         confirm: (codeId) => this.waitForDecision(run, codeId),
-        execute: this.executor(run, session, request.via)
+        execute: this.executor(run, session, request.via),
+        native: this.native(run, session, request.via)
       }, {
         model,
         temperature: request.temperature ?? session.settings.temperature ?? entry.temperature ?? settings.defaultTemperature,

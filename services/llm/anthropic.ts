@@ -27,7 +27,7 @@ function toAnthropic (messages: ChatMessage[], vision: boolean): { system: strin
       }
       if (blocks.length) push('assistant', blocks)
     } else {
-      const result: ToolResultBlockParam = { type: 'tool_result', tool_use_id: m.toolCallId, content: [{ type: 'text', text: m.content || '(no output)' }, ...images(m.images)] }
+      const result: ToolResultBlockParam = { type: 'tool_result', tool_use_id: m.toolCallId, content: [{ type: 'text', text: m.content || '(no output)' }, ...images(m.images)], ...(m.isError ? { is_error: true } : {}) }
       push('user', [result])
     }
   }
@@ -48,7 +48,9 @@ export class AnthropicProvider implements LlmProvider {
         model: this.entry.model,
         ...(system ? { system } : {}),
         messages,
-        tools: req.tools.map(t => ({ name: t.name, description: t.description, input_schema: t.parameters as Anthropic.Tool.InputSchema })),
+        tools: req.tools.map(t => t.native?.provider === 'anthropic'
+          ? { type: t.native.type, name: t.name, ...t.native.options } as Anthropic.ToolUnion
+          : { name: t.name, description: t.description, input_schema: t.parameters as Anthropic.Tool.InputSchema }),
         max_tokens: req.maxTokens, // this SDK's Messages API takes no temperature; the setting applies to openai models
         stream: true
       }, { signal: req.signal })

@@ -5,10 +5,14 @@ export type ChatMessage =
   | { role: 'system', content: string }
   | { role: 'user', content: string, images?: string[] }
   | { role: 'assistant', content: string, toolCalls?: ToolCall[] }
-  | { role: 'tool', toolCallId: string, content: string, images?: string[] }
+  | { role: 'tool', toolCallId: string, content: string, images?: string[], isError?: boolean }
 
 export interface ToolCall { id: string, name: string, arguments: string }
-export interface ToolDef { name: string, description: string, parameters: Record<string, unknown> }
+/**
+ * A tool the model may call. `native` names a vendor's own tool type (Claude's `bash_20250124`, `text_editor_20250728`):
+ * a provider that knows it declares it as that type (the model was trained on it); any other declares the function.
+ */
+export interface ToolDef { name: string, description: string, parameters: Record<string, unknown>, native?: { type: string, provider: 'anthropic', options?: Record<string, unknown> } }
 
 export type LlmEvent =
   | { type: 'text', text: string }
