@@ -29,6 +29,41 @@ export interface ChatOptions { sessionId?: string, model?: string, autoRun?: boo
 /** One event of a session's log, as the WebSocket delivers it. */
 export interface SessionEvent { id: string, event: 'message' | 'run_start' | 'fallback' | 'error' | 'done', data: any }
 
+export interface CommandOptions { cwd?: string, env?: Record<string, string>, timeoutMs?: number, tag?: string }
+export interface CommandResult { pid: number, exit_code: number, signal: string | null, status: 'exited' | 'killed' | 'timeout', duration_ms: number, stdout: string, stderr: string, truncated: boolean }
+export interface ProcessExit { pid: number, exit_code: number, signal: string | null, status: 'exited' | 'killed' | 'timeout', duration_ms: number }
+export interface ProcessInfo { pid: number, cmd: string[], tag: string | null, pty: boolean, running: boolean, output_bytes: number, exit_code?: number, status?: string }
+
+const commandBody = (o: CommandOptions) => ({
+  ...(o.cwd ? { cwd: o.cwd } : {}),
+  ...(o.env ? { env: o.env } : {}),
+  ...(o.timeoutMs !== undefined ? { timeout_ms: o.timeoutMs } : {}),
+  ...(o.tag ? { tag: o.tag } : {})
+})
+
+/** The events of a Server-Sent Events body. */
+async function * sseEvents (body: ReadableStream<Uint8Array>): AsyncIterable<{ id?: string, event: string, data: unknown }> {
+  const decoder = new TextDecoder()
+  let buffer = ''
+  for await (const piece of body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(piece, { stream: true })
+    let cut: number
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, cut)
+      buffer = buffer.slice(cut + 2)
+      let id: string | undefined
+      let event = 'message'
+      let data = ''
+      for (const line of block.split('\n')) {
+        if (line.startsWith('id:')) id = line.slice(3).trim()
+        else if (line.startsWith('event:')) event = line.slice(6).trim()
+        else if (line.startsWith('data:')) data += line.slice(5).trimStart()
+      }
+      if (data) yield { ...(id !== undefined ? { id } : {}), event, data: JSON.parse(data) }
+    }
+  }
+}
+
 const sleep = (ms: number) => new Promise(resolve => setTimeout(resolve, ms))
 
 export class InterpreterClient {
@@ -104,11 +139,63 @@ export class InterpreterClient {
     execute: (id: string, code: string, options: { language?: Language, timeoutMs?: number } = {}) =>
       this.request<Execution>('POST', `/v1/sandboxes/${id}/execute`, { code, ...(options.language ? { language: options.language } : {}), ...(options.timeoutMs ? { timeout_ms: options.timeoutMs } : {}) }),
     interrupt: (id: string) => this.request<{ interrupted: boolean }>('POST', `/v1/sandboxes/${id}/interrupt`),
+    update: (id: string, patch: { timeout_s?: number, on_timeout?: 'remove' | 'pause' }) => this.request<Sandbox>('PATCH', `/v1/sandboxes/${id}`, patch),
+    pause: (id: string) => this.request<Sandbox>('POST', `/v1/sandboxes/${id}/pause`),
+    resume: (id: string) => this.request<Sandbox & { state_lost?: boolean }>('POST', `/v1/sandboxes/${id}/resume`),
+    snapshot: (id: string, name: string) => this.request<unknown>('POST', `/v1/sandboxes/${id}/snapshots`, { name }),
+    /** A command to its end: its output and exit. `cmd` as a string runs through bash -c; as an array, as is. */
+    run: (id: string, cmd: string | string[], options: CommandOptions & { input?: string } = {}) =>
+      this.request<CommandResult>('POST', `/v1/sandboxes/${id}/commands`, { cmd, ...commandBody(options), ...(options.input !== undefined ? { input: options.input } : {}) }),
+    /** A command in the background (with a stdin pipe when asked): the process. Follow it with `output`. */
+    spawn: (id: string, cmd: string | string[], options: CommandOptions & { stdin?: boolean } = {}) =>
+      this.request<ProcessInfo>('POST', `/v1/sandboxes/${id}/commands`, { cmd, background: true, ...commandBody(options), ...(options.stdin ? { stdin: true } : {}) }),
+    process: (id: string, pid: number) => this.request<ProcessInfo>('GET', `/v1/sandboxes/${id}/processes/${pid}`),
+    stdin: (id: string, pid: number, data: string | Uint8Array, eof = false) =>
+      this.request<void>('POST', `/v1/sandboxes/${id}/processes/${pid}/stdin`, typeof data === 'string' ? { data, eof } : { data: Buffer.from(data).toString('base64'), encoding: 'base64', eof }),
+    signal: (id: string, pid: number, signal: 'SIGINT' | 'SIGTERM' | 'SIGKILL' | 'SIGHUP' = 'SIGTERM') => this.request<void>('POST', `/v1/sandboxes/${id}/processes/${pid}/signal`, { signal }),
+    /** Follows a process's output from `offset` (bytes, each stream's as it came) until it exits; resolves with its exit. */
+    output: (id: string, pid: number, onOutput: (stream: 'stdout' | 'stderr' | 'pty', data: Buffer) => void, options: { offset?: number, signal?: AbortSignal } = {}) =>
+      this.followOutput(id, pid, onOutput, options),
+    /** A URL of a port inside the sandbox that needs no key until it expires (http; use ws: for WebSockets). */
+    portUrl: (id: string, port: number, expiresIn = 3600) => this.request<{ url: string, path: string, expires_at: string, host_url?: string }>('POST', `/v1/sandboxes/${id}/ports/${port}/url`, { expires_in: expiresIn }),
+    /** The workspace (/home/user) as a tar archive. */
+    archive: (id: string) => this.request<Buffer>('GET', `/v1/sandboxes/${id}/archive`, undefined, { parse: 'bytes' }),
+    /** Unpacks a tar archive into a workspace directory (the workspace itself by default). */
+    unpack: (id: string, tar: Uint8Array, path = '') => this.request<{ path: string, size: number }>('PUT', `/v1/sandboxes/${id}/archive?path=${encodeURIComponent(path)}`, undefined, { raw: new Uint8Array(tar), headers: { 'content-type': 'application/x-tar' } }),
     files: {
       list: (id: string, path = '') => this.request<{ data: FileEntry[] }>('GET', `/v1/sandboxes/${id}/files?path=${encodeURIComponent(path)}`).then(r => r.data),
       upload: (id: string, path: string, content: Buffer | string) => this.request<{ path: string, size: number }>('PUT', `/v1/sandboxes/${id}/files/${path}`, undefined, { raw: typeof content === 'string' ? content : new Uint8Array(content), headers: { 'content-type': 'application/octet-stream' } }),
       download: (id: string, path: string) => this.request<Buffer>('GET', `/v1/sandboxes/${id}/files/${path}`, undefined, { parse: 'bytes' }),
       delete: (id: string, path: string) => this.request<void>('DELETE', `/v1/sandboxes/${id}/files/${path}`)
+    }
+  }
+
+  private async followOutput (id: string, pid: number, onOutput: (stream: 'stdout' | 'stderr' | 'pty', data: Buffer) => void, options: { offset?: number, signal?: AbortSignal }): Promise<ProcessExit> {
+    let offset = options.offset ?? 0
+    for (let attempt = 0; ; attempt++) {
+      const response = await fetch(`${this.url}/v1/sandboxes/${id}/processes/${pid}/output?encoding=base64&offset=${offset}`, {
+        headers: { authorization: `Bearer ${this.opts.apiKey}`, accept: 'text/event-stream' },
+        ...(options.signal ? { signal: options.signal } : {})
+      })
+      if (!response.ok) {
+        const error = await response.json().catch(() => ({})) as { error?: { message?: string, code?: string, type?: string } }
+        throw new ApiError(response.status, error.error?.code ?? 'http_error', error.error?.type ?? 'error', error.error?.message ?? `HTTP ${response.status}`)
+      }
+      for await (const event of sseEvents(response.body!)) {
+        if (event.event === 'output') {
+          const chunk = event.data as { stream: 'stdout' | 'stderr' | 'pty', data: string }
+          const bytes = Buffer.from(chunk.data, 'base64')
+          offset = Number(event.id ?? offset + bytes.length)
+          onOutput(chunk.stream, bytes)
+        } else if (event.event === 'exit') {
+          return event.data as ProcessExit
+        } else if (event.event === 'error') {
+          const error = (event.data as { error: { code: string, type: string, message: string } }).error
+          if (error.code !== 'slow_consumer') throw new ApiError(500, error.code, error.type, error.message)
+        }
+      }
+      // The stream ended without an exit (a slow consumer, a server going away): resume from the last offset.
+      if (attempt >= this.opts.maxRetries) throw new Error(`the output of process ${pid} ended without its exit`)
     }
   }
 
@@ -272,4 +359,4 @@ export class SessionSocket {
   }
 }
 
-export type { Chunk, Session, Message, Sandbox, Execution, FileEntry }
+export type { Chunk, Session, Message, Sandbox, Execution, FileEntry, CreateSandbox }

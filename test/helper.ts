@@ -240,3 +240,30 @@ export async function fakeLlmConfig (fakeUrl: string, overrides: Record<string, 
 export async function fakeLlmApp (config: Config, opts: { waitWarm?: boolean, logger?: FastifyServerOptions['logger'] } = {}): Promise<FastifyInstance> {
   return await buildApp({ config, sandbox: { waitWarm: opts.waitWarm ?? true }, env: { ...process.env, ...FAKE_ENV } }, opts.logger ?? false)
 }
+
+/** A WebSocket echo server in Python for inside a sandbox (no library needed): `echo: <text>`, and `offered?` answers with the subprotocols offered. */
+export function wsEchoServer (port: number): string {
+  return 'import asyncio, base64, hashlib\n' +
+    'async def serve(r, w):\n' +
+    '    head = (await r.readuntil(b"\\r\\n\\r\\n")).decode()\n' +
+    '    key = [l.split(": ")[1] for l in head.split("\\r\\n") if l.lower().startswith("sec-websocket-key")][0]\n' +
+    '    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()\n' +
+    '    offered = ([l.split(": ")[1] for l in head.split("\\r\\n") if l.lower().startswith("sec-websocket-protocol")] + [""])[0]\n' +
+    '    chosen = "Sec-WebSocket-Protocol: echo.v1\\r\\n" if "echo.v1" in offered else ""\n' +
+    '    w.write(("HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n" + chosen + "Sec-WebSocket-Accept: " + accept + "\\r\\n\\r\\n").encode())\n' +
+    '    while True:\n' +
+    '        b1, b2 = await r.readexactly(2)\n' +
+    '        n = b2 & 127\n' +
+    '        if n == 126: n = int.from_bytes(await r.readexactly(2), "big")\n' +
+    '        mask = await r.readexactly(4)\n' +
+    '        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await r.readexactly(n)))\n' +
+    '        if b1 & 15 == 8: break\n' +
+    '        out = ("offered: " + offered).encode() if data == b"offered?" else b"echo: " + data\n' +
+    '        w.write(bytes([0x81, len(out)]) + out)\n' +
+    '        await w.drain()\n' +
+    '    w.close()\n' +
+    'async def main():\n' +
+    '    s = await asyncio.start_server(serve, "127.0.0.1", ' + String(port) + ')\n' +
+    '    await s.serve_forever()\n' +
+    'asyncio.run(main())\n'
+}

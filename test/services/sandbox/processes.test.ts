@@ -3,7 +3,7 @@
 import t from 'tap'
 import { WebSocket } from 'ws'
 import type { FastifyInstance } from 'fastify'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, readSse, waitFor } from '../../helper.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, readSse, waitFor, wsEchoServer } from '../../helper.js'
 
 const alice = auth(KEYS.alice)
 const bob = auth(KEYS.bob)
@@ -232,29 +232,7 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     t.pass('an expired URL is refused')
 
     // A WebSocket echo server inside, reached through the proxy.
-    const echo = 'import asyncio, base64, hashlib\n' +
-      'async def serve(r, w):\n' +
-      '    head = (await r.readuntil(b"\\r\\n\\r\\n")).decode()\n' +
-      '    key = [l.split(": ")[1] for l in head.split("\\r\\n") if l.lower().startswith("sec-websocket-key")][0]\n' +
-      '    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()\n' +
-      '    offered = ([l.split(": ")[1] for l in head.split("\\r\\n") if l.lower().startswith("sec-websocket-protocol")] + [""])[0]\n' +
-      '    chosen = "Sec-WebSocket-Protocol: echo.v1\\r\\n" if "echo.v1" in offered else ""\n' +
-      '    w.write(("HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n" + chosen + "Sec-WebSocket-Accept: " + accept + "\\r\\n\\r\\n").encode())\n' +
-      '    while True:\n' +
-      '        b1, b2 = await r.readexactly(2)\n' +
-      '        n = b2 & 127\n' +
-      '        if n == 126: n = int.from_bytes(await r.readexactly(2), "big")\n' +
-      '        mask = await r.readexactly(4)\n' +
-      '        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await r.readexactly(n)))\n' +
-      '        if b1 & 15 == 8: break\n' +
-      '        out = ("offered: " + offered).encode() if data == b"offered?" else b"echo: " + data\n' +
-      '        w.write(bytes([0x81, len(out)]) + out)\n' +
-      '        await w.drain()\n' +
-      '    w.close()\n' +
-      'async def main():\n' +
-      '    s = await asyncio.start_server(serve, "127.0.0.1", 8765)\n' +
-      '    await s.serve_forever()\n' +
-      'asyncio.run(main())\n'
+    const echo = wsEchoServer(8765)
     await fetch(`${base}/v1/sandboxes/${id}/files/echo_ws.py`, { method: 'PUT', headers: alice, body: echo })
     await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'python3 echo_ws.py', background: true })
     const reply = await waitFor('the echo', async () => {
