@@ -91,7 +91,7 @@ export class FakeLlm {
         created: 1,
         model: body.model,
         usage,
-        choices: [{ index: 0, finish_reason: call ? 'tool_calls' : 'stop', message: { role: 'assistant', content: reply.text ?? null, ...(call ? { tool_calls: [{ id: 'call_1', type: 'function', function: { name: call.name, arguments: args } }] } : {}) } }]
+        choices: [{ index: 0, finish_reason: call ? 'tool_calls' : 'stop', message: { role: 'assistant', content: reply.text ?? null, ...(call ? { tool_calls: [{ id: `call_${Math.random().toString(36).slice(2, 10)}`, type: 'function', function: { name: call.name, arguments: args } }] } : {}) } }]
       }))
       return
     }

@@ -19,7 +19,7 @@ t.test('the packed package installs, its client imports with types, and its comm
   npm(['pack', '--pack-destination', work], root) // prepack compiles to dist/
   const tarball = readdirSync(work).find(f => f.endsWith('.tgz'))!
   const listing = execFileSync('tar', ['-tzf', join(work, tarball)], { encoding: 'utf8' }).split('\n')
-  for (const file of ['package/dist/cli.js', 'package/dist/client/index.js', 'package/dist/client/index.d.ts', 'package/sandbox/agent.py', 'package/sandbox/Dockerfile', 'package/ui/index.html', 'package/bin/interpreter-server.js']) {
+  for (const file of ['package/dist/cli.js', 'package/dist/client/index.js', 'package/dist/client/index.d.ts', 'package/dist/client/ai-sdk.js', 'package/dist/client/ai-sdk.d.ts', 'package/dist/client/openai-agents.js', 'package/dist/client/openai-agents.d.ts', 'package/sandbox/agent.py', 'package/sandbox/Dockerfile', 'package/ui/index.html', 'package/bin/interpreter-server.js']) {
     t.ok(listing.includes(file), `the tarball has ${file}`)
   }
   t.notOk(listing.some(f => f.startsWith('package/test/') || (f.endsWith('.ts') && !f.endsWith('.d.ts'))), 'no tests and no TypeScript sources')
@@ -31,6 +31,11 @@ t.test('the packed package installs, its client imports with types, and its comm
 
   const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8' })
   t.equal(imported, 'function function\n', 'plain Node ESM imports the client')
+  const aiSdk = execFileSync(process.execPath, ['--input-type=module', '-e', "import { createHarnessSandboxProvider, InterpreterSandboxSession } from 'interpreter-server/ai-sdk'; console.log(createHarnessSandboxProvider({ url: 'http://127.0.0.1:1', apiKey: 'k' }).specificationVersion, typeof InterpreterSandboxSession)"], { cwd: app, encoding: 'utf8' })
+  t.equal(aiSdk, 'harness-sandbox-v1 function\n', 'the AI SDK adapter needs nothing at run time beyond the package')
+  npm(['install', '--prefer-offline', '--no-audit', '--no-fund', '@openai/agents-core@0.20.0'], app)
+  const agents = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterSandboxClient } from 'interpreter-server/openai-agents'; console.log(new InterpreterSandboxClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }).backendId)"], { cwd: app, encoding: 'utf8' })
+  t.equal(agents, 'interpreter-server\n', 'the Agents SDK adapter imports with the SDK it plugs into')
 
   writeFileSync(join(app, 'use.ts'), "import { InterpreterClient } from 'interpreter-server/client'\nconst c: InterpreterClient = new InterpreterClient({ url: 'http://x', apiKey: 'k' })\nconst n: number = c.models\nexport { n }\n")
   writeFileSync(join(app, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'NodeNext', moduleResolution: 'NodeNext', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['use.ts'] }))
