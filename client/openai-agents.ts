@@ -271,11 +271,7 @@ export class InterpreterAgentsSession implements SandboxSession<InterpreterSessi
   async viewImage (args: { path: string }): Promise<{ type: 'image', image: { data: Uint8Array<ArrayBuffer>, mediaType: string } }> {
     const bytes = await this.readFile({ path: args.path })
     if (bytes.byteLength > 10 * 1024 * 1024) throw new Error(`Image file exceeds the 10 MB limit: ${args.path}`)
-    const b = Buffer.from(bytes)
-    const mediaType = b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])) ? 'image/png'
-      : b.subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff])) ? 'image/jpeg'
-        : b.subarray(0, 4).toString('latin1') === 'GIF8' ? 'image/gif'
-          : b.subarray(0, 4).toString('latin1') === 'RIFF' && b.subarray(8, 12).toString('latin1') === 'WEBP' ? 'image/webp' : null
+    const mediaType = imageType(Buffer.from(bytes))
     if (!mediaType) throw new Error(`Unsupported image format for view_image: ${args.path}`)
     return { type: 'image', image: { data: Uint8Array.from(bytes), mediaType } }
   }
@@ -313,6 +309,15 @@ export class InterpreterAgentsSession implements SandboxSession<InterpreterSessi
     this.state.exposedPorts = { ...this.state.exposedPorts, [String(port)]: endpoint }
     return endpoint
   }
+}
+
+/** The media type of PNG, JPEG, GIF or WebP bytes; null for anything else. */
+function imageType (b: Buffer): string | null {
+  if (b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) return 'image/png'
+  if (b.subarray(0, 3).equals(Buffer.from([0xff, 0xd8, 0xff]))) return 'image/jpeg'
+  if (b.subarray(0, 4).toString('latin1') === 'GIF8') return 'image/gif'
+  if (b.subarray(0, 4).toString('latin1') === 'RIFF' && b.subarray(8, 12).toString('latin1') === 'WEBP') return 'image/webp'
+  return null
 }
 
 /** The manifest the SDK's default root ('/workspace') moved to ours; a root elsewhere is refused. */
