@@ -101,6 +101,10 @@ t.test('the OpenAI Agents SDK against sandboxes of ours', async (t) => {
     t.equal((await env.exec({ cmd: 'echo $GREETING' })).output, 'hi there\n', 'the manifest environment reaches commands')
     t.same((await session.listDir({ path: '.' })).filter(e => !e.name.startsWith('.')), [], 'a fresh workspace has no files but its dot files')
     t.equal(await session.pathExists('nope'), false)
+    await session.materializeEntry({ path: 'plot.png', entry: { type: 'file', content: new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 1, 2, 3]) } })
+    t.match(await session.viewImage({ path: 'plot.png' }), { type: 'image', image: { mediaType: 'image/png' } }, 'view_image reads an image')
+    await t.rejects(session.viewImage({ path: 'nope.png' }), /not found/)
+    t.equal(await session.directoryExists('.'), true)
   })
 
   await t.test('persistWorkspace from one sandbox, hydrateWorkspace into another: the same tree', async (t) => {
