@@ -7,7 +7,7 @@ import type {
   Experimental_SandboxDirectoryEntry as SandboxDirectoryEntry, Experimental_SandboxFileStat as SandboxFileStat,
   Experimental_SandboxProcess as SandboxProcess, Experimental_SandboxSession as SandboxSession
 } from 'ai'
-import type { HarnessV1NetworkSandboxSession, HarnessV1PortEndpoint, HarnessV1SandboxProvider } from '@ai-sdk/harness'
+import type { HarnessV1NetworkPolicy, HarnessV1NetworkSandboxSession, HarnessV1PortEndpoint, HarnessV1SandboxProvider } from '@ai-sdk/harness'
 import { ApiError, InterpreterClient, type ClientOptions, type CommandOptions, type CreateSandbox, type Sandbox } from './index.js'
 
 /** The sandbox user's home: the workspace that the files API serves, and where commands start. */
@@ -259,6 +259,22 @@ export class InterpreterHarnessSession extends InterpreterSandboxSession impleme
 
   readonly destroy = async (): Promise<void> => {
     await this.client.sandboxes.delete(this.sandboxId).catch((err: unknown) => { if (!(err instanceof ApiError && err.status === 404)) throw err })
+  }
+
+  /**
+   * A new outbound policy, live: `deny-all` is no network; `custom` allows `allowedHosts` (host, host:port, *.domain)
+   * through the server's egress proxy, within what the operator lets the key allow. `allow-all` and CIDR lists are
+   * refused: this server allows destinations by name, and always walls off private and metadata addresses for user keys.
+   */
+  readonly setNetworkPolicy = async (policy: HarnessV1NetworkPolicy): Promise<void> => {
+    if (policy.mode === 'deny-all') {
+      await this.client.sandboxes.update(this.sandboxId, { network: 'none' })
+      return
+    }
+    if (policy.mode === 'allow-all') throw new Error('Interpreter Server does not open a sandbox to every host: give the hosts (mode custom, allowedHosts)')
+    if (policy.allowedCIDRs?.length || policy.deniedCIDRs?.length) throw new Error('Interpreter Server allows destinations by host name or address, not by CIDR range: give allowedHosts')
+    const hosts = [...policy.allowedHosts ?? []]
+    await this.client.sandboxes.update(this.sandboxId, { network: hosts.length ? { allow: hosts } : 'none' })
   }
 
   /** Any port of the sandbox is reachable through the server: the list is what the harness is told. */

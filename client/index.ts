@@ -139,7 +139,7 @@ export class InterpreterClient {
     execute: (id: string, code: string, options: { language?: Language, timeoutMs?: number } = {}) =>
       this.request<Execution>('POST', `/v1/sandboxes/${id}/execute`, { code, ...(options.language ? { language: options.language } : {}), ...(options.timeoutMs ? { timeout_ms: options.timeoutMs } : {}) }),
     interrupt: (id: string) => this.request<{ interrupted: boolean }>('POST', `/v1/sandboxes/${id}/interrupt`),
-    update: (id: string, patch: { timeout_s?: number, on_timeout?: 'remove' | 'pause' }) => this.request<Sandbox>('PATCH', `/v1/sandboxes/${id}`, patch),
+    update: (id: string, patch: { timeout_s?: number, on_timeout?: 'remove' | 'pause', network?: CreateSandbox['network'] }) => this.request<Sandbox>('PATCH', `/v1/sandboxes/${id}`, patch),
     pause: (id: string) => this.request<Sandbox>('POST', `/v1/sandboxes/${id}/pause`),
     resume: (id: string) => this.request<Sandbox & { state_lost?: boolean }>('POST', `/v1/sandboxes/${id}/resume`),
     snapshot: (id: string, name: string) => this.request<unknown>('POST', `/v1/sandboxes/${id}/snapshots`, { name }),

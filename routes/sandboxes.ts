@@ -44,8 +44,14 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.patch('/:id', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), and what it becomes once idle (on_timeout)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
-  }, async (request) => sandboxes.view(await sandboxes.update(await sandboxes.get(request.params.id, request.principal), request.body)))
+    schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), what it becomes once idle (on_timeout), and its network policy (live)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
+  }, async (request) => {
+    const { network, ...change } = request.body
+    let record = await sandboxes.get(request.params.id, request.principal)
+    if (network !== undefined) record = await sandboxes.setNetwork(record, request.principal, network)
+    if (Object.keys(change).length) record = await sandboxes.update(record, change)
+    return sandboxes.view(record)
+  })
 
   app.post('/:id/pause', {
     preHandler: app.limitPerTarget,

@@ -835,7 +835,13 @@ class Agent:
         emit({'id': rid, 'type': 'pong'})
 
     def op_env(self, rid, req):
-        self.env = {str(k): str(v) for k, v in (req.get('env') or {}).items()}
+        given = {str(k): str(v) for k, v in (req.get('env') or {}).items()}
+        if req.get('merge'):
+            # A change while the sandbox works (a new network policy): what starts from now on sees it.
+            kept = {k: v for k, v in self.env.items() if k not in set(req.get('unset') or [])}
+            self.env = dict(kept, **given)
+            return emit({'id': rid, 'type': 'done'})
+        self.env = given
         for k in list(self.kernels.values()):
             k.kill()
         self.kernels = {}

@@ -10,7 +10,11 @@ const Path = Type.String({ description: 'relative to the workspace (/home/user)'
 /** Every request, by op: its fields besides `op` and `id`. */
 export const AgentRequests = {
   ping: Type.Object({}),
-  env: Type.Object({ env: Type.Record(Type.String(), Type.String()) }, { description: 'the kernels\' environment (they restart with it)' }),
+  env: Type.Object({
+    env: Type.Record(Type.String(), Type.String()),
+    merge: Type.Optional(Type.Boolean({ description: 'add to the environment (and drop `unset`), and leave running kernels as they are: what starts later sees it' })),
+    unset: Type.Optional(Type.Array(Type.String()))
+  }, { description: 'the environment of kernels and processes: replaced, and the kernels restart with it; or merged' }),
   execute: Type.Object({ language: KernelLanguage, code: Type.String(), timeout_ms: Type.Number(), max_output_bytes: Type.Number(), kernel: Type.Optional(Type.String({ description: 'a named kernel (kernel_open) instead of the language\'s default one' })) }),
   interrupt: Type.Object({}),
   egress: Type.Object({ ca: Type.Optional(Type.String({ description: 'the deployment CA (PEM): written with the system CAs to /tmp/.egress-ca/ca-bundle.pem' })) }, { description: 'start the relay to the egress proxy (127.0.0.1:3128 inside)' }),

@@ -44,7 +44,8 @@ export const OnTimeoutSchema = Type.Union([Type.Literal('remove'), Type.Literal(
 /** What may change on a sandbox. */
 export const UpdateSandboxSchema = Type.Object({
   timeout_s: Type.Optional(Type.Integer({ minimum: 1, description: 'a new idle timeout, counted from now (extend it before it ends; capped by SANDBOX_MAX_TIMEOUT_S)' })),
-  on_timeout: Type.Optional(OnTimeoutSchema)
+  on_timeout: Type.Optional(OnTimeoutSchema),
+  network: Type.Optional({ ...NetworkPolicySchema, description: 'a new network policy, live: checked as at creation; the proxy serves it at once (open connections are cut) and processes started from now on use it; none closes it' })
 }, { additionalProperties: false, minProperties: 1 })
 
 export const VolumeName = Type.String({ pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$', description: 'lower-case letters, digits, _ . -; at most 63, starting with a letter or digit' })

@@ -144,7 +144,7 @@ export function parseAllowedList (text: string | undefined, field = 'SANDBOX_EGR
 function covers (pattern: AllowRule, rule: AllowRule): boolean {
   if (pattern.port !== null && pattern.port !== rule.port) return false
   if (pattern.host === '*') return true
-  if (pattern.wildcard) return rule.host.endsWith(`.${pattern.host}`)
+  if (pattern.wildcard) return rule.host.endsWith(`.${pattern.host}`) || (rule.wildcard && rule.host === pattern.host)
   return !rule.wildcard && rule.host === pattern.host
 }
 

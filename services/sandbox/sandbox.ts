@@ -270,6 +270,11 @@ export class SandboxHandle {
     await this.agent.call('env', { env })
   }
 
+  /** Adds to the environment (and drops `unset`) for what starts from now on; running kernels keep theirs. */
+  async mergeEnv (env: Record<string, string>, unset: string[] = []): Promise<void> {
+    await this.agent.call('env', { env, merge: true, unset })
+  }
+
   /** The workspace as a tar stream (a pause that keeps the files); the stream errors if the agent cannot pack it. */
   pack (): Readable {
     const stream = new PassThrough()

@@ -337,17 +337,53 @@ export class SandboxService {
         throw err
       })
     }
-    let env = setup.env
-    if (rules.length) {
-      const dir = pool.containers.agentDirOf(handle.containerId)
-      if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
-      await this.opts.egress!.open(id, dir, rules, setup.trusted, { owner: setup.owner, transforms: setup.transforms })
-      await handle.enableEgress(this.opts.egressCa)
-      const packages = this.opts.packages
-      const indexes = packages?.rules.length && packages.rules.every(p => rules.some(r => r.text === p.text)) ? packages.env : {}
-      env = { ...PROXY_ENV, ...(this.opts.egressCa ? CA_ENV : {}), ...indexes, ...env }
-    }
+    const env = rules.length ? { ...await this.openEgress(handle, id, pool, rules, setup), ...setup.env } : setup.env
     if (Object.keys(env).length) await handle.setEnv(env)
+  }
+
+  /** Serves a sandbox's egress proxy with these rules (replacing any it had), with the relay inside; the proxy's variables. */
+  private async openEgress (handle: SandboxHandle, id: string, pool: SandboxPool, rules: AllowRule[], setup: { trusted: boolean, owner: string, transforms: Transform[] }): Promise<Record<string, string>> {
+    const dir = pool.containers.agentDirOf(handle.containerId)
+    if (!dir) throw new AppError(503, 'network_unavailable', `The Docker host ${pool.host} has no agent directories, so no egress proxy`, 'unavailable_error')
+    await this.opts.egress!.open(id, dir, rules, setup.trusted, { owner: setup.owner, transforms: setup.transforms })
+    await handle.enableEgress(this.opts.egressCa)
+    const packages = this.opts.packages
+    const indexes = packages?.rules.length && packages.rules.every(p => rules.some(r => r.text === p.text)) ? packages.env : {}
+    return { ...PROXY_ENV, ...(this.opts.egressCa ? CA_ENV : {}), ...indexes }
+  }
+
+  /**
+   * Gives a live sandbox a new network policy (the same checks as at creation, by the key asking): its proxy serves the
+   * new rules at once (open connections are cut), `none` closes it. Processes and kernels started from now on get the
+   * proxy's variables; running kernels keep their environment (restart one to give it the proxy).
+   */
+  async setNetwork (record: SandboxRecord, principal: Principal, network: unknown): Promise<SandboxRecord> {
+    const rules = this.networkRules(principal, network)
+    const transforms = await this.networkTransforms(principal, network, rules)
+    const trusted = principal.role === 'admin'
+    const handle = await this.handle(record)
+    const fresh = await this.store.getSandbox(record.id)
+    if (!fresh) throw SandboxNotFound()
+    if (rules.length) {
+      await handle.mergeEnv(await this.openEgress(handle, fresh.id, this.hostSet.poolOf(fresh), rules, { trusted, owner: fresh.owner, transforms }))
+      fresh.network = rules.map(r => r.text)
+      fresh.network_trusted = trusted
+      if (transforms.length) fresh.network_transforms = transforms.map(({ rule: _rule, ...spec }) => spec)
+      else delete fresh.network_transforms
+    } else {
+      await this.opts.egress?.close(fresh.id)
+      await handle.mergeEnv({}, [...Object.keys(PROXY_ENV), ...Object.keys(CA_ENV), ...Object.keys(this.opts.packages?.env ?? {})])
+      delete fresh.network
+      delete fresh.network_trusted
+      delete fresh.network_transforms
+    }
+    await this.store.saveSandbox(fresh)
+    const cached = this.records.get(record.id)
+    if (cached) {
+      for (const key of ['network', 'network_trusted', 'network_transforms'] as const) delete cached[key]
+      Object.assign(cached, { ...(fresh.network ? { network: fresh.network, network_trusted: fresh.network_trusted } : {}), ...(fresh.network_transforms ? { network_transforms: fresh.network_transforms } : {}) })
+    }
+    return fresh
   }
 
   /**

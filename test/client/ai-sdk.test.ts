@@ -31,7 +31,7 @@ t.test('paths: the workspace through the files API, the rest through commands', 
 t.test('the AI SDK against a sandbox of ours', async (t) => {
   await fake.start()
   t.teardown(() => fake.stop())
-  const config = await sandboxConfig({ POOL_SIZE: '1' })
+  const config = await sandboxConfig({ POOL_SIZE: '1', SANDBOX_EGRESS_ALLOWED: 'example.org,*.example.org' })
   const app = await build(t, config)
   t.teardown(async () => { await flushPrefix(REDIS_URL, config.REDIS_PREFIX) })
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
@@ -144,6 +144,15 @@ t.test('the AI SDK against a sandbox of ours', async (t) => {
     })
     t.equal(reply, 'echo: bridge', 'a WebSocket server the session started, reached with no key')
     t.match(await harness.getPortUrl({ port: 8765 }), /^http:\/\//)
+
+    await harness.setNetworkPolicy!({ mode: 'custom', allowedHosts: ['example.org', '*.example.org'] })
+    t.same((await client.sandboxes.get(harness.id)).network, { allow: ['example.org', '*.example.org'] }, 'a custom policy is the sandbox\'s allow list, live')
+    t.equal((await harness.run({ command: 'echo $HTTP_PROXY' })).stdout, 'http://127.0.0.1:3128\n', 'commands started now use the egress proxy')
+    await harness.setNetworkPolicy!({ mode: 'deny-all' })
+    t.equal((await client.sandboxes.get(harness.id)).network, 'none')
+    await t.rejects(Promise.resolve(harness.setNetworkPolicy!({ mode: 'allow-all' })), /does not open a sandbox to every host/)
+    await t.rejects(Promise.resolve(harness.setNetworkPolicy!({ mode: 'custom', allowedCIDRs: ['10.0.0.0/8'] })), /not by CIDR/)
+    await t.rejects(Promise.resolve(harness.setNetworkPolicy!({ mode: 'custom', allowedHosts: ['evil.example.com'] })), /evil\.example\.com/, 'the operator\'s list holds')
 
     const restricted = harness.restricted()
     t.notOk('stop' in restricted || 'destroy' in restricted || 'getPortEndpoint' in restricted, 'the restricted view has no lifecycle and no ports')

@@ -167,6 +167,33 @@ t.test('the byte budget ends a download and refuses what follows', async (t) => 
   t.match(res.stdout, /^CUT \w+\nHTTP 403 egress refused: the sandbox used its 2097152 bytes of egress\n$/)
 })
 
+t.test('a live policy change: PATCH opens, narrows and closes the network of a running sandbox', async (t) => {
+  const id = await newSandbox({ env: { MINE: 'kept' } })
+  const admin = auth(KEYS.admin)
+  const patch = (network: unknown, headers = admin) => app.inject({ method: 'PATCH', url: `/v1/sandboxes/${id}`, headers, payload: { network } })
+  // Commands start new processes, which see the environment as it is now.
+  const fetchBy = async (url: string) => (await app.inject({ method: 'POST', url: `/v1/sandboxes/${id}/commands`, headers: admin, payload: { cmd: ['python3', '-c', `import os; print(os.environ.get("MINE"))\n${fetchIn(url)}`] } })).json().stdout
+  t.equal(await fetchBy(`http://127.0.0.1:${allowedPort}/hello`), 'kept\nFAILED URLError\n', 'none at first')
+  const opened = await patch({ allow: [`127.0.0.1:${allowedPort}`] })
+  t.equal(opened.statusCode, 200, opened.body)
+  t.same(opened.json().network, { allow: [`127.0.0.1:${allowedPort}`] })
+  t.equal(await fetchBy(`http://127.0.0.1:${allowedPort}/hello`), 'kept\nhello from the allowed server\n', 'open now, and the environment given at creation is kept')
+  t.equal(await fetchBy(`http://127.0.0.1:${otherPort}/`), 'kept\nHTTP 403 egress refused: not in the allow list\n')
+  t.equal((await patch({ allow: [`127.0.0.1:${otherPort}`] })).statusCode, 200)
+  t.equal(await fetchBy(`http://127.0.0.1:${allowedPort}/hello`), 'kept\nHTTP 403 egress refused: not in the allow list\n', 'narrowed: the old host is refused')
+  t.equal(await fetchBy(`http://127.0.0.1:${otherPort}/`), 'kept\nyou should not see this\n')
+  const closed = await patch('none')
+  t.equal(closed.json().network, 'none')
+  t.equal(await fetchBy(`http://127.0.0.1:${otherPort}/`), 'kept\nFAILED URLError\n', 'none again: no proxy at all')
+  t.equal((await patch({ allow: ['not a host!'] })).statusCode, 400)
+  const theirs = await patch({ allow: ['evil.example.com'] }, auth(KEYS.alice))
+  t.equal(theirs.statusCode, 404, 'another key\'s sandbox is not found')
+  const aliceBox = await sandboxCalls(() => app, auth(KEYS.alice)).newSandbox()
+  const beyond = await app.inject({ method: 'PATCH', url: `/v1/sandboxes/${aliceBox}`, headers: auth(KEYS.alice), payload: { network: { allow: ['evil.example.com'] } } })
+  t.equal(beyond.statusCode, 403, 'a user key is held to SANDBOX_EGRESS_ALLOWED, as at creation')
+  t.equal((await app.inject({ method: 'GET', url: `/v1/sandboxes/${aliceBox}`, headers: auth(KEYS.alice) })).json().network, 'none', 'and nothing changed')
+})
+
 t.test('bad policies are 400s naming the field; hosts beyond SANDBOX_EGRESS_ALLOWED are 403 for user keys', async (t) => {
   const create = (network: unknown, key = KEYS.alice) => app.inject({ method: 'POST', url: '/v1/sandboxes', headers: auth(key), payload: { network } })
   const notHost = await create({ allow: ['files.example.org', 'not a host!'] })
@@ -245,7 +272,7 @@ t.test('the policy check itself: private, loopback, link-local and metadata addr
   t.match(await decide(rules, 'files.example.org', 80, resolver({})), { ok: false, reason: 'the name does not resolve' })
   t.same(parseRule('[::1]:8080', 'x'), { host: '::1', wildcard: false, ip: true, port: 8080, text: '[::1]:8080' })
   const allowed = parseAllowedList('*.example.org,files.example.com:8080')
-  t.doesNotThrow(() => checkAllowed(parsePolicy({ allow: ['a.example.org', '*.b.example.org:99', 'files.example.com:8080'] }), allowed, false))
+  t.doesNotThrow(() => checkAllowed(parsePolicy({ allow: ['a.example.org', '*.b.example.org:99', '*.example.org', 'files.example.com:8080'] }), allowed, false))
   t.throws(() => checkAllowed(parsePolicy({ allow: ['files.example.com:9090'] }), allowed, false), /files\.example\.com:9090/)
   t.throws(() => checkAllowed(parsePolicy({ allow: ['example.org'] }), allowed, false), /example\.org/)
 })
