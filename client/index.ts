@@ -147,8 +147,8 @@ export class InterpreterClient {
     run: (id: string, cmd: string | string[], options: CommandOptions & { input?: string } = {}) =>
       this.request<CommandResult>('POST', `/v1/sandboxes/${id}/commands`, { cmd, ...commandBody(options), ...(options.input !== undefined ? { input: options.input } : {}) }),
     /** A command in the background (with a stdin pipe when asked): the process. Follow it with `output`. */
-    spawn: (id: string, cmd: string | string[], options: CommandOptions & { stdin?: boolean } = {}) =>
-      this.request<ProcessInfo>('POST', `/v1/sandboxes/${id}/commands`, { cmd, background: true, ...commandBody(options), ...(options.stdin ? { stdin: true } : {}) }),
+    spawn: (id: string, cmd: string | string[], options: CommandOptions & { stdin?: boolean, pty?: { cols: number, rows: number } } = {}) =>
+      this.request<ProcessInfo>('POST', `/v1/sandboxes/${id}/commands`, { cmd, background: true, ...commandBody(options), ...(options.stdin ? { stdin: true } : {}), ...(options.pty ? { pty: options.pty } : {}) }),
     process: (id: string, pid: number) => this.request<ProcessInfo>('GET', `/v1/sandboxes/${id}/processes/${pid}`),
     stdin: (id: string, pid: number, data: string | Uint8Array, eof = false) =>
       this.request<void>('POST', `/v1/sandboxes/${id}/processes/${pid}/stdin`, typeof data === 'string' ? { data, eof } : { data: Buffer.from(data).toString('base64'), encoding: 'base64', eof }),

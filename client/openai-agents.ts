@@ -34,6 +34,7 @@ export interface InterpreterSessionState extends SandboxSessionState {
 /** Output of a process as the model is shown it: what came since the last look, stdout and stderr as they interleaved. */
 interface Running {
   pid: number
+  tty: boolean
   pending: string
   stdout: string
   stderr: string
@@ -113,10 +114,11 @@ export class InterpreterAgentsSession implements SandboxSession<InterpreterSessi
     const proc = await this.client.sandboxes.spawn(this.sandboxId, [shell, args.login === false ? '-c' : '-lc', args.cmd], {
       ...(args.workdir ? { cwd: args.workdir } : {}),
       ...(this.state.environment && Object.keys(this.state.environment).length ? { env: this.state.environment } : {}),
-      stdin: true,
+      // tty: a terminal of ours (Ctrl-C typed is an interrupt, programs see a TTY); else pipes, Ctrl-C sent as SIGINT.
+      ...(args.tty ? { pty: { cols: 120, rows: 40 } } : { stdin: true }),
       tag: 'openai-agents'
     })
-    const r = this.follow(proc.pid)
+    const r = this.follow(proc.pid, args.tty === true)
     await this.settle(r, args.yieldTimeMs ?? DEFAULT_EXEC_YIELD_MS)
     return this.result(r, started, args.maxOutputTokens)
   }
@@ -126,8 +128,9 @@ export class InterpreterAgentsSession implements SandboxSession<InterpreterSessi
     const r = this.sessions.get(args.sessionId)
     if (!r) return formatExec({ output: `write_stdin failed: session not found: ${args.sessionId}`, wallTimeSeconds: 0, exitCode: 1 })
     const chars = args.chars ?? ''
-    if (chars.includes('\u0003')) await this.client.sandboxes.signal(this.sandboxId, r.pid, 'SIGINT').catch(() => {})
-    const rest = chars.split('\u0003').join('')
+    // On a terminal Ctrl-C is typed like any key (its line discipline interrupts); on pipes it is sent as SIGINT.
+    if (!r.tty && chars.includes('\u0003')) await this.client.sandboxes.signal(this.sandboxId, r.pid, 'SIGINT').catch(() => {})
+    const rest = r.tty ? chars : chars.split('\u0003').join('')
     if (rest && !r.exit) await this.client.sandboxes.stdin(this.sandboxId, r.pid, rest).catch(() => {})
     await this.settle(r, args.yieldTimeMs ?? DEFAULT_STDIN_YIELD_MS)
     const result = this.result(r, started, args.maxOutputTokens)
@@ -135,8 +138,8 @@ export class InterpreterAgentsSession implements SandboxSession<InterpreterSessi
   }
 
   /** Follows a process's output into its `Running` entry. */
-  private follow (pid: number): Running {
-    const r: Running = { pid, pending: '', stdout: '', stderr: '', dropped: 0, exit: null, changed: null, ended: Promise.resolve() }
+  private follow (pid: number, tty = false): Running {
+    const r: Running = { pid, tty, pending: '', stdout: '', stderr: '', dropped: 0, exit: null, changed: null, ended: Promise.resolve() }
     const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder(), pty: new TextDecoder() }
     r.ended = this.client.sandboxes.output(this.sandboxId, pid, (stream, data) => {
       const text = decoders[stream].decode(data, { stream: true })

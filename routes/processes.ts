@@ -102,8 +102,9 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       ...(body.env ? { env: body.env } : {}),
       ...(body.tag ? { tag: body.tag } : {})
     }
+    if (body.pty && !body.background) throw new AppError(400, 'validation_error', 'body/pty: a terminal is for background commands (background: true); POST /commands waits for a command whose input is given')
     if (body.background) {
-      const started = await workspace.spawn(sandbox, { ...spec, timeout_ms: body.timeout_ms ?? 0, stdin: body.stdin === true })
+      const started = await workspace.spawn(sandbox, { ...spec, timeout_ms: body.timeout_ms ?? 0, stdin: body.stdin === true, ...(body.pty ? { pty: body.pty } : {}) })
       return reply.status(201).send(processView(started))
     }
     const timeout = sandboxes.timeoutFor(body.timeout_ms || undefined)

@@ -20,6 +20,7 @@ export const CommandSchema = Type.Object({
   background: Type.Optional(Type.Boolean({ default: false, description: 'answer at once with the process (201), instead of at its end' })),
   input: Type.Optional(Type.String({ maxLength: 1024 * 1024, description: 'foreground: written to its stdin, which then closes' })),
   stdin: Type.Optional(Type.Boolean({ description: 'background: keep a pipe to its stdin open for POST .../stdin (else it reads /dev/null)' })),
+  pty: Type.Optional(Type.Object({ cols: Type.Integer({ minimum: 1, maximum: 1000 }), rows: Type.Integer({ minimum: 1, maximum: 1000 }) }, { additionalProperties: false, description: 'background: run it on a terminal of this size (its output is the stream pty; stdin is what is typed, Ctrl-C interrupts)' })),
   timeout_ms: Type.Optional(Type.Integer({ minimum: 0, maximum: 7 * 24 * 3600 * 1000, description: 'SIGTERM, then SIGKILL, after this long. Foreground: default EXECUTION_TIMEOUT_MS, at most MAX_EXECUTION_TIMEOUT_MS; background: default none (0)' })),
   tag: Type.Optional(Type.String({ maxLength: 256, description: 'a label kept with the process' }))
 })

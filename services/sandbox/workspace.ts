@@ -130,12 +130,12 @@ export class Workspace {
     })
   }
 
-  /** Starts a command in the background; its entry in the process table. */
-  async spawn (record: SandboxRecord, spec: CommandSpec & { stdin?: boolean }): Promise<ProcessInfo> {
+  /** Starts a command in the background (on a terminal of the given size with `pty`); its entry in the process table. */
+  async spawn (record: SandboxRecord, spec: CommandSpec & { stdin?: boolean, pty?: { cols: number, rows: number } }): Promise<ProcessInfo> {
     const handle = await this.handle(record)
     return await this.guard(record, async () => {
-      const pid = await handle.spawn({ ...this.spawnOptions(spec), stdin: spec.stdin === true })
-      this.opts.observeProcess?.('background')
+      const pid = await handle.spawn({ ...this.spawnOptions(spec), stdin: spec.stdin === true, ...(spec.pty ? { pty: spec.pty } : {}) })
+      this.opts.observeProcess?.(spec.pty ? 'terminal' : 'background')
       return await this.process(record, pid, handle)
     })
   }

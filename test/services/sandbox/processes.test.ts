@@ -105,6 +105,15 @@ t.test('commands, processes, terminals, watchers and ports', async (t) => {
     t.equal((await call('GET', `/v1/sandboxes/${id}/processes/99999`)).status, 404, 'an unknown pid')
     t.equal((await call('GET', `/v1/sandboxes/${id}/processes/99999/output`)).status, 404)
 
+    const onTerminal = await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'tty; stty size', background: true, pty: { cols: 91, rows: 27 } })
+    t.equal(onTerminal.status, 201)
+    t.equal(onTerminal.body.pty, true, 'a background command on a terminal')
+    const ttyOut = await waitFor('its output', async () => {
+      const out = (await call('GET', `/v1/sandboxes/${id}/processes/${onTerminal.body.pid}/output`)).body
+      return out.process.running ? null : out.output.map((o: { text: string }) => o.text).join('')
+    })
+    t.match(ttyOut, /\/dev\/pts\/\d+\r\n27 91\r\n/, 'of the size asked for')
+    t.equal((await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: 'true', pty: { cols: 80, rows: 24 } })).status, 400, 'a terminal only for background commands')
     const sleeper = (await call('POST', `/v1/sandboxes/${id}/commands`, { cmd: ['sleep', '600'], background: true })).body.pid as number
     t.equal((await call('POST', `/v1/sandboxes/${id}/processes/${sleeper}/signal`, { signal: 'SIGKILL' })).status, 204)
     const killed = await waitFor('its exit', async () => {
