@@ -1520,6 +1520,8 @@ class Agent:
         the user (its permissions apply; members leading out of the directory are refused): files a pause kept."""
         def run():
             target = self.resolve(req.get('path'))
+            if not os.path.lexists(target):
+                raise FileNotFoundError(errno.ENOENT, 'no such directory')
             if not os.path.isdir(target):
                 raise NotADirectoryError(errno.ENOTDIR, 'the path is not a directory')
             errors = tempfile.TemporaryFile()
