@@ -44,7 +44,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
 
   app.patch('/:id', {
     preHandler: app.limitPerTarget,
-    schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), what it becomes once idle (on_timeout), and its network policy (live)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, ...errors } }
+    schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), what it becomes once idle (on_timeout), and its network policy (live)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, 403: ErrorSchema, ...errors } }
   }, async (request) => {
     const { network, ...change } = request.body
     let record = await sandboxes.get(request.params.id, request.principal)
