@@ -41,6 +41,7 @@ import mcpRoutes from './routes/mcp/index.js'
 import librechatRoutes from './routes/librechat/index.js'
 import jupyterRoutes from './routes/jupyter/index.js'
 import e2bRoutes from './routes/e2b/index.js'
+import toolRoutes from './routes/tools/index.js'
 import secretRoutes from './routes/secrets.js'
 
 export interface AppOptions {
@@ -109,6 +110,7 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(librechatRoutes, { prefix: '/librechat/v1' })
   await app.register(jupyterRoutes, { prefix: '/jupyter' })
   await app.register(e2bRoutes, { prefix: '/e2b' })
+  await app.register(toolRoutes, { prefix: '/tools' })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }

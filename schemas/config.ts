@@ -64,6 +64,7 @@ export const EnvSchema = Type.Object({
   PORT_URL_SECRET: Type.Optional(Type.String({ minLength: 32, description: 'signs port URLs (default: a random secret kept in the store, shared by every replica)' })),
   PORT_URL_MAX_TTL_S: Int(1, 24 * 3600, 'the longest a signed port URL may live'),
   PORT_HOST_DOMAIN: Type.Optional(Type.String({ pattern: '^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$', description: 'serve sandbox ports at the root of <port>-<alias>.<this domain> (a wildcard name pointing at the server)' })),
+  TOOLS_CORS_ORIGINS: Type.String({ default: '', description: 'origins (comma-separated, or *) whose browsers may call the OpenAPI tool server at /tools directly (Open WebUI\'s per-user tool connections); none by default' }),
   SANDBOX_MAX_SNAPSHOTS_PER_KEY: Int(1, 20, 'snapshots one key may keep'),
   SANDBOX_VOLUME_DIR: Type.String({ minLength: 1, default: '/var/lib/interpreter-server/volumes', description: 'where named volumes (ext4 images, loop-mounted by the server: root on the Docker host) live' }),
   SANDBOX_VOLUME_MAX_MB: Int(1, 1024, 'the largest size a named volume may have'),

@@ -29,9 +29,18 @@ const ExecSchema = Type.Object({
   code: Type.String(),
   args: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 256 })),
   session_id: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
-  files: Type.Optional(Type.Array(InputFileSchema, { maxItems: 200 }))
+  files: Type.Optional(Type.Array(InputFileSchema, { maxItems: 200 })),
+  runtime_session_hint: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'the conversation\'s warm workspace (stateful_code_sessions): every exec with this hint runs in one sandbox that keeps its files' }))
 })
-const ExecResultSchema = Type.Object({ session_id: Type.String(), stdout: Type.String(), stderr: Type.String(), code: Type.Integer({ description: 'the exit code' }), files: Type.Array(FileRefSchema) })
+const ExecResultSchema = Type.Object({
+  session_id: Type.String(),
+  stdout: Type.String(),
+  stderr: Type.String(),
+  code: Type.Integer({ description: 'the exit code' }),
+  files: Type.Array(FileRefSchema),
+  runtime_session_id: Type.Optional(Type.String({ description: 'the warm workspace a runtime_session_hint named (a digest of key and hint)' })),
+  runtime_status: Type.Optional(Type.Union([Type.Literal('new'), Type.Literal('reused')]))
+})
 const SessionParams = Type.Object({ session_id: Type.String({ minLength: 1, maxLength: 64 }) })
 const FileParams = Type.Object({ session_id: Type.String({ minLength: 1, maxLength: 64 }), file_id: Type.String({ minLength: 1, maxLength: 2048 }) })
 
@@ -43,7 +52,7 @@ const mimeOf = (name: string) => MIME[name.split('.').pop()?.toLowerCase() ?? ''
  * download, file listings and the freshness probe, over our sandboxes, keys and limits.
  */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES })
+  const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES }, app.store)
   const tags = ['librechat']
   const config = { apiKeyHeader: true }
   const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody, 507: ErrorBody }

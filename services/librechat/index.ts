@@ -1,7 +1,9 @@
 import { posix } from 'node:path'
+import { createHash } from 'node:crypto'
 import type { Principal } from '../auth.js'
 import { AppError } from '../errors.js'
 import type { SandboxService } from '../sandbox/service.js'
+import type { Store } from '../store/types.js'
 import type { SandboxHandle } from '../sandbox/sandbox.js'
 import type { FileEntry, SandboxRecord } from '../../schemas/sandboxes.js'
 import { freshProcess } from '../sandbox/languages.js'
@@ -14,7 +16,11 @@ import { freshProcess } from '../sandbox/languages.js'
 
 export interface FileRef { id: string, name: string, path: string, session_id: string, storage_session_id: string }
 export interface InputFile { id: string, name: string, session_id?: string, storage_session_id?: string }
-export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[] }
+export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[], runtime_session_id?: string, runtime_status?: 'new' | 'reused' }
+
+/** A conversation's warm workspace (LibreChat's stateful_code_sessions): the sandbox its runtime hint names. */
+interface Runtime { owner: string, name: string, sandbox_id: string }
+const RUNTIME = 'librechat-runtime'
 
 /** File ids name a workspace path (base64url), so any replica can serve a download without a table of files. */
 export const fileId = (path: string) => Buffer.from(path).toString('base64url')
@@ -34,7 +40,24 @@ export function safeName (name: string): string {
 }
 
 export class LibreChatService {
-  constructor (private readonly sandboxes: SandboxService, private readonly opts: { maxFileBytes: number }) {}
+  constructor (private readonly sandboxes: SandboxService, private readonly opts: { maxFileBytes: number }, private readonly store?: Store) {}
+
+  /**
+   * The warm workspace of a conversation (LibreChat's runtime_session_hint, with stateful_code_sessions on): one
+   * sandbox per key and hint, made on first use, paused when idle, its files kept as long as it lives. Its id is
+   * what LibreChat is told as runtime_session_id (a digest: the hint is not echoed), and whether it was reused.
+   */
+  async runtime (principal: Principal, hint: string, signal?: AbortSignal): Promise<{ record: SandboxRecord, handle: SandboxHandle, id: string, status: 'new' | 'reused' }> {
+    if (!this.store) throw new AppError(400, 'stateful_workspace_unsupported', 'This server keeps no stateful workspaces')
+    if (hint.length > 256) throw new AppError(400, 'validation_error', 'runtime_session_hint is at most 256 characters')
+    const id = `rt_${createHash('sha256').update(`${principal.name}\0${hint}`).digest('base64url').slice(0, 24)}`
+    const known = await this.store.getNamed<Runtime>(RUNTIME, principal.name, id)
+    const existing = known ? await this.store.getSandbox(known.sandbox_id) : null
+    if (existing) return { record: existing, handle: await this.sandboxes.handle(existing), id, status: 'reused' }
+    const record = await this.sandboxes.create(principal, { language: 'python', on_timeout: 'pause', metadata: { source: 'librechat', runtime: id } }, null, signal)
+    await this.store.saveNamed<Runtime>(RUNTIME, { owner: principal.name, name: id, sandbox_id: record.id })
+    return { record, handle: await this.sandboxes.handle(record), id, status: 'new' }
+  }
 
   /** The sandbox behind a LibreChat session of this key; 404 for an unknown one or another key's. */
   async session (principal: Principal, sessionId: string): Promise<{ record: SandboxRecord, handle: SandboxHandle }> {
@@ -47,10 +70,11 @@ export class LibreChatService {
     return { record, handle: await this.sandboxes.handle(record) }
   }
 
-  async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[] }, signal?: AbortSignal): Promise<ExecResult> {
+  async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[], runtime_session_hint?: string }, signal?: AbortSignal): Promise<ExecResult> {
     const language = this.sandboxes.language(req.lang) // 400 naming the languages for one this image lacks
     const args = Array.isArray(req.args) ? req.args.map(String) : []
-    const { record, handle } = req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal)
+    const runtime = req.runtime_session_hint ? await this.runtime(principal, req.runtime_session_hint, signal) : null
+    const { record, handle } = runtime ?? (req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal))
     for (const file of req.files ?? []) await this.placeInput(principal, record, handle, file)
     const before = await this.snapshot(handle)
     let exitCode = 0
@@ -65,7 +89,7 @@ export class LibreChatService {
     }
     const after = await this.snapshot(handle)
     const files = [...after].filter(([path, stamp]) => before.get(path) !== stamp).map(([path]) => this.ref(record.id, path))
-    return { session_id: record.id, stdout: execution.stdout, stderr: execution.stderr, code: exitCode, files }
+    return { session_id: record.id, stdout: execution.stdout, stderr: execution.stderr, code: exitCode, files, ...(runtime ? { runtime_session_id: runtime.id, runtime_status: runtime.status } : {}) }
   }
 
   ref (sessionId: string, path: string): FileRef {

@@ -1,8 +1,9 @@
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
-import type { CallToolResult } from '@modelcontextprotocol/sdk/types.js'
+import type { CallToolResult, ServerNotification, ServerRequest } from '@modelcontextprotocol/sdk/types.js'
+import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js'
 import { z } from 'zod'
 import type { Session } from '../../schemas/sessions.js'
-import type { Language } from '../../schemas/sandboxes.js'
+import type { ExecutionEvent, Language } from '../../schemas/sandboxes.js'
 import { runError, type RunManager } from '../interpreter/runs.js'
 import type { SandboxService } from '../sandbox/service.js'
 
@@ -19,6 +20,40 @@ async function tool (body: () => Promise<CallToolResult>): Promise<CallToolResul
   } catch (err) {
     const e = runError(err)
     return failure(`${e.code}: ${e.message}`)
+  }
+}
+
+/** How long a call waits for the session's previous run (one being cancelled) to end before it tries anyway. */
+const SETTLE_MS = 10_000
+/** The characters of recent output a progress notification carries. */
+const PROGRESS_TAIL = 200
+/** How often a run that is still going says so (the first time after this long). */
+export const PROGRESS_EVERY_MS = 1000
+
+type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>
+
+/**
+ * While a run goes on: progress notifications every second when the client asked for them (a progress token), with
+ * the last line of output; a cancellation (notifications/cancelled, or the request's stream closing) interrupts it.
+ * Returns what ends the watch.
+ */
+function watch (done: Promise<unknown>, extra: Extra, tail: () => string, interrupt: () => Promise<void>): () => void {
+  const token = extra._meta?.progressToken
+  const started = Date.now()
+  let count = 0
+  const timer = token === undefined
+    ? null
+    : setInterval(() => {
+      const last = tail().trimEnd().split('\n').pop() ?? ''
+      const seconds = Math.round((Date.now() - started) / 1000)
+      void extra.sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: ++count, message: `running for ${seconds} s${last ? `: ${last}` : ''}` } }).catch(() => {})
+    }, PROGRESS_EVERY_MS)
+  const onCancel = () => { void interrupt().catch(() => {}) }
+  extra.signal.addEventListener('abort', onCancel, { once: true })
+  void done.catch(() => {})
+  return () => {
+    if (timer) clearInterval(timer)
+    extra.signal.removeEventListener('abort', onCancel)
   }
 }
 
@@ -41,6 +76,7 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
   const handle = async () => await sandboxes.handle(await runs.sessionSandbox(session))
   const languages = sandboxes.languages()
   const stateful = languages.filter(l => l.kernel).map(l => l.id)
+  let previous: Promise<void> = Promise.resolve()
 
   server.registerTool('execute_code', {
     title: 'Execute code',
@@ -50,9 +86,16 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
       code: z.string().describe('the code'),
       timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
     }
-  }, async ({ language, code, timeout_ms: timeoutMs }) => tool(async () => {
-    const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', ...(timeoutMs ? { timeoutMs } : {}) })
-    const outcome = await run.done
+  }, async ({ language, code, timeout_ms: timeoutMs }, extra) => tool(async () => {
+    // What was printed last, for progress notifications: clients drop a tool that stays silent for minutes.
+    let tail = ''
+    const onEvent = (e: ExecutionEvent) => { if (e.type === 'stdout' || e.type === 'stderr') tail = (tail + e.text).slice(-PROGRESS_TAIL) }
+    // A call right after a cancelled one waits for that run to wind down (it was interrupted), not a 409.
+    await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())])
+    const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', onEvent, ...(timeoutMs ? { timeoutMs } : {}) })
+    previous = run.done.then(() => {}, () => {})
+    const stop = watch(run.done, extra, () => tail, async () => { await runs.interrupt(session.id) })
+    const outcome = await run.done.finally(stop)
     if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
     const ex = outcome.execution!
     const content: CallToolResult['content'] = []
@@ -64,8 +107,12 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
     }
     if (ex.error) content.push(text([...ex.error.traceback].join('') || `${ex.error.name}: ${ex.error.value}`))
     if (ex.state_lost) content.push(text('[the kernel was restarted: earlier variables are gone]'))
+    if (extra.signal.aborted) content.push(text('[cancelled: the run was interrupted]'))
+    // A program that failed on its own terms (a non-zero exit, a compile error) is a call that reports failure.
+    const failed = ex.error !== null || (ex.exit_code !== undefined && ex.exit_code !== 0)
+    if (ex.exit_code) content.push(text(`[exit code ${ex.exit_code}]`))
     if (!content.length) content.push(text('(no output)'))
-    return { content, ...(ex.error ? { isError: true } : {}) }
+    return { content, ...(failed ? { isError: true } : {}) }
   }))
 
   server.registerTool('list_files', {

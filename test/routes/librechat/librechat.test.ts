@@ -151,3 +151,29 @@ t.test('upload, list, probe, use in exec, delete; keys: X-API-Key or Bearer, non
   t.equal(del.status, 200)
   t.equal((await download(uploaded.session_id, fileId)).status, 404, 'a deleted file is gone')
 })
+
+t.test('stateful_code_sessions: bash and Python of one conversation share a warm workspace across calls; another conversation does not', async (t) => {
+  const { createBashExecutionTool } = agents as unknown as { createBashExecutionTool: (params: Record<string, unknown>) => { invoke: (call: object) => Promise<unknown> } }
+  /** LibreChat's tools as it builds them for an agent with stateful code sessions on, for one conversation. */
+  const tools = (conversation: string) => {
+    const params = { baseUrl: base, authHeaders: { 'X-API-Key': KEYS.alice }, statefulSessions: true, executionProfile: 'stateful', runtimeSessionHint: conversation }
+    return { bash: createBashExecutionTool(params), code: createCodeExecutionTool(params) }
+  }
+  const one = tools('conversation-1')
+  const wrote = await one.bash.invoke({ id: 'call_b1', name: 'bash', type: 'tool_call', args: { command: 'echo "from bash" > /mnt/data/shared.txt; echo done' } }) as ToolResult & { artifact: { runtime_session_id?: string, runtime_status?: string } }
+  t.match(wrote.content, /stdout:\ndone/)
+  t.match(wrote.artifact, { runtime_session_id: /^rt_/, runtime_status: 'new' }, 'the first call makes the warm workspace')
+  const read = await one.code.invoke({ id: 'call_c1', name: 'execute_code', type: 'tool_call', args: { lang: 'py', code: 'print(open("/mnt/data/shared.txt").read().strip())\nx = 5' } }) as ToolResult & { artifact: { runtime_session_id?: string, runtime_status?: string } }
+  t.match(read.content, /stdout:\nfrom bash/, 'Python of the same conversation reads what bash wrote, with no session id passed')
+  t.match(read.artifact, { runtime_session_id: wrote.artifact.runtime_session_id, runtime_status: 'reused' })
+  const fresh = await one.code.invoke({ id: 'call_c2', name: 'execute_code', type: 'tool_call', args: { lang: 'py', code: 'print("x" in dir())' } }) as ToolResult
+  t.match(fresh.content, /stdout:\nFalse/, 'each execution is a fresh process: files persist, variables do not')
+  const two = tools('conversation-2')
+  const other = await two.bash.invoke({ id: 'call_b2', name: 'bash', type: 'tool_call', args: { command: 'ls /mnt/data/shared.txt 2>&1 || true' } }) as ToolResult & { artifact: { runtime_session_id?: string } }
+  t.match(other.content, /No such file/, 'another conversation has a workspace of its own')
+  t.not(other.artifact.runtime_session_id, wrote.artifact.runtime_session_id)
+  const bob = await app.inject({ method: 'POST', url: '/librechat/v1/exec', headers: { 'x-api-key': KEYS.bob }, payload: { lang: 'bash', code: 'ls /mnt/data', runtime_session_hint: 'conversation-1' } })
+  t.equal(bob.statusCode, 200)
+  t.notMatch(bob.json().stdout, /shared\.txt/, 'the same hint from another key is another workspace')
+  t.equal((await app.inject({ method: 'POST', url: '/librechat/v1/exec', headers: { 'x-api-key': KEYS.alice }, payload: { lang: 'bash', code: 'true', runtime_session_hint: 'x'.repeat(300) } })).statusCode, 400)
+})

@@ -135,3 +135,36 @@ t.test('a session deleted through the API ends its MCP session; invalid JSON-RPC
   t.equal((await again.listTools()).tools.length, 5, 'the server is unharmed')
   await again.close()
 })
+
+t.test('long runs: progress notifications with the output tail; a cancel interrupts the kernel and keeps the sandbox; a failed exit reports failure', async (t) => {
+  const { client } = await connect()
+  t.teardown(() => client.close())
+  const progress: Array<{ progress: number, message?: string }> = []
+  const slow = await client.callTool({ name: 'execute_code', arguments: { code: 'import time\nfor i in range(5):\n    print(f"step {i}", flush=True)\n    time.sleep(1)' } }, undefined, {
+    onprogress: (p) => { progress.push(p) },
+    timeout: 60_000
+  })
+  t.equal(texts(slow.content), 'step 0\nstep 1\nstep 2\nstep 3\nstep 4\n')
+  t.ok(progress.length >= 3, `a 5-second run sent ${progress.length} progress notifications`)
+  t.same(progress.map(p => p.progress), progress.map((_, i) => i + 1), 'progress counts up')
+  t.ok(progress.some(p => /running for \d+ s: step \d/.test(p.message ?? '')), 'with the last line printed')
+
+  const quiet = await client.callTool({ name: 'execute_code', arguments: { code: 'import time\ntime.sleep(1.5)\nprint("done")' } })
+  t.equal(texts(quiet.content), 'done\n', 'a client that asked for no progress gets none, and the answer')
+
+  await client.callTool({ name: 'execute_code', arguments: { code: 'kept = "still here"' } })
+  const abort = new AbortController()
+  const began = Date.now()
+  const cancelled = client.callTool({ name: 'execute_code', arguments: { code: 'import time\ntime.sleep(60)' } }, undefined, { signal: abort.signal })
+  setTimeout(() => abort.abort('enough'), 1000)
+  await t.rejects(cancelled, /enough|abort/i, 'the client sees its cancel')
+  const after = await client.callTool({ name: 'execute_code', arguments: { code: 'print(kept)' } }, undefined, { timeout: 30_000 })
+  t.equal(texts(after.content), 'still here\n', 'the sandbox is usable at once and kept its state: the kernel was interrupted, not killed')
+  t.comment(`the cancel-to-next-answer time was ${Date.now() - began - 1000} ms`)
+
+  const failed = await client.callTool({ name: 'execute_code', arguments: { language: 'shell', code: 'echo partial; (exit 4)' } })
+  t.equal(failed.isError, true, 'a non-zero exit is a call that reports failure')
+  t.match(texts(failed.content), /partial\n[^]*\[exit code 4\]/)
+  const ok = await client.callTool({ name: 'execute_code', arguments: { language: 'shell', code: 'true' } })
+  t.notOk(ok.isError)
+})
