@@ -229,7 +229,10 @@ async function mcpPhase () {
     const body = pick<unknown>([
       { ...init }, { id: 1, ...init }, { jsonrpc: '2.0', ...init }, 'not json', [], [{ jsonrpc: '2.0', id: 1, method: 'tools/list' }],
       { jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: pick(['execute_code', 'read_file', 'write_file', 'list_files', 'nope']), arguments: mutate({ code: 'print(1)', path: '.', content: 'x' }) } },
-      { jsonrpc: '2.0', id: i, method: 'tools/call', params: pick(ODD_VALUES) }, { jsonrpc: '2.0', id: i, method: pick(['resources/list', 'prompts/list', 'x', 'ping']) }
+      { jsonrpc: '2.0', id: i, method: 'tools/call', params: pick(ODD_VALUES) }, { jsonrpc: '2.0', id: i, method: pick(['resources/list', 'prompts/list', 'x', 'ping', 'tasks/list']) },
+      // Tasks: a task tool with and without task augmentation, and task ids that are not, or not yet, anything.
+      { jsonrpc: '2.0', id: i, method: 'tools/call', params: { name: 'execute_code_task', arguments: mutate({ code: 'print(1)' }), ...(random() < 0.5 ? { task: mutate({ ttl: 1000 }) } : {}) } },
+      { jsonrpc: '2.0', id: i, method: pick(['tasks/get', 'tasks/result', 'tasks/cancel']), params: mutate({ taskId: pick(['run_nope', 'x', '', 'run_' + 'a'.repeat(5000)]) }) }
     ])
     const res = await call('POST', '/mcp', { body: typeof body === 'string' ? body : JSON.stringify(body), headers: { ...headers, ...(random() < 0.8 && session ? { 'mcp-session-id': session, 'mcp-protocol-version': '2025-06-18' } : {}) } })
     t.requests++

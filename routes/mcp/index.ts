@@ -3,6 +3,7 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
 import { mcpServer } from '../../services/mcp/tools.js'
+import { RunTasks } from '../../services/mcp/tasks.js'
 
 interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string, lastUsed: number }
 
@@ -42,7 +43,7 @@ const rpcError = (reply: FastifyReply, status: number, code: number, message: st
  * route /mcp by the Mcp-Session-Id header.
  */
 const routes: FastifyPluginAsync = async (app) => {
-  const deps = { runs: app.runs, sandboxes: app.sandboxes, version: app.config.version, maxUploadBytes: app.config.MAX_UPLOAD_BYTES }
+  const deps = { runs: app.runs, tasks: new RunTasks(), sandboxes: app.sandboxes, version: app.config.version, maxUploadBytes: app.config.MAX_UPLOAD_BYTES }
   const live = new Map<string, McpSession>()
 
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {

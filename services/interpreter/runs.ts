@@ -116,8 +116,8 @@ export class RunManager {
   }
 
   /** Runs code directly (no model) in the session's sandbox, as a run whose events go to the log like a turn's. */
-  async executeDirect (session: Session, language: Language, code: string, opts: { via: Protocol, timeoutMs?: number, onEvent?: (e: ExecutionEvent) => void }): Promise<ActiveRun> {
-    const run = await this.open(session, 'direct')
+  async executeDirect (session: Session, language: Language, code: string, opts: { via: Protocol, timeoutMs?: number, onEvent?: (e: ExecutionEvent) => void, runId?: string }): Promise<ActiveRun> {
+    const run = await this.open(session, 'direct', undefined, opts.runId)
     run.done = (async () => {
       const messages: Message[] = [{ role: 'user', type: 'code', format: language, content: code, id: run.id }]
       let outcome: RunOutcome = { runId: run.id, usage: noUsage(), finishReason: 'stop', messages }
@@ -137,9 +137,9 @@ export class RunManager {
   }
 
   /** Takes the session's lock (409 when held), runs `before`, logs run_start, and registers the run. */
-  private async open (session: Session, model: string, before?: () => Promise<void>): Promise<ActiveRun> {
+  private async open (session: Session, model: string, before?: () => Promise<void>, given?: string): Promise<ActiveRun> {
     const { store, events } = this.deps
-    const id = `run_${randomBytes(9).toString('base64url')}`
+    const id = given ?? `run_${randomBytes(9).toString('base64url')}`
     const lock = sessionLock(session.id)
     const ttl = this.deps.lockTtlMs
     if (!(await store.lock(lock, id, ttl))) {

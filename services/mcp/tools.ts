@@ -3,8 +3,9 @@ import type { CallToolResult, ServerNotification, ServerRequest } from '@modelco
 import type { RequestHandlerExtra } from '@modelcontextprotocol/sdk/shared/protocol.js'
 import { z } from 'zod'
 import type { Session } from '../../schemas/sessions.js'
-import type { ExecutionEvent, Language } from '../../schemas/sandboxes.js'
+import type { Execution, ExecutionEvent, Language } from '../../schemas/sandboxes.js'
 import { runError, type RunManager } from '../interpreter/runs.js'
+import { DEFAULT_TTL_MS, type RunTasks } from './tasks.js'
 import type { SandboxService } from '../sandbox/service.js'
 
 /** Files the read_file tool returns as text (larger or binary files come back as a base64 resource). */
@@ -57,12 +58,33 @@ function watch (done: Promise<unknown>, extra: Extra, tail: () => string, interr
   }
 }
 
+/** An execution as an MCP tool result: output, plots, the error; a non-zero exit or an error is a failure. */
+function resultOf (ex: Execution, cancelled = false): CallToolResult {
+  const content: CallToolResult['content'] = []
+  const out = [ex.stdout, ex.stderr].filter(Boolean).join(ex.stdout.endsWith('\n') || !ex.stdout ? '' : '\n')
+  if (out) content.push(text(out))
+  for (const result of ex.results) {
+    if (result.data['image/png']) content.push({ type: 'image', data: result.data['image/png'], mimeType: 'image/png' })
+    else if (result.data['text/plain']) content.push(text(result.data['text/plain']))
+  }
+  if (ex.error) content.push(text([...ex.error.traceback].join('') || `${ex.error.name}: ${ex.error.value}`))
+  if (ex.state_lost) content.push(text('[the kernel was restarted: earlier variables are gone]'))
+  if (cancelled) content.push(text('[cancelled: the run was interrupted]'))
+  // A program that failed on its own terms (a non-zero exit, a compile error) is a call that reports failure.
+  const failed = ex.error !== null || (ex.exit_code !== undefined && ex.exit_code !== 0)
+  if (ex.exit_code) content.push(text(`[exit code ${ex.exit_code}]`))
+  if (!content.length) content.push(text('(no output)'))
+  return { content, ...(failed ? { isError: true } : {}) }
+}
+
 /**
  * The MCP server of one MCP session: tools over that session's sandbox, through the same services as every route
  * (direct executions are runs: they take the session's lock, land in its event log and show in the monitor).
  */
 export interface McpDeps {
   runs: RunManager
+  /** The process's MCP tasks (runs that outlive their request), per key. */
+  tasks: RunTasks
   sandboxes: SandboxService
   version: string
   maxUploadBytes: number
@@ -70,6 +92,8 @@ export interface McpDeps {
 
 export function mcpServer (deps: McpDeps, session: Session): McpServer {
   const server = new McpServer({ name: 'interpreter-server', version: deps.version }, {
+    capabilities: { tasks: { requests: { tools: { call: {} } }, list: {}, cancel: {} } },
+    taskStore: deps.tasks.storeFor(session.owner),
     instructions: 'Runs code in a hardened, stateful sandbox: variables, imports and files persist between execute_code calls of this MCP session until reset. Files live under /home/user (relative paths).'
   })
   const { runs, sandboxes } = deps
@@ -97,23 +121,44 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
     const stop = watch(run.done, extra, () => tail, async () => { await runs.interrupt(session.id) })
     const outcome = await run.done.finally(stop)
     if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
-    const ex = outcome.execution!
-    const content: CallToolResult['content'] = []
-    const out = [ex.stdout, ex.stderr].filter(Boolean).join(ex.stdout.endsWith('\n') || !ex.stdout ? '' : '\n')
-    if (out) content.push(text(out))
-    for (const result of ex.results) {
-      if (result.data['image/png']) content.push({ type: 'image', data: result.data['image/png'], mimeType: 'image/png' })
-      else if (result.data['text/plain']) content.push(text(result.data['text/plain']))
-    }
-    if (ex.error) content.push(text([...ex.error.traceback].join('') || `${ex.error.name}: ${ex.error.value}`))
-    if (ex.state_lost) content.push(text('[the kernel was restarted: earlier variables are gone]'))
-    if (extra.signal.aborted) content.push(text('[cancelled: the run was interrupted]'))
-    // A program that failed on its own terms (a non-zero exit, a compile error) is a call that reports failure.
-    const failed = ex.error !== null || (ex.exit_code !== undefined && ex.exit_code !== 0)
-    if (ex.exit_code) content.push(text(`[exit code ${ex.exit_code}]`))
-    if (!content.length) content.push(text('(no output)'))
-    return { content, ...(failed ? { isError: true } : {}) }
+    return resultOf(outcome.execution!, extra.signal.aborted)
   }))
+
+  server.experimental.tasks.registerToolTask('execute_code_task', {
+    title: 'Execute code as a task',
+    description: 'Like execute_code, for runs longer than a request should wait: returns a task at once (its id is the run id); poll tasks/get, then read tasks/result. tasks/cancel interrupts it. The sandbox runs one thing at a time.',
+    inputSchema: {
+      language: z.enum(languages.map(l => l.id) as [string, ...string[]]).default('python').describe('the language to run'),
+      code: z.string().describe('the code'),
+      timeout_ms: z.number().int().positive().optional().describe('interrupt after this long')
+    },
+    execution: { taskSupport: 'required' }
+  }, {
+    createTask: async ({ language, code, timeout_ms: timeoutMs }, extra) => {
+      const task = await extra.taskStore.createTask({ ttl: extra.taskRequestedTtl ?? DEFAULT_TTL_MS })
+      const store = extra.taskStore
+      try {
+        await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())])
+        const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', runId: task.taskId, ...(timeoutMs ? { timeoutMs } : {}) })
+        previous = run.done.then(() => {}, () => {})
+        deps.tasks.onCancel(task.taskId, () => { void runs.interrupt(session.id).catch(() => {}) })
+        void run.done.then(async (outcome) => {
+          const result = outcome.error ? failure(`${outcome.error.code}: ${outcome.error.message}`) : resultOf(outcome.execution!)
+          await store.storeTaskResult(task.taskId, result.isError ? 'failed' : 'completed', result)
+        }).catch(() => {})
+      } catch (err) {
+        const e = runError(err)
+        await store.storeTaskResult(task.taskId, 'failed', failure(`${e.code}: ${e.message}`))
+      }
+      return { task }
+    },
+    getTask: async (_args, extra) => {
+      const task = await extra.taskStore.getTask(extra.taskId)
+      if (!task) throw new Error(`No task ${extra.taskId}`)
+      return task
+    },
+    getTaskResult: async (_args, extra) => await extra.taskStore.getTaskResult(extra.taskId) as CallToolResult
+  })
 
   server.registerTool('list_files', {
     title: 'List files',

@@ -2,7 +2,8 @@ import t from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { Client } from '@modelcontextprotocol/sdk/client/index.js'
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js'
-import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix } from '../../helper.js'
+import { CallToolResultSchema } from '@modelcontextprotocol/sdk/types.js'
+import { build, sandboxConfig, auth, KEYS, REDIS_URL, flushPrefix, waitFor } from '../../helper.js'
 
 let app: FastifyInstance
 let base: string
@@ -29,7 +30,7 @@ t.test('an MCP client lists the tools and runs code twice, keeping state; a plot
   const { client, transport } = await connect()
   t.teardown(() => client.close())
   const { tools } = await client.listTools()
-  t.same(tools.map(x => x.name).sort(), ['execute_code', 'list_files', 'read_file', 'reset', 'write_file'])
+  t.same(tools.map(x => x.name).sort(), ['execute_code', 'execute_code_task', 'list_files', 'read_file', 'reset', 'write_file'])
   const exec = tools.find(x => x.name === 'execute_code')!
   t.match(exec.inputSchema, { type: 'object', properties: { language: { enum: ['python', 'javascript', 'shell', 'typescript', 'c', 'cpp', 'java', 'php', 'rust', 'go', 'd', 'fortran', 'r'] }, code: { type: 'string' } }, required: ['code'] })
 
@@ -132,7 +133,7 @@ t.test('a session deleted through the API ends its MCP session; invalid JSON-RPC
   t.equal(notInit.status, 400)
   t.match(await notInit.json(), { jsonrpc: '2.0', error: { code: -32000 } })
   const { client: again } = await connect()
-  t.equal((await again.listTools()).tools.length, 5, 'the server is unharmed')
+  t.equal((await again.listTools()).tools.length, 6, 'the server is unharmed')
   await again.close()
 })
 
@@ -167,4 +168,56 @@ t.test('long runs: progress notifications with the output tail; a cancel interru
   t.match(texts(failed.content), /partial\n[^]*\[exit code 4\]/)
   const ok = await client.callTool({ name: 'execute_code', arguments: { language: 'shell', code: 'true' } })
   t.notOk(ok.isError)
+})
+
+t.test('tasks: a run that outlives its request is polled to completion after the client reconnects; its id is our run id; tasks/cancel interrupts', async (t) => {
+  const first = await connect()
+  const { tools } = await first.client.listTools()
+  t.match(tools.find(x => x.name === 'execute_code_task'), { execution: { taskSupport: 'required' } })
+  /** Starts the tool as a task and returns its id at once (the stream's first message). */
+  const start = async (client: Client, code: string) => {
+    for await (const message of client.experimental.tasks.callToolStream({ name: 'execute_code_task', arguments: { code } }, CallToolResultSchema, { task: { ttl: 60_000 } })) {
+      if (message.type === 'taskCreated') return message.task.taskId
+      if (message.type === 'error') throw message.error
+    }
+    throw new Error('no task was created')
+  }
+  const taskId = await start(first.client, 'import time\ntime.sleep(2)\nprint("finished")')
+  t.match(taskId, /^run_/, 'the task id is a run id')
+  const session = first.transport.sessionId!
+  await first.client.close()
+
+  const second = await connect()
+  t.teardown(() => second.client.close())
+  const seen = await second.client.experimental.tasks.getTask(taskId)
+  t.equal(seen.status, 'working', 'a new connection of the same key sees the task still running')
+  const ended = await waitFor('the task to end', async () => {
+    const task = await second.client.experimental.tasks.getTask(taskId)
+    return task.status === 'working' ? null : task
+  }, { ms: 30_000 })
+  t.equal(ended.status, 'completed')
+  const result = await second.client.experimental.tasks.getTaskResult(taskId, CallToolResultSchema)
+  t.equal(texts(result.content), 'finished\n')
+  const events = await app.inject({ method: 'GET', url: `/v1/sessions/${session}/messages`, headers: auth(KEYS.alice) })
+  t.ok(events.json().data.some((m: { id?: string }) => m.id === taskId), 'the run is in the session history under the task id')
+  t.ok((await second.client.experimental.tasks.listTasks()).tasks.some(x => x.taskId === taskId), 'listed')
+
+  const bob = await connect(KEYS.bob)
+  t.teardown(() => bob.client.close())
+  await t.rejects(bob.client.experimental.tasks.getTask(taskId), 'another key never sees it')
+
+  const failing = await start(second.client, '1/0')
+  const failed = await waitFor('the failing task to end', async () => {
+    const task = await second.client.experimental.tasks.getTask(failing)
+    return task.status === 'working' ? null : task
+  }, { ms: 30_000 })
+  t.equal(failed.status, 'failed', 'an exception fails the task')
+  t.match(texts((await second.client.experimental.tasks.getTaskResult(failing, CallToolResultSchema)).content), /ZeroDivisionError/)
+
+  const long = await start(second.client, 'import time\ntime.sleep(60)')
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  const cancelled = await second.client.experimental.tasks.cancelTask(long)
+  t.equal(cancelled.status, 'cancelled')
+  const after = await second.client.callTool({ name: 'execute_code', arguments: { code: 'print("free again")' } }, undefined, { timeout: 30_000 })
+  t.equal(texts(after.content), 'free again\n', 'the cancel interrupted the run: the sandbox answers the next call')
 })
