@@ -47,6 +47,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     schema: { tags, summary: 'Change a sandbox: its idle timeout, counted from now (extend it, or shorten it), what it becomes once idle (on_timeout), and its network policy (live)', params: IdParamsSchema, body: UpdateSandboxSchema, response: { 200: SandboxSchema, 403: ErrorSchema, ...errors } }
   }, async (request) => {
     const { network, ...change } = request.body
+    sandboxes.checkUpdate(change) // all of it is checked before any of it is applied
     let record = await sandboxes.get(request.params.id, request.principal)
     if (network !== undefined) record = await sandboxes.setNetwork(record, request.principal, network)
     if (Object.keys(change).length) record = await sandboxes.update(record, change)

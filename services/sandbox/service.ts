@@ -654,10 +654,15 @@ export class SandboxService {
    * Changes a sandbox's idle timeout (counted from now: its expiry moves either way; 400 over the maximum) and what
    * it becomes once idle (on_timeout).
    */
-  async update (record: SandboxRecord, change: { timeout_s?: number, on_timeout?: 'remove' | 'pause' }): Promise<SandboxRecord> {
+  /** A 400 for a change update() would refuse: checked before any part of a PATCH is applied. */
+  checkUpdate (change: { timeout_s?: number }): void {
     if (change.timeout_s !== undefined && change.timeout_s > this.opts.maxTimeoutS) {
       throw new AppError(400, 'validation_error', `body/timeout_s must be at most ${this.opts.maxTimeoutS}`)
     }
+  }
+
+  async update (record: SandboxRecord, change: { timeout_s?: number, on_timeout?: 'remove' | 'pause' }): Promise<SandboxRecord> {
+    this.checkUpdate(change)
     const fresh = await this.store.getSandbox(record.id)
     if (!fresh) throw SandboxNotFound()
     if (change.timeout_s !== undefined) {
