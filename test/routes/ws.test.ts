@@ -161,10 +161,12 @@ t.test('a disconnect mid-run, then resume on another server process: nothing los
   const { session_id: sessionId } = await first.until(f => f.type === 'hello')
   fake.script('gpt-test', { text: 'Step one two three four five six seven eight.', code: { language: 'python', code: 'import time\nfor i in range(4):\n    print(i, flush=True)\n    time.sleep(0.1)' }, delayMs: 10 }, { text: 'Finished counting, all good here.', delayMs: 10 })
   first.send({ type: 'chat', content: 'count slowly' })
+  // The ack names the run; on a loaded machine it may come after the first events, so it is awaited while the socket
+  // is open (waiting for it after the disconnect failed once in CI: the socket was closed before it came).
+  const runId = (await first.until(f => f.type === 'ack')).run_id
   await first.until(f => f.event === 'message' && f.data.type === 'code')
   first.ws.terminate()
   const seen = first.events()
-  const runId = (await first.until(f => f.type === 'ack')).run_id
 
   const other = await fakeLlmApp(config, { waitWarm: false })
   t.teardown(() => other.close())
