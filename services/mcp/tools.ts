@@ -101,6 +101,8 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
   const languages = sandboxes.languages()
   const stateful = languages.filter(l => l.kernel).map(l => l.id)
   let previous: Promise<void> = Promise.resolve()
+  /** A call right after a cancelled one waits (a while) for that run to wind down, rather than a 409. */
+  const settled = async () => { await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())]) }
 
   server.registerTool('execute_code', {
     title: 'Execute code',
@@ -114,8 +116,7 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
     // What was printed last, for progress notifications: clients drop a tool that stays silent for minutes.
     let tail = ''
     const onEvent = (e: ExecutionEvent) => { if (e.type === 'stdout' || e.type === 'stderr') tail = (tail + e.text).slice(-PROGRESS_TAIL) }
-    // A call right after a cancelled one waits for that run to wind down (it was interrupted), not a 409.
-    await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())])
+    await settled()
     const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', onEvent, ...(timeoutMs ? { timeoutMs } : {}) })
     previous = run.done.then(() => {}, () => {})
     const stop = watch(run.done, extra, () => tail, async () => { await runs.interrupt(session.id) })
@@ -138,7 +139,7 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
       const task = await extra.taskStore.createTask({ ttl: extra.taskRequestedTtl ?? DEFAULT_TTL_MS })
       const store = extra.taskStore
       try {
-        await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())])
+        await settled()
         const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', runId: task.taskId, ...(timeoutMs ? { timeoutMs } : {}) })
         previous = run.done.then(() => {}, () => {})
         deps.tasks.onCancel(task.taskId, () => { void runs.interrupt(session.id).catch(() => {}) })
