@@ -42,6 +42,7 @@ import librechatRoutes from './routes/librechat/index.js'
 import jupyterRoutes from './routes/jupyter/index.js'
 import e2bRoutes from './routes/e2b/index.js'
 import toolRoutes from './routes/tools/index.js'
+import terminalRoutes from './routes/terminal/index.js'
 import secretRoutes from './routes/secrets.js'
 
 export interface AppOptions {
@@ -111,6 +112,8 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(jupyterRoutes, { prefix: '/jupyter' })
   await app.register(e2bRoutes, { prefix: '/e2b' })
   await app.register(toolRoutes, { prefix: '/tools' })
+  await app.register(terminalRoutes, { prefix: '/terminal' })
+  await app.register(terminalRoutes, { prefix: '/terminal/p/:policy_id', policy: true })
   await app.register(uiRoutes)
   await app.register(metricsRoutes)
 }

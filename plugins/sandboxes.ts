@@ -1,3 +1,4 @@
+import { ContextSandboxes } from '../services/sandbox/contexts.js'
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
@@ -15,7 +16,7 @@ import { TlsInterceptor } from '../services/sandbox/tls-intercept.js'
 import { Secrets } from '../services/secrets.js'
 
 declare module 'fastify' {
-  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes, workspace: Workspace, secrets: Secrets }
+  interface FastifyInstance { sandboxes: SandboxService, snapshots: Snapshots, volumes: Volumes, workspace: Workspace, secrets: Secrets, contexts: ContextSandboxes }
 }
 
 export interface SandboxPluginOptions {
@@ -126,6 +127,7 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   }, log)
   app.decorate('sandboxes', service)
   app.decorate('volumes', volumes)
+  app.decorate('contexts', new ContextSandboxes(service, app.store))
   app.decorate('snapshots', new Snapshots(service, app.store, { maxPerKey: c.SANDBOX_MAX_SNAPSHOTS_PER_KEY, maxFork: c.SANDBOX_MAX_FORK }, log))
   let secret: Promise<string> | undefined
   app.decorate('workspace', new Workspace(service, {

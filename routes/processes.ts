@@ -169,20 +169,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
         }), 'output')
         return reply
       }
-      // What is kept now: follow until the end it reported (or the exit), then stop.
-      const output: Array<ReturnType<typeof coder>> = []
-      let start = 0
-      let end = 0
-      let reached!: () => void
-      const caughtUp = new Promise<void>(resolve => { reached = resolve })
-      const sub = await workspace.follow(sandbox, pid, from, (e) => {
-        if (e.type === 'proc_follow') { start = e.offset; end = e.end; if (end <= start) reached() }
-        if (e.type === 'proc_output') { output.push(coder(e)); if (e.offset + Buffer.from(e.data, 'base64').length >= end) reached() }
-        if (e.type === 'proc_exit') reached()
-      })
-      await Promise.race([caughtUp, sub.done])
-      await sub.stop()
-      return { pid, offset: start, end, output, process: processView(await workspace.process(sandbox, pid)) }
+      const kept = await workspace.kept(sandbox, pid, from)
+      return { pid, offset: kept.offset, end: kept.end, output: kept.output.map(coder), process: processView(await workspace.process(sandbox, pid)) }
     }
   })
 

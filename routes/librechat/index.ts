@@ -52,7 +52,7 @@ const mimeOf = (name: string) => MIME[name.split('.').pop()?.toLowerCase() ?? ''
  * download, file listings and the freshness probe, over our sandboxes, keys and limits.
  */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES }, app.store)
+  const service = new LibreChatService(app.sandboxes, { maxFileBytes: app.config.MAX_UPLOAD_BYTES }, app.contexts)
   const tags = ['librechat']
   const config = { apiKeyHeader: true }
   const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 429: ErrorBody, 503: ErrorBody, 507: ErrorBody }

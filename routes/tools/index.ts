@@ -68,7 +68,7 @@ type Operation = keyof typeof OPERATIONS
  * TOOLS_CORS_ORIGINS lets browsers call it directly (Open WebUI's per-user tool connections).
  */
 const routes: FastifyPluginAsyncTypebox = async (app) => {
-  const tools = new ToolServer(app.sandboxes, app.workspace, app.store)
+  const tools = new ToolServer(app.sandboxes, app.workspace, app.contexts)
   const origins = app.config.TOOLS_CORS_ORIGINS.split(',').map(o => o.trim()).filter(Boolean)
   const allowed = (origin: string | undefined) => origin && (origins.includes('*') || origins.includes(origin)) ? origin : null
 

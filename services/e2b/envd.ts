@@ -5,12 +5,12 @@ import { posix } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { AppError } from '../errors.js'
 import type { SandboxService } from '../sandbox/service.js'
-import type { Workspace } from '../sandbox/workspace.js'
+import { HOME, absolute, inWorkspace, type Workspace } from '../sandbox/workspace.js'
 import type { FileDetail, FollowEvent, ProcessInfo, SandboxHandle, Subscription, WatchEvent } from '../sandbox/sandbox.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { ConnectError, field, timestamp } from './connect.js'
 
-export const HOME = '/home/user'
+export { HOME }
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/
 const SIGNALS: Record<string, string> = { SIGNAL_SIGKILL: 'SIGKILL', SIGNAL_SIGTERM: 'SIGTERM', 9: 'SIGKILL', 15: 'SIGTERM' }
 const FILE_TYPES = { file: 'FILE_TYPE_FILE', directory: 'FILE_TYPE_DIRECTORY', symlink: 'FILE_TYPE_SYMLINK' } as const
@@ -25,16 +25,12 @@ export type ProcessMessage = { event: Record<string, unknown> }
  */
 export function workspacePath (path: string): string {
   if (typeof path !== 'string' || path.includes('\0')) throw new ConnectError('invalid_argument', 'path must be a string without NUL')
-  const expanded = path === '~' ? HOME : path.startsWith('~/') ? HOME + path.slice(1) : path
-  const full = posix.normalize(expanded.startsWith('/') ? expanded : posix.join(HOME, expanded)).replace(/\/+$/, '') || '/'
-  if (full === HOME) return ''
-  if (!full.startsWith(HOME + '/')) {
+  const rel = inWorkspace(path)
+  if (rel === null) {
     throw new ConnectError('permission_denied', `${path}: the files API of this server reaches ${HOME} (the workspace) only; commands see the whole file system`)
   }
-  return full.slice(HOME.length + 1)
+  return rel
 }
-
-const absolute = (rel: string) => rel === '' || rel === '.' ? HOME : `${HOME}/${rel}`
 
 /** An entry as filesystem.EntryInfo. */
 export function entryInfo (e: FileDetail): Record<string, unknown> {

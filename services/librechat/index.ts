@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto'
 import type { Principal } from '../auth.js'
 import { AppError } from '../errors.js'
 import type { SandboxService } from '../sandbox/service.js'
-import type { Store } from '../store/types.js'
+import type { ContextSandboxes } from '../sandbox/contexts.js'
 import type { SandboxHandle } from '../sandbox/sandbox.js'
 import type { FileEntry, SandboxRecord } from '../../schemas/sandboxes.js'
 import { freshProcess } from '../sandbox/languages.js'
@@ -18,8 +18,7 @@ export interface FileRef { id: string, name: string, path: string, session_id: s
 export interface InputFile { id: string, name: string, session_id?: string, storage_session_id?: string }
 export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[], runtime_session_id?: string, runtime_status?: 'new' | 'reused' }
 
-/** A conversation's warm workspace (LibreChat's stateful_code_sessions): the sandbox its runtime hint names. */
-interface Runtime { owner: string, name: string, sandbox_id: string }
+/** A conversation's warm workspace (LibreChat's stateful_code_sessions): the context its runtime hint names. */
 const RUNTIME = 'librechat-runtime'
 
 /** File ids name a workspace path (base64url), so any replica can serve a download without a table of files. */
@@ -40,7 +39,7 @@ export function safeName (name: string): string {
 }
 
 export class LibreChatService {
-  constructor (private readonly sandboxes: SandboxService, private readonly opts: { maxFileBytes: number }, private readonly store?: Store) {}
+  constructor (private readonly sandboxes: SandboxService, private readonly opts: { maxFileBytes: number }, private readonly contexts?: ContextSandboxes) {}
 
   /**
    * The warm workspace of a conversation (LibreChat's runtime_session_hint, with stateful_code_sessions on): one
@@ -48,15 +47,11 @@ export class LibreChatService {
    * what LibreChat is told as runtime_session_id (a digest: the hint is not echoed), and whether it was reused.
    */
   async runtime (principal: Principal, hint: string, signal?: AbortSignal): Promise<{ record: SandboxRecord, handle: SandboxHandle, id: string, status: 'new' | 'reused' }> {
-    if (!this.store) throw new AppError(400, 'stateful_workspace_unsupported', 'This server keeps no stateful workspaces')
+    if (!this.contexts) throw new AppError(400, 'stateful_workspace_unsupported', 'This server keeps no stateful workspaces')
     if (hint.length > 256) throw new AppError(400, 'validation_error', 'runtime_session_hint is at most 256 characters')
     const id = `rt_${createHash('sha256').update(`${principal.name}\0${hint}`).digest('base64url').slice(0, 24)}`
-    const known = await this.store.getNamed<Runtime>(RUNTIME, principal.name, id)
-    const existing = known ? await this.store.getSandbox(known.sandbox_id) : null
-    if (existing) return { record: existing, handle: await this.sandboxes.handle(existing), id, status: 'reused' }
-    const record = await this.sandboxes.create(principal, { language: 'python', on_timeout: 'pause', metadata: { source: 'librechat', runtime: id } }, null, signal)
-    await this.store.saveNamed<Runtime>(RUNTIME, { owner: principal.name, name: id, sandbox_id: record.id })
-    return { record, handle: await this.sandboxes.handle(record), id, status: 'new' }
+    const { record, status } = await this.contexts.get(principal, RUNTIME, id, { language: 'python', metadata: { source: 'librechat', runtime: id } }, signal)
+    return { record, handle: await this.sandboxes.handle(record), id, status }
   }
 
   /** The sandbox behind a LibreChat session of this key; 404 for an unknown one or another key's. */

@@ -32,7 +32,7 @@ const PROXY_ENV: Record<string, string> = {
 }
 
 /** The ways in: each execution is counted under the protocol that asked for it. */
-export const PROTOCOLS = ['rest', 'chat', 'websocket', 'openai', 'librechat', 'mcp', 'jupyter', 'e2b', 'tools'] as const
+export const PROTOCOLS = ['rest', 'chat', 'websocket', 'openai', 'librechat', 'mcp', 'jupyter', 'e2b', 'tools', 'terminal'] as const
 export type Protocol = typeof PROTOCOLS[number]
 export interface ExecutionObservation {
   language: string

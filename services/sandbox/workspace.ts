@@ -8,7 +8,7 @@ import { StringDecoder } from 'node:string_decoder'
 import { Agent as HttpAgent, type AgentOptions, type ClientRequestArgs } from 'node:http'
 import type { Duplex } from 'node:stream'
 import { connect, type Socket } from 'node:net'
-import { join } from 'node:path'
+import { join, posix } from 'node:path'
 import { AppError } from '../errors.js'
 import { AgentGone } from './agent-client.js'
 import type { SandboxService } from './service.js'
@@ -49,6 +49,25 @@ export interface CommandResult extends ProcessExit {
 }
 
 export interface PortToken { sandbox: string, port: number, owner: string, expires: number }
+
+/** The sandbox user's home: the workspace the files API reaches. */
+export const HOME = '/home/user'
+
+/**
+ * A path a client wrote (absolute, `~`-relative, or relative to `cwd`) as a path relative to the workspace ('' is the
+ * workspace itself); null when it leads outside /home/user or holds a NUL. Adapters whose clients name absolute paths
+ * (E2B, Open Terminal, the tool server) turn the null into their own error.
+ */
+export function inWorkspace (path: string, cwd = HOME): string | null {
+  if (typeof path !== 'string' || path.includes('\0')) return null
+  const expanded = path === '~' ? HOME : path.startsWith('~/') ? HOME + path.slice(1) : path
+  const full = posix.normalize(expanded.startsWith('/') ? expanded : posix.join(cwd, expanded)).replace(/\/+$/, '') || '/'
+  if (full === HOME) return ''
+  return full.startsWith(HOME + '/') ? full.slice(HOME.length + 1) : null
+}
+
+/** A workspace-relative path as the absolute path the sandbox sees. */
+export const absolute = (rel: string): string => rel === '' || rel === '.' ? HOME : `${HOME}/${rel}`
 
 /** argv for a command given as one shell string or as argv. */
 export const argvOf = (cmd: string | string[]): string[] => typeof cmd === 'string' ? ['bash', '-c', cmd] : cmd
@@ -185,6 +204,40 @@ export class Workspace {
   async follow (record: SandboxRecord, pid: number, from: { offset?: number, tail?: number }, onEvent: (e: FollowEvent) => void): Promise<Subscription> {
     const handle = await this.handle(record)
     return await this.guard(record, async () => await handle.follow(pid, from, onEvent))
+  }
+
+  /**
+   * What a process's output holds now, from an offset (or its last `tail` bytes): followed until the end it reported
+   * then (or its exit), not live.
+   */
+  async kept (record: SandboxRecord, pid: number, from: { offset?: number, tail?: number }): Promise<{ offset: number, end: number, output: Array<Extract<FollowEvent, { type: 'proc_output' }>> }> {
+    const output: Array<Extract<FollowEvent, { type: 'proc_output' }>> = []
+    let start = 0
+    let end = 0
+    let reached!: () => void
+    const caughtUp = new Promise<void>(resolve => { reached = resolve })
+    const sub = await this.follow(record, pid, from, (e) => {
+      if (e.type === 'proc_follow') { start = e.offset; end = e.end; if (end <= start) reached() }
+      if (e.type === 'proc_output') { output.push(e); if (e.offset + Buffer.from(e.data, 'base64').length >= end) reached() }
+      if (e.type === 'proc_exit') reached()
+    })
+    await Promise.race([caughtUp, sub.done])
+    await sub.stop()
+    return { offset: start, end, output }
+  }
+
+  /** Waits up to `ms` for a process to end (less when it ends first); its entry then. */
+  async wait (record: SandboxRecord, pid: number, ms: number): Promise<ProcessInfo> {
+    const info = await this.process(record, pid)
+    if (!info.running || ms <= 0) return info
+    let ended!: () => void
+    const over = new Promise<void>(resolve => { ended = resolve })
+    const timer = setTimeout(ended, ms)
+    const sub = await this.follow(record, pid, { offset: info.output_bytes }, (e) => { if (e.type === 'proc_exit') ended() })
+    await Promise.race([over, sub.done])
+    clearTimeout(timer)
+    await sub.stop()
+    return await this.process(record, pid)
   }
 
   /** Follows a terminal, replaying its recent screen first. */

@@ -4,11 +4,10 @@
 import type { Principal } from '../auth.js'
 import type { SandboxRecord, Language } from '../../schemas/sandboxes.js'
 import type { SandboxService } from '../sandbox/service.js'
-import type { Workspace } from '../sandbox/workspace.js'
-import type { Store } from '../store/types.js'
+import { inWorkspace, type Workspace } from '../sandbox/workspace.js'
+import type { ContextSandboxes } from '../sandbox/contexts.js'
 import { AppError } from '../errors.js'
 
-interface ToolContext { owner: string, name: string, sandbox_id: string }
 const KIND = 'tool-context'
 /** Files read_file returns as text; bigger ones are refused with a hint (list_files shows sizes). */
 export const READ_LIMIT = 256 * 1024
@@ -24,26 +23,17 @@ export function contextOf (headers: Record<string, string | string[] | undefined
 
 /** A relative workspace path from what a model wrote (absolute under /home/user is fine). */
 function relative (path: string): string {
-  const rel = path.replace(/^\/home\/user(\/|$)/, '').replace(/^\.\//, '')
-  if (rel.startsWith('/') || rel.includes('\0') || rel.split('/').includes('..')) {
-    throw new AppError(400, 'invalid_path', 'Paths are relative to the workspace (/home/user): no other absolute path, no "..", no NUL')
-  }
+  const rel = inWorkspace(path)
+  if (rel === null) throw new AppError(400, 'invalid_path', 'Paths are relative to the workspace (/home/user), or absolute under it; no other place, no NUL')
   return rel
 }
 
 export class ToolServer {
-  constructor (private readonly sandboxes: SandboxService, private readonly workspace: Workspace, private readonly store: Store) {}
+  constructor (private readonly sandboxes: SandboxService, private readonly workspace: Workspace, private readonly contexts: ContextSandboxes) {}
 
   /** The context's sandbox, made on first use (and again when it was removed). */
   async sandbox (principal: Principal, context: string, signal?: AbortSignal): Promise<SandboxRecord> {
-    const known = await this.store.getNamed<ToolContext>(KIND, principal.name, context)
-    if (known) {
-      const record = await this.store.getSandbox(known.sandbox_id)
-      if (record) return record
-    }
-    const record = await this.sandboxes.create(principal, { on_timeout: 'pause', metadata: { source: 'openapi-tools', context } }, null, signal)
-    await this.store.saveNamed<ToolContext>(KIND, { owner: principal.name, name: context, sandbox_id: record.id })
-    return record
+    return (await this.contexts.get(principal, KIND, context, { metadata: { source: 'openapi-tools', context } }, signal)).record
   }
 
   async runCode (record: SandboxRecord, body: { code: string, language?: string }): Promise<{ stdout: string, stderr: string, result: string | null, error: string | null, exit_code?: number, images: string[], note?: string }> {
