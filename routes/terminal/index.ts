@@ -8,6 +8,7 @@ import { AppError } from '../../services/errors.js'
 import type { Principal } from '../../services/auth.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
 import { clientGone, heartbeat, protocolErrors, toAppError } from '../../plugins/route-kit.js'
+import { proxyToPort } from '../ports.js'
 import type { Subscription } from '../../services/sandbox/sandbox.js'
 
 /** Open Terminal's error body (FastAPI's HTTPException): `detail` is what its clients show. */
@@ -64,6 +65,14 @@ const routes: FastifyPluginAsyncTypebox<{ policy?: boolean }> = async (app, opts
       if (value.toLowerCase() === 'null') delete query[name]
       else if (BOOLEANS.has(name) && /^(true|false)$/i.test(value)) query[name] = value.toLowerCase()
     }
+  })
+  // Open WebUI sends Content-Type: application/json on calls without a body (its DELETE of a chat's attachments):
+  // FastAPI accepts that, so here an empty JSON body is no body.
+  const json = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '') return done(null, undefined)
+    json(request, body as string, done)
   })
   await app.register(multipart, { limits: { fileSize: c.MAX_UPLOAD_BYTES, files: 1, fields: 10 } })
 
@@ -268,8 +277,34 @@ const routes: FastifyPluginAsyncTypebox<{ policy?: boolean }> = async (app, opts
       if (part.file.truncated) throw new AppError(413, 'file_too_large', `Uploads are limited to ${c.MAX_UPLOAD_BYTES} bytes`)
       return uploaded
     })
+  route('POST', '/files/archive', { summary: 'Files and directories as one ZIP download' },
+    { body: Type.Object({ paths: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: 1000 }) }, loose), response: { 200: Type.String({ description: 'application/zip' }) } },
+    async (request, reply) => {
+      const { record, cwd } = await at(request, reply)
+      const zip = await terminal.archive(record, request.body.paths as string[], cwd)
+      return reply.type('application/zip').header('content-length', zip.size).header('content-disposition', `attachment; filename="${encodeURIComponent(zip.name)}"`).send(zip.stream)
+    })
   route('GET', '/ports', { summary: 'TCP ports listening inside the workspace' }, { response: { 200: Type.Object({ ports: Type.Array(Type.Object({ port: Type.Integer(), pid: Type.Null(), process: Type.Null() })) }) } },
     async (request, reply) => await terminal.ports((await at(request, reply)).record))
+
+  // An app listening in the workspace, over HTTP (the file browser's preview of a port); its own content types pass through.
+  await app.register(async (proxied) => {
+    proxied.removeAllContentTypeParsers()
+    proxied.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
+    const PortParams = Type.Object({ port: Type.Integer({ minimum: 1, maximum: 65535 }), '*': Type.String() })
+    proxied.route({
+      method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'HEAD', 'OPTIONS'],
+      url: '/proxy/:port/*',
+      schema: { tags, summary: 'A request to a port of the workspace (the app sees the path after the port)', params: PortParams, ...(hide ? { hide: true } : {}), response: { 200: Type.String({ description: 'the app\'s answer, as it gave it' }), 502: Detail, ...errors } },
+      handler: async (request, reply) => {
+        const port = (request.params as { port: number }).port
+        const mark = `/proxy/${port}`
+        const path = request.url.split('?')[0]!
+        const prefix = path.slice(0, path.indexOf(mark) + mark.length)
+        return await proxyToPort(app, { sandbox: (await at(request, reply)).record, port, prefix }, request, reply)
+      }
+    })
+  })
 
   // --- processes -----------------------------------------------------------------------------------------------------
   route('GET', '/execute', { operationId: 'list_processes', summary: 'List running commands', description: 'Returns all tracked background commands of this workspace, running and finished.' },

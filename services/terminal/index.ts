@@ -140,6 +140,25 @@ else:
 print(json.dumps({'matches': out, 'truncated': truncated}))
 `
 
+// Run inside the sandbox: the ZIP of /files/archive (a file by its name, a directory as its name and what is under it).
+const ZIP = String.raw`
+import json, os, sys, zipfile
+a = json.loads(sys.argv[1])
+os.makedirs(os.path.dirname(a['out']), exist_ok=True)
+with zipfile.ZipFile(a['out'], 'w', zipfile.ZIP_DEFLATED) as z:
+    for p in a['paths']:
+        if os.path.isfile(p):
+            z.write(p, os.path.basename(p))
+        else:
+            top = os.path.basename(p.rstrip('/')) or 'home'
+            for d, dirs, files in os.walk(p):
+                if os.path.abspath(d).startswith(os.path.dirname(a['out'])): continue
+                for f in files:
+                    full = os.path.join(d, f)
+                    if full != a['out'] and os.path.isfile(full):
+                        z.write(full, os.path.join(top, os.path.relpath(full, p)))
+`
+
 export interface ProcessView {
   id: string
   command: string
@@ -381,6 +400,29 @@ export class OpenTerminal {
       op: 'glob', path: absolute(rel), pattern: q.pattern, exclude: q.exclude ?? [], type: q.type ?? 'any', max_results: q.max_results ?? 50
     }, signal)
     return { pattern: q.pattern, path: absolute(rel), ...found }
+  }
+
+  /**
+   * Files and directories as one ZIP (the file browser's download), made inside the sandbox as its user into a hidden
+   * file of the workspace, streamed, then removed.
+   */
+  async archive (record: SandboxRecord, paths: string[], cwd: string): Promise<{ name: string, size: number, stream: Readable }> {
+    if (!paths.length) throw new AppError(400, 'validation_error', 'No paths provided')
+    const rels = paths.map(p => this.resolve(p, cwd))
+    for (const [i, rel] of rels.entries()) {
+      if (!await this.stat(record, rel)) throw new AppError(404, 'not_found', `Path not found: ${String(paths[i]).slice(0, 200)}`)
+    }
+    const out = `.cache/open-terminal/archive-${record.id.slice(0, 8)}-${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}.zip`
+    const result = await this.workspace.run(record, { cmd: ['python3', '-c', ZIP, JSON.stringify({ paths: rels.map(absolute), out: absolute(out) })], cwd: HOME, timeout_ms: 120_000 })
+    if (result.exit_code !== 0) {
+      await (await this.handle(record)).deleteFile(out).catch(() => {})
+      throw new AppError(result.status === 'timeout' ? 504 : 502, 'archive_failed', `The archive was not made: ${result.stderr.slice(-300) || result.status}`, 'sandbox_error')
+    }
+    const handle = await this.handle(record)
+    const { size, stream } = await handle.readFile(out)
+    stream.once('close', () => { handle.deleteFile(out).catch(() => {}) })
+    const single = rels.length === 1 ? posix.basename(rels[0]!) || 'home' : 'download'
+    return { name: `${single}.zip`, size, stream }
   }
 
   /** TCP ports listening inside the sandbox (from /proc/net: the pid and process name are not visible to its user). */

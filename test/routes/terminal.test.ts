@@ -221,6 +221,37 @@ t.test('Open WebUI\'s terminal integration, orchestrated per user and chat', asy
   t.equal((await fetch(`${url}/notebooks/${session.id}`, { headers: proxied })).status, 404)
   t.equal((await fetch(`${url}/notebooks/nb_Li4vZXRj`, { headers: proxied })).status, 404, 'a made-up session id naming a path outside')
 
+  // The file browser's download of a folder, and an app's port previewed through /proxy.
+  const zip = await fetch(`${url}/files/archive`, json({ paths: ['/home/user/src', 'uploads/chart.png'] }))
+  t.equal(zip.headers.get('content-type'), 'application/zip')
+  t.match(zip.headers.get('content-disposition'), /filename="download\.zip"/)
+  const zipped = Buffer.from(await zip.arrayBuffer())
+  t.equal(zipped.subarray(0, 2).toString(), 'PK', 'a ZIP')
+  t.ok(zipped.includes('src/app.py') && zipped.includes('chart.png'), 'holding the folder under its name and the file by its name')
+  t.notOk((await call(u1c1, 'glob_search', { pattern: '*.zip', path: '/home/user' })).matches.length, 'the ZIP made on the way is gone')
+  t.equal((await fetch(`${url}/files/archive`, json({ paths: ['nope'] }))).status, 404)
+  const server = await call(u1c1, 'run_command', { command: 'mkdir -p site && echo port-page > site/index.html && cd site && exec python3 -m http.server 8123' })
+  let ports: any = { ports: [] }
+  for (let i = 0; i < 100 && !ports.ports.some((p: any) => p.port === 8123); i++) {
+    ports = await (await fetch(`${url}/ports`, { headers: proxied })).json()
+    if (!ports.ports.some((p: any) => p.port === 8123)) await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  t.match(ports.ports, [{ port: 8123, pid: null, process: null }], 'the listening port is found')
+  const page = await fetch(`${url}/proxy/8123/index.html?x=1`, { headers: proxied })
+  t.equal(page.status, 200)
+  t.equal(await page.text(), 'port-page\n', 'the app answers through /proxy/{port}/{path}')
+  t.equal((await fetch(`${url}/proxy/8124/`, { headers: proxied })).status, 502, 'a closed port')
+  t.equal((await fetch(`${url}/proxy/8123/`, { headers: { ...proxied, Authorization: `Bearer ${KEYS.bob}` } })).status, 502, 'another key naming the same user and chat reaches a workspace of its own, where nothing listens')
+  await call(u1c1, 'kill_process', { id: server.id })
+
+  // Open WebUI's delete_terminal_chat_attachments when a chat is deleted: /files/cwd for the home, then a DELETE.
+  const attachments = { 'Content-Type': 'application/json', 'X-User-Id': 'user-1', 'X-Session-Id': 'chat-1', Authorization: `Bearer ${connection.key}` }
+  await call(u1c1, 'write_file', { path: '/home/user/chat_attachments/chat-1/report.csv', content: 'a,b\n' })
+  const home = (await (await fetch(`${url}/files/cwd`, { headers: attachments })).json() as any).home
+  const cleanup = await fetch(`${url}/files/delete?path=${encodeURIComponent(`${home}/chat_attachments/chat-1`)}`, { method: 'DELETE', headers: attachments })
+  t.equal(cleanup.status, 404, `${await cleanup.clone().text()}: without X-Terminal-Context-Id that call reaches the user's default workspace, which has no attachments`)
+  t.equal((await call(u1c1, 'list_files', { directory: '/home/user/chat_attachments/chat-1' })).entries.length, 1, 'the chat\'s own attachments are untouched by it')
+
   // Bad input: 4xx in Open Terminal's shape, nothing half done.
   const bad = async (path: string, init: RequestInit = {}) => (await fetch(`${url}${path}`, { ...init, headers: { ...proxied, 'Content-Type': 'application/json', ...(init.headers as object) } })).status
   t.equal(await bad('/execute?wait=1e9', { method: 'POST', body: JSON.stringify({ command: 'true' }) }), 400)
