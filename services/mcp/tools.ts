@@ -31,15 +31,29 @@ const PROGRESS_TAIL = 200
 /** How often a run that is still going says so (the first time after this long). */
 export const PROGRESS_EVERY_MS = 1000
 
-type Extra = RequestHandlerExtra<ServerRequest, ServerNotification>
+/**
+ * What a tool body needs of the call, whichever SDK carries it (v1 for 2025-era sessions, v2 for 2026-07-28
+ * requests): the progress token the client sent, a way to notify it, and the signal of its cancellation.
+ */
+export interface CallIo {
+  progressToken?: string | number
+  notify: (notification: { method: 'notifications/progress', params: { progressToken: string | number, progress: number, message: string } }) => Promise<void>
+  signal: AbortSignal
+}
+
+const v1Io = (extra: RequestHandlerExtra<ServerRequest, ServerNotification>): CallIo => ({
+  ...(extra._meta?.progressToken !== undefined ? { progressToken: extra._meta.progressToken } : {}),
+  notify: async (n) => { await extra.sendNotification(n) },
+  signal: extra.signal
+})
 
 /**
  * While a run goes on: progress notifications every second when the client asked for them (a progress token), with
  * the last line of output; a cancellation (notifications/cancelled, or the request's stream closing) interrupts it.
  * Returns what ends the watch.
  */
-function watch (done: Promise<unknown>, extra: Extra, tail: () => string, interrupt: () => Promise<void>): () => void {
-  const token = extra._meta?.progressToken
+function watch (done: Promise<unknown>, io: CallIo, tail: () => string, interrupt: () => Promise<void>): () => void {
+  const token = io.progressToken
   const started = Date.now()
   let count = 0
   const timer = token === undefined
@@ -47,14 +61,14 @@ function watch (done: Promise<unknown>, extra: Extra, tail: () => string, interr
     : setInterval(() => {
       const last = tail().trimEnd().split('\n').pop() ?? ''
       const seconds = Math.round((Date.now() - started) / 1000)
-      void extra.sendNotification({ method: 'notifications/progress', params: { progressToken: token, progress: ++count, message: `running for ${seconds} s${last ? `: ${last}` : ''}` } }).catch(() => {})
+      void io.notify({ method: 'notifications/progress', params: { progressToken: token, progress: ++count, message: `running for ${seconds} s${last ? `: ${last}` : ''}` } }).catch(() => {})
     }, PROGRESS_EVERY_MS)
   const onCancel = () => { void interrupt().catch(() => {}) }
-  extra.signal.addEventListener('abort', onCancel, { once: true })
+  io.signal.addEventListener('abort', onCancel, { once: true })
   void done.catch(() => {})
   return () => {
     if (timer) clearInterval(timer)
-    extra.signal.removeEventListener('abort', onCancel)
+    io.signal.removeEventListener('abort', onCancel)
   }
 }
 
@@ -77,10 +91,6 @@ function resultOf (ex: Execution, cancelled = false): CallToolResult {
   return { content, ...(failed ? { isError: true } : {}) }
 }
 
-/**
- * The MCP server of one MCP session: tools over that session's sandbox, through the same services as every route
- * (direct executions are runs: they take the session's lock, land in its event log and show in the monitor).
- */
 export interface McpDeps {
   runs: RunManager
   /** The process's MCP tasks (runs that outlive their request), per key. */
@@ -90,58 +100,128 @@ export interface McpDeps {
   maxUploadBytes: number
 }
 
+export const INSTRUCTIONS = 'Runs code in a hardened, stateful sandbox: variables, imports and files persist between execute_code calls until reset. Files live under /home/user (relative paths).'
+
+/** Per session, the run a call right after a cancelled one waits (a while) for, rather than a 409. */
+const previousRuns = new Map<string, Promise<void>>()
+const settled = async (session: Session) => {
+  await Promise.race([previousRuns.get(session.id) ?? Promise.resolve(), new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())])
+}
+const remember = (session: Session, done: Promise<unknown>) => {
+  const settling = done.then(() => {}, () => {})
+  previousRuns.set(session.id, settling)
+  void settling.then(() => { if (previousRuns.get(session.id) === settling) previousRuns.delete(session.id) })
+}
+
+/**
+ * The tools, written once: their names, descriptions and input shapes, and bodies over the session a call belongs
+ * to (an MCP session's own on the 2025 path; the named workspace's on the 2026-07-28 path). Direct executions are
+ * runs: they take the session's lock, land in its event log and show in the monitor.
+ */
+export function toolset (deps: McpDeps) {
+  const { runs, sandboxes } = deps
+  const handle = async (session: Session) => await sandboxes.handle(await runs.sessionSandbox(session))
+  const languages = sandboxes.languages()
+  const stateful = languages.filter(l => l.kernel).map(l => l.id)
+  const execInput = {
+    language: z.enum(languages.map(l => l.id) as [string, ...string[]]).default('python').describe('the language to run'),
+    code: z.string().describe('the code'),
+    timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
+  }
+  return {
+    execInput,
+    execute_code: {
+      title: 'Execute code',
+      description: `Run code in the sandbox and return its output. Variables persist between calls in ${stateful.join(', ')}; the other languages compile and run as a fresh process (files persist). Plots (matplotlib, R) come back as images.`,
+      inputSchema: execInput,
+      run: async (session: Session, { language, code, timeout_ms: timeoutMs }: { language: string, code: string, timeout_ms?: number | undefined }, io: CallIo) => tool(async () => {
+        // What was printed last, for progress notifications: clients drop a tool that stays silent for minutes.
+        let tail = ''
+        const onEvent = (e: ExecutionEvent) => { if (e.type === 'stdout' || e.type === 'stderr') tail = (tail + e.text).slice(-PROGRESS_TAIL) }
+        await settled(session)
+        const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', onEvent, ...(timeoutMs ? { timeoutMs } : {}) })
+        remember(session, run.done)
+        const stop = watch(run.done, io, () => tail, async () => { await runs.interrupt(session.id) })
+        const outcome = await run.done.finally(stop)
+        if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
+        return resultOf(outcome.execution!, io.signal.aborted)
+      })
+    },
+    list_files: {
+      title: 'List files',
+      description: 'List a directory of the sandbox workspace.',
+      inputSchema: { path: z.string().default('').describe('a directory relative to the workspace; empty for its top') },
+      run: async (session: Session, { path }: { path: string }) => tool(async () => {
+        const entries = await (await handle(session)).listFiles(path)
+        return { content: [text(entries.length ? entries.map(e => `${e.type === 'directory' ? 'd' : '-'} ${String(e.size).padStart(10)} ${e.path}`).join('\n') : '(empty)')] }
+      })
+    },
+    read_file: {
+      title: 'Read a file',
+      description: 'Read a file of the sandbox workspace: text as text, anything else as a base64 resource.',
+      inputSchema: { path: z.string().min(1).describe('a file relative to the workspace') },
+      run: async (session: Session, { path }: { path: string }) => tool(async () => {
+        const { stream } = await (await handle(session)).readFile(path)
+        const chunks: Buffer[] = []
+        for await (const chunk of stream) chunks.push(chunk as Buffer)
+        const bytes = Buffer.concat(chunks)
+        const decoded = bytes.toString('utf8')
+        if (bytes.length <= TEXT_LIMIT && Buffer.from(decoded, 'utf8').equals(bytes)) return { content: [text(decoded)] }
+        const mimeType = path.endsWith('.png') ? 'image/png' : 'application/octet-stream'
+        return { content: [{ type: 'resource', resource: { uri: `sandbox:///home/user/${path}`, mimeType, blob: bytes.toString('base64') } }] }
+      })
+    },
+    write_file: {
+      title: 'Write a file',
+      description: 'Create or replace a file of the sandbox workspace (parent directories are made).',
+      inputSchema: {
+        path: z.string().min(1).describe('a file relative to the workspace'),
+        content: z.string().describe('the content'),
+        encoding: z.enum(['utf8', 'base64']).default('utf8').describe('how content is encoded')
+      },
+      run: async (session: Session, { path, content, encoding }: { path: string, content: string, encoding: 'utf8' | 'base64' }) => tool(async () => {
+        const bytes = Buffer.from(content, encoding)
+        const size = await (await handle(session)).writeFile(path, (async function * () { yield bytes })(), deps.maxUploadBytes)
+        return { content: [text(`wrote ${size} bytes to ${path}`)] }
+      })
+    },
+    reset: {
+      title: 'Reset the sandbox',
+      description: 'Remove the sandbox; the next call starts with a fresh one (no variables, no files).',
+      inputSchema: {},
+      run: async (session: Session) => tool(async () => {
+        await runs.resetSandbox(session)
+        return { content: [text('the sandbox was reset')] }
+      })
+    }
+  }
+}
+
+/** The MCP server of one MCP session (protocol 2025-11-25 and older, through the v1 SDK): the tools, and tasks. */
 export function mcpServer (deps: McpDeps, session: Session): McpServer {
   const server = new McpServer({ name: 'interpreter-server', version: deps.version }, {
     capabilities: { tasks: { requests: { tools: { call: {} } }, list: {}, cancel: {} } },
     taskStore: deps.tasks.storeFor(session.owner),
-    instructions: 'Runs code in a hardened, stateful sandbox: variables, imports and files persist between execute_code calls of this MCP session until reset. Files live under /home/user (relative paths).'
+    instructions: INSTRUCTIONS
   })
-  const { runs, sandboxes } = deps
-  const handle = async () => await sandboxes.handle(await runs.sessionSandbox(session))
-  const languages = sandboxes.languages()
-  const stateful = languages.filter(l => l.kernel).map(l => l.id)
-  let previous: Promise<void> = Promise.resolve()
-  /** A call right after a cancelled one waits (a while) for that run to wind down, rather than a 409. */
-  const settled = async () => { await Promise.race([previous, new Promise(resolve => setTimeout(resolve, SETTLE_MS).unref())]) }
-
-  server.registerTool('execute_code', {
-    title: 'Execute code',
-    description: `Run code in this session's sandbox and return its output. Variables persist between calls in ${stateful.join(', ')}; the other languages compile and run as a fresh process (files persist). Plots (matplotlib, R) come back as images.`,
-    inputSchema: {
-      language: z.enum(languages.map(l => l.id) as [string, ...string[]]).default('python').describe('the language to run'),
-      code: z.string().describe('the code'),
-      timeout_ms: z.number().int().positive().optional().describe('interrupt after this long (state is kept when the code stops)')
-    }
-  }, async ({ language, code, timeout_ms: timeoutMs }, extra) => tool(async () => {
-    // What was printed last, for progress notifications: clients drop a tool that stays silent for minutes.
-    let tail = ''
-    const onEvent = (e: ExecutionEvent) => { if (e.type === 'stdout' || e.type === 'stderr') tail = (tail + e.text).slice(-PROGRESS_TAIL) }
-    await settled()
-    const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', onEvent, ...(timeoutMs ? { timeoutMs } : {}) })
-    previous = run.done.then(() => {}, () => {})
-    const stop = watch(run.done, extra, () => tail, async () => { await runs.interrupt(session.id) })
-    const outcome = await run.done.finally(stop)
-    if (outcome.error) return failure(`${outcome.error.code}: ${outcome.error.message}`)
-    return resultOf(outcome.execution!, extra.signal.aborted)
-  }))
+  const { runs } = deps
+  const tools = toolset(deps)
+  const { execute_code: exec, list_files: list, read_file: read, write_file: write, reset } = tools
+  server.registerTool('execute_code', { title: exec.title, description: exec.description, inputSchema: exec.inputSchema }, async (args, extra) => await exec.run(session, args, v1Io(extra)))
 
   server.experimental.tasks.registerToolTask('execute_code_task', {
     title: 'Execute code as a task',
     description: 'Like execute_code, for runs longer than a request should wait: returns a task at once (its id is the run id); poll tasks/get, then read tasks/result. tasks/cancel interrupts it. The sandbox runs one thing at a time.',
-    inputSchema: {
-      language: z.enum(languages.map(l => l.id) as [string, ...string[]]).default('python').describe('the language to run'),
-      code: z.string().describe('the code'),
-      timeout_ms: z.number().int().positive().optional().describe('interrupt after this long')
-    },
+    inputSchema: tools.execInput,
     execution: { taskSupport: 'required' }
   }, {
     createTask: async ({ language, code, timeout_ms: timeoutMs }, extra) => {
       const task = await extra.taskStore.createTask({ ttl: extra.taskRequestedTtl ?? DEFAULT_TTL_MS })
       const store = extra.taskStore
       try {
-        await settled()
+        await settled(session)
         const run = await runs.executeDirect(session, language as Language, code, { via: 'mcp', runId: task.taskId, ...(timeoutMs ? { timeoutMs } : {}) })
-        previous = run.done.then(() => {}, () => {})
+        remember(session, run.done)
         deps.tasks.onCancel(task.taskId, () => { void runs.interrupt(session.id).catch(() => {}) })
         void run.done.then(async (outcome) => {
           const result = outcome.error ? failure(`${outcome.error.code}: ${outcome.error.message}`) : resultOf(outcome.execution!)
@@ -161,52 +241,9 @@ export function mcpServer (deps: McpDeps, session: Session): McpServer {
     getTaskResult: async (_args, extra) => await extra.taskStore.getTaskResult(extra.taskId) as CallToolResult
   })
 
-  server.registerTool('list_files', {
-    title: 'List files',
-    description: 'List a directory of the sandbox workspace.',
-    inputSchema: { path: z.string().default('').describe('a directory relative to the workspace; empty for its top') }
-  }, async ({ path }) => tool(async () => {
-    const entries = await (await handle()).listFiles(path)
-    return { content: [text(entries.length ? entries.map(e => `${e.type === 'directory' ? 'd' : '-'} ${String(e.size).padStart(10)} ${e.path}`).join('\n') : '(empty)')] }
-  }))
-
-  server.registerTool('read_file', {
-    title: 'Read a file',
-    description: 'Read a file of the sandbox workspace: text as text, anything else as a base64 resource.',
-    inputSchema: { path: z.string().min(1).describe('a file relative to the workspace') }
-  }, async ({ path }) => tool(async () => {
-    const { stream } = await (await handle()).readFile(path)
-    const chunks: Buffer[] = []
-    for await (const chunk of stream) chunks.push(chunk as Buffer)
-    const bytes = Buffer.concat(chunks)
-    const decoded = bytes.toString('utf8')
-    if (bytes.length <= TEXT_LIMIT && Buffer.from(decoded, 'utf8').equals(bytes)) return { content: [text(decoded)] }
-    const mimeType = path.endsWith('.png') ? 'image/png' : 'application/octet-stream'
-    return { content: [{ type: 'resource', resource: { uri: `sandbox:///home/user/${path}`, mimeType, blob: bytes.toString('base64') } }] }
-  }))
-
-  server.registerTool('write_file', {
-    title: 'Write a file',
-    description: 'Create or replace a file of the sandbox workspace (parent directories are made).',
-    inputSchema: {
-      path: z.string().min(1).describe('a file relative to the workspace'),
-      content: z.string().describe('the content'),
-      encoding: z.enum(['utf8', 'base64']).default('utf8').describe('how content is encoded')
-    }
-  }, async ({ path, content, encoding }) => tool(async () => {
-    const bytes = Buffer.from(content, encoding)
-    const size = await (await handle()).writeFile(path, (async function * () { yield bytes })(), deps.maxUploadBytes)
-    return { content: [text(`wrote ${size} bytes to ${path}`)] }
-  }))
-
-  server.registerTool('reset', {
-    title: 'Reset the sandbox',
-    description: 'Remove this session\'s sandbox; the next call starts with a fresh one (no variables, no files).',
-    inputSchema: {}
-  }, async () => tool(async () => {
-    await runs.resetSandbox(session)
-    return { content: [text('the sandbox was reset')] }
-  }))
-
+  server.registerTool('list_files', { title: list.title, description: list.description, inputSchema: list.inputSchema }, async (args) => await list.run(session, args))
+  server.registerTool('read_file', { title: read.title, description: read.description, inputSchema: read.inputSchema }, async (args) => await read.run(session, args))
+  server.registerTool('write_file', { title: write.title, description: write.description, inputSchema: write.inputSchema }, async (args) => await write.run(session, args))
+  server.registerTool('reset', { title: reset.title, description: reset.description, inputSchema: reset.inputSchema }, async () => await reset.run(session))
   return server
 }
