@@ -2,7 +2,12 @@ import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify'
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js'
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js'
 import type { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js'
+import { createMcpHandler, isLegacyRequest } from '@modelcontextprotocol/server'
+import { Readable } from 'node:stream'
+import type { ReadableStream as WebReadableStream } from 'node:stream/web'
 import { mcpServer } from '../../services/mcp/tools.js'
+import { Workspaces, modernServer } from '../../services/mcp/modern.js'
+import type { Principal } from '../../services/auth.js'
 import { RunTasks } from '../../services/mcp/tasks.js'
 
 interface McpSession { transport: StreamableHTTPServerTransport, server: McpServer, owner: string, lastUsed: number }
@@ -37,7 +42,8 @@ const rpcError = (reply: FastifyReply, status: number, code: number, message: st
   reply.status(status).type('application/json').send({ jsonrpc: '2.0', error: { code, message }, id: null })
 
 /**
- * MCP over Streamable HTTP at /mcp, through the official SDK's transport. Each MCP session is one of our sessions
+ * MCP over Streamable HTTP at /mcp, through the official SDKs: 2026-07-28 requests statelessly (v2's handler, above),
+ * 2025-11-25 and older in MCP sessions (v1's transport). Each MCP session is one of our sessions
  * (its Mcp-Session-Id is the session id, so the monitor shows it); deleting either ends both. The API key comes as a
  * Bearer header like everywhere else. MCP sessions live in the process that initialized them: with several replicas,
  * route /mcp by the Mcp-Session-Id header.
@@ -85,8 +91,39 @@ const routes: FastifyPluginAsync = async (app) => {
     if (session) await app.runs.endSession(session)
   }
 
+  // 2026-07-28 requests (the per-request envelope, no MCP session): a server per request from the v2 SDK's handler;
+  // everything else (initialize, Mcp-Session-Id, 2025-era calls) keeps the sessions below.
+  const workspaces = new Workspaces(app.sessions, app.store)
+  const modern = createMcpHandler((ctx) => modernServer({ ...deps, sessions: app.sessions, store: app.store }, workspaces, (ctx.authInfo?.extra as { principal: Principal }).principal), {
+    legacy: 'reject',
+    onerror: (err) => { app.log.debug({ err }, 'a 2026-07-28 MCP request failed') }
+  })
+  const webRequest = (request: FastifyRequest, init: RequestInit = {}) => {
+    const headers = new Headers()
+    for (const [name, value] of Object.entries(request.headers)) {
+      if (value === undefined) continue
+      for (const v of Array.isArray(value) ? value : [value]) headers.append(name, v)
+    }
+    return new Request(`http://${request.host}${request.url}`, { method: request.method, headers, ...init })
+  }
+  const serveModern = async (request: FastifyRequest, reply: FastifyReply) => {
+    // A client that goes away cancels the call: the SDK aborts the tool's signal, which interrupts the run.
+    const gone = new AbortController()
+    reply.raw.on('close', () => { if (!reply.raw.writableFinished) gone.abort() })
+    const response = await modern.fetch(webRequest(request, { body: JSON.stringify(request.body), signal: gone.signal }), {
+      authInfo: { token: 'api-key', clientId: request.principal.name, scopes: [], extra: { principal: request.principal } },
+      parsedBody: request.body
+    })
+    reply.status(response.status)
+    response.headers.forEach((value, name) => { if (name !== 'content-length') reply.header(name, value) })
+    return response.body ? await reply.send(Readable.fromWeb(response.body as WebReadableStream)) : await reply.send()
+  }
+
   const handler = async (request: FastifyRequest, reply: FastifyReply) => {
     if (request.body === NOT_JSON) return rpcError(reply, 400, -32700, 'Parse error: the body is not JSON')
+    if (request.method === 'POST' && typeof request.headers['mcp-session-id'] !== 'string' && !(await isLegacyRequest(webRequest(request), request.body).catch(() => true))) {
+      return await serveModern(request, reply)
+    }
     const id = request.headers['mcp-session-id']
     let entry: McpSession | null
     if (typeof id === 'string') {
