@@ -38,6 +38,7 @@ const ExecResultSchema = Type.Object({
   stderr: Type.String(),
   code: Type.Integer({ description: 'the exit code' }),
   files: Type.Array(FileRefSchema),
+  deleted_files: Type.Optional(Type.Array(Type.String(), { description: 'files of the workspace the run removed (names as in files)' })),
   runtime_session_id: Type.Optional(Type.String({ description: 'the warm workspace a runtime_session_hint named (a digest of key and hint)' })),
   runtime_status: Type.Optional(Type.Union([Type.Literal('new'), Type.Literal('reused')]))
 })
@@ -81,6 +82,43 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
   }, async (request, reply) => {
     return await service.exec(request.principal, request.body, clientGone(reply))
   })
+
+  // LibreChat's expected execution profile: this server offers both of its profiles ('default': a fresh sandbox per
+  // session; 'stateful': warm per-conversation workspaces); anything else is the capability error it explains.
+  app.addHook('preHandler', async (request) => {
+    const expected = request.headers['x-codeapi-expected-profile']
+    if (expected !== undefined && expected !== 'default' && expected !== 'stateful') {
+      throw new AppError(409, 'execution_profile_mismatch', `This server offers the execution profiles default and stateful, not ${String(expected).slice(0, 64)}`)
+    }
+  })
+
+  const ProgrammaticSchema = Type.Object({
+    ...ExecSchema.properties,
+    tools: Type.Optional(Type.Array(Type.Unknown(), { maxItems: 200, description: 'tools the code may call back: must be empty (not offered here)' })),
+    continuation_token: Type.Optional(Type.String({ maxLength: 4096 })),
+    workspace_instance_id: Type.Optional(Type.String({ maxLength: 64 }))
+  })
+  app.post('/exec/programmatic', {
+    config,
+    schema: {
+      tags,
+      summary: 'Run code in one round (LibreChat\'s bash tool with an attached workspace: X-LibreChat-Code-Workspace-ID names a persistent project root)',
+      description: 'As /exec, answered as {status: "completed", ...}. With X-LibreChat-Code-Workspace-ID the run happens in that workspace of the key (and workspace_instance_id), kept between calls; X-LibreChat-Code-Request-ID names it for exec/programmatic/cancel. Code that calls tools back is not offered: a non-empty tools list is a 400 unsupported_capability.',
+      body: ProgrammaticSchema,
+      response: { 200: Type.Object({ status: Type.Literal('completed'), ...ExecResultSchema.properties }), ...errors }
+    }
+  }, async (request, reply) => {
+    const workspace = request.headers['x-librechat-code-workspace-id']
+    const requestId = request.headers['x-librechat-code-request-id']
+    return await service.programmatic(request.principal, request.body, {
+      ...(typeof workspace === 'string' ? { workspace: workspace.trim() } : {}),
+      ...(typeof requestId === 'string' && requestId.length <= 128 ? { requestId } : {})
+    }, clientGone(reply))
+  })
+  app.post('/exec/programmatic/cancel', {
+    config,
+    schema: { tags, summary: 'Interrupt the programmatic execution of a request id (its X-LibreChat-Code-Request-ID)', body: Type.Object({ request_id: Type.String({ minLength: 1, maxLength: 128 }) }), response: { 200: Type.Object({ cancelled: Type.Boolean() }), ...errors } }
+  }, async (request) => await service.cancel(request.principal, request.body.request_id))
 
   app.post('/upload', {
     config,

@@ -16,10 +16,15 @@ import { freshProcess } from '../sandbox/languages.js'
 
 export interface FileRef { id: string, name: string, path: string, session_id: string, storage_session_id: string }
 export interface InputFile { id: string, name: string, session_id?: string, storage_session_id?: string }
-export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[], runtime_session_id?: string, runtime_status?: 'new' | 'reused' }
+export interface ExecResult { session_id: string, stdout: string, stderr: string, code: number, files: FileRef[], deleted_files?: string[], runtime_session_id?: string, runtime_status?: 'new' | 'reused' }
+
+/** An attached workspace's id and instance, as @librechat/agents checks them before sending. */
+const WORKSPACE_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/
+const INSTANCE_ID = /^[a-f0-9]{64}$/
 
 /** A conversation's warm workspace (LibreChat's stateful_code_sessions): the context its runtime hint names. */
 const RUNTIME = 'librechat-runtime'
+const WORKSPACE = 'librechat-workspace'
 
 /** File ids name a workspace path (base64url), so any replica can serve a download without a table of files. */
 export const fileId = (path: string) => Buffer.from(path).toString('base64url')
@@ -65,11 +70,51 @@ export class LibreChatService {
     return { record, handle: await this.sandboxes.handle(record) }
   }
 
-  async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[], runtime_session_hint?: string }, signal?: AbortSignal): Promise<ExecResult> {
+  /**
+   * An attached workspace (X-LibreChat-Code-Workspace-ID, and workspace_instance_id when the client pins one): a
+   * persistent project root per key, id and instance, made on first use, paused when idle.
+   */
+  async workspace (principal: Principal, id: string, instance?: string, signal?: AbortSignal): Promise<{ record: SandboxRecord, handle: SandboxHandle }> {
+    if (!this.contexts) throw new AppError(400, 'stateful_workspace_unsupported', 'This server keeps no stateful workspaces')
+    if (!WORKSPACE_ID.test(id)) throw new AppError(400, 'validation_error', 'X-LibreChat-Code-Workspace-ID: letters, digits and . _ : - (at most 128), starting with a letter or digit')
+    if (instance !== undefined && !INSTANCE_ID.test(instance)) throw new AppError(400, 'validation_error', 'workspace_instance_id is 64 lowercase hex digits')
+    const { record } = await this.contexts.get(principal, WORKSPACE, `${id}|${instance ?? ''}`, { language: 'python', metadata: { source: 'librechat', workspace: id } }, signal)
+    return { record, handle: await this.sandboxes.handle(record) }
+  }
+
+  /** Programmatic executions in flight, by the client's X-LibreChat-Code-Request-ID: what its cancel interrupts. */
+  private readonly inflight = new Map<string, { owner: string, record: SandboxRecord }>()
+
+  /**
+   * exec/programmatic: the code runs as exec runs it (in the attached workspace when one is named) and completes in
+   * one round. Tools the code would call back (programmatic tool calling) are not offered: a request naming some is
+   * refused with the capability error LibreChat explains to the model, rather than left waiting.
+   */
+  async programmatic (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[], runtime_session_hint?: string, tools?: unknown[], continuation_token?: string, workspace_instance_id?: string }, opts: { workspace?: string, requestId?: string }, signal?: AbortSignal): Promise<ExecResult & { status: 'completed' }> {
+    if ((Array.isArray(req.tools) && req.tools.length) || req.continuation_token) {
+      throw new AppError(400, 'unsupported_capability', 'This server runs code without tools to call back (programmatic tool calling is not offered): send tools: [] or use /exec')
+    }
+    const target = opts.workspace ? await this.workspace(principal, opts.workspace, req.workspace_instance_id, signal) : undefined
+    const key = opts.requestId ? `${principal.name}\0${opts.requestId}` : null
+    const result = await this.exec(principal, req, signal, target, (record) => { if (key) this.inflight.set(key, { owner: principal.name, record }) })
+      .finally(() => { if (key) this.inflight.delete(key) })
+    return { status: 'completed', ...result }
+  }
+
+  /** exec/programmatic/cancel: interrupts the execution of that request id, if this key has it running here. */
+  async cancel (principal: Principal, requestId: string): Promise<{ cancelled: boolean }> {
+    const running = this.inflight.get(`${principal.name}\0${requestId}`)
+    if (!running) return { cancelled: false }
+    await (await this.sandboxes.handle(running.record)).interrupt()
+    return { cancelled: true }
+  }
+
+  async exec (principal: Principal, req: { lang: string, code: string, args?: unknown, session_id?: string, files?: InputFile[], runtime_session_hint?: string }, signal?: AbortSignal, target?: { record: SandboxRecord, handle: SandboxHandle }, started?: (record: SandboxRecord) => void): Promise<ExecResult> {
     const language = this.sandboxes.language(req.lang) // 400 naming the languages for one this image lacks
     const args = Array.isArray(req.args) ? req.args.map(String) : []
-    const runtime = req.runtime_session_hint ? await this.runtime(principal, req.runtime_session_hint, signal) : null
-    const { record, handle } = runtime ?? (req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal))
+    const runtime = !target && req.runtime_session_hint ? await this.runtime(principal, req.runtime_session_hint, signal) : null
+    const { record, handle } = target ?? runtime ?? (req.session_id ? await this.session(principal, req.session_id) : await this.newSession(principal, signal))
+    started?.(record)
     for (const file of req.files ?? []) await this.placeInput(principal, record, handle, file)
     const before = await this.snapshot(handle)
     let exitCode = 0
@@ -84,7 +129,16 @@ export class LibreChatService {
     }
     const after = await this.snapshot(handle)
     const files = [...after].filter(([path, stamp]) => before.get(path) !== stamp).map(([path]) => this.ref(record.id, path))
-    return { session_id: record.id, stdout: execution.stdout, stderr: execution.stderr, code: exitCode, files, ...(runtime ? { runtime_session_id: runtime.id, runtime_status: runtime.status } : {}) }
+    const deleted = [...before.keys()].filter(path => !after.has(path))
+    return {
+      session_id: record.id,
+      stdout: execution.stdout,
+      stderr: execution.stderr,
+      code: exitCode,
+      files,
+      ...(deleted.length ? { deleted_files: deleted } : {}),
+      ...(runtime ? { runtime_session_id: runtime.id, runtime_status: runtime.status } : {})
+    }
   }
 
   ref (sessionId: string, path: string): FileRef {

@@ -8,7 +8,7 @@ let app: FastifyInstance
 let base: string
 
 t.before(async () => {
-  const config = await sandboxConfig({ POOL_SIZE: '2', MAX_UPLOAD_BYTES: '65536', MAX_SANDBOXES_PER_KEY: '30' })
+  const config = await sandboxConfig({ POOL_SIZE: '2', MAX_UPLOAD_BYTES: '65536', MAX_SANDBOXES_PER_KEY: '40' })
   t.teardown(() => flushPrefix(REDIS_URL, config.REDIS_PREFIX))
   app = await build(t, config)
   base = `${await app.listen({ host: '127.0.0.1', port: 0 })}/librechat/v1`
@@ -176,4 +176,40 @@ t.test('stateful_code_sessions: bash and Python of one conversation share a warm
   t.equal(bob.statusCode, 200)
   t.notMatch(bob.json().stdout, /shared\.txt/, 'the same hint from another key is another workspace')
   t.equal((await app.inject({ method: 'POST', url: '/librechat/v1/exec', headers: { 'x-api-key': KEYS.alice }, payload: { lang: 'bash', code: 'true', runtime_session_hint: 'x'.repeat(300) } })).statusCode, 400)
+})
+
+t.test('attached workspaces: LibreChat\'s bash tool with X-LibreChat-Code-Workspace-ID keeps a project root across conversations; profiles are checked', async (t) => {
+  const { createBashExecutionTool } = agents as unknown as { createBashExecutionTool: (params: Record<string, unknown>) => { invoke: (call: object, config?: object) => Promise<unknown> } }
+  const bash = (workspaceId: string, extra: Record<string, unknown> = {}) => createBashExecutionTool({ baseUrl: base, authHeaders: { 'X-API-Key': KEYS.alice }, workspaceId, ...extra })
+  const project = bash('project-1')
+  const wrote = await project.invoke({ id: 'call_w1', name: 'bash', type: 'tool_call', args: { command: 'mkdir -p src && echo "print(6 * 7)" > src/main.py && pwd' } }) as ToolResult
+  t.match(wrote.content, /stdout:\n\/mnt\/data\n/, 'commands start in the workspace root (here /mnt/data is the project root too)')
+  const ran = await bash('project-1').invoke({ id: 'call_w2', name: 'bash', type: 'tool_call', args: { command: 'python3 src/main.py' } }) as ToolResult
+  t.match(ran.content, /stdout:\n42/, 'a later call (another conversation\'s tool, same workspace) finds the project')
+  const other = await bash('project-2').invoke({ id: 'call_w3', name: 'bash', type: 'tool_call', args: { command: 'ls src 2>&1 || true' } }) as ToolResult
+  t.match(other.content, /No such file/, 'another workspace is another root')
+  const pinned = await bash('project-1', { workspaceInstanceId: 'a'.repeat(64) }).invoke({ id: 'call_w4', name: 'bash', type: 'tool_call', args: { command: 'ls src 2>&1 || true' } }) as ToolResult
+  t.match(pinned.content, /No such file/, 'another instance of the workspace is another root')
+  const bobs = await app.inject({ method: 'POST', url: '/librechat/v1/exec/programmatic', headers: { 'x-api-key': KEYS.bob, 'x-librechat-code-workspace-id': 'project-1' }, payload: { lang: 'bash', code: 'ls src 2>&1 || true', tools: [] } })
+  t.match(bobs.json(), { status: 'completed', stdout: /No such file/ }, 'the same workspace id from another key is another root')
+
+  // A cancel (the tool's AbortSignal) reaches exec/programmatic/cancel and interrupts the run; the workspace goes on.
+  const abort = new AbortController()
+  const long = project.invoke({ id: 'call_w5', name: 'bash', type: 'tool_call', args: { command: 'sleep 60; echo late' } }, { signal: abort.signal })
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  abort.abort()
+  await long.catch(() => {})
+  const after = await project.invoke({ id: 'call_w6', name: 'bash', type: 'tool_call', args: { command: 'echo free; ps -eo args | grep -c "^sleep 60" || true' } }) as ToolResult
+  t.match(after.content, /stdout:\nfree\n0/, 'the cancelled command no longer runs')
+
+  const withTools = await app.inject({ method: 'POST', url: '/librechat/v1/exec/programmatic', headers: { 'x-api-key': KEYS.alice }, payload: { lang: 'py', code: 'print(1)', tools: [{ name: 'web_search' }] } })
+  t.equal(withTools.statusCode, 400)
+  t.match(withTools.json(), { code: 'unsupported_capability' }, 'code that would call tools back is refused with the capability error LibreChat explains')
+  t.equal((await app.inject({ method: 'POST', url: '/librechat/v1/exec/programmatic', headers: { 'x-api-key': KEYS.alice, 'x-librechat-code-workspace-id': '../etc' }, payload: { lang: 'bash', code: 'true' } })).statusCode, 400)
+
+  // X-CodeAPI-Expected-Profile: default and stateful are served; another profile is the capability mismatch.
+  const gpu = await createCodeExecutionTool({ baseUrl: base, authHeaders: { 'X-API-Key': KEYS.alice }, executionProfile: 'gpu' }).invoke({ id: 'call_p1', name: 'execute_code', type: 'tool_call', args: { lang: 'py', code: 'print(1)' } }).catch((err: Error) => err) as ToolResult | Error
+  t.match(gpu instanceof Error ? gpu.message : gpu.content, /not supported by the selected environment.*execution profile/, 'an unknown profile: LibreChat\'s capability message')
+  const stateful = await createCodeExecutionTool({ baseUrl: base, authHeaders: { 'X-API-Key': KEYS.alice }, executionProfile: 'default' }).invoke({ id: 'call_p2', name: 'execute_code', type: 'tool_call', args: { lang: 'py', code: 'print(1)' } }) as ToolResult
+  t.match(stateful.content, /stdout:\n1/)
 })
