@@ -209,6 +209,11 @@ const terminalFrames = () => Array.from({ length: 10 }, () => pick<string | Buff
   JSON.stringify({ type: 'signal', signal: pick(['SIGKILL', 'SIGNOPE', 9, null]) }), JSON.stringify({ type: pick(['ping', 'nope', 7]) })
 ]))
 
+const openTerminalFrames = () => Array.from({ length: 10 }, () => pick<string | Buffer>([
+  JSON.stringify({ type: 'auth', token: KEY }), JSON.stringify({ type: 'auth', token: pick(ODD_VALUES) }), JSON.stringify({ type: 'auth' }),
+  JSON.stringify({ type: 'resize', cols: pick(ODD_VALUES), rows: pick(ODD_VALUES) }), JSON.stringify({ type: 'resize', cols: 2 ** 31, rows: -5 }),
+  JSON.stringify({ type: 'input', data: pick(ODD_VALUES) }), 'not json', '{}', Buffer.from('echo hi\n'), Buffer.alloc(70_000, 0x41), Buffer.from([0xff, 0xfe, 0x03])
+]))
 const jupyterFrames = () => Array.from({ length: 10 }, () => {
   const header = { msg_id: String(random()), msg_type: pick(['execute_request', 'kernel_info_request', 'complete_request', 'inspect_request', 'shutdown_request', 'comm_open', 'history_request', 'nonsense', 1]), session: 's', username: 'u', date: '', version: '5.3' }
   // shutdown_request always restarts: a real shutdown would end the kernel every later round needs.
@@ -345,6 +350,13 @@ async function main (): Promise<number> {
   if (!crashed) await socketPhase('WebSocket /v1/ws', `${BASE.replace('http', 'ws')}/v1/ws`, wsFrames, ['interpreter.v1'])
   if (!crashed) await socketPhase('Terminal /pty', `${BASE.replace('http', 'ws')}/v1/sandboxes/${sandbox}/pty`, terminalFrames)
   if (!crashed) await socketPhase('Jupyter channels', `${BASE.replace('http', 'ws')}/jupyter/api/kernels/${kernel}/channels`, jupyterFrames)
+  if (!crashed) {
+    // Open Terminal's terminal: made over HTTP for a user and chat, then attached with odd frames (the first may be its auth frame).
+    const scope = { 'x-user-id': 'fuzz-user' }
+    const made = await call('POST', '/terminal/api/terminals', { headers: scope })
+    const id = typeof made === 'string' ? '1' : (JSON.parse(made.text) as { id?: string }).id ?? '1'
+    await socketPhase('Open Terminal socket', `${BASE.replace('http', 'ws')}/terminal/api/terminals/${id}?user_id=fuzz-user`, openTerminalFrames)
+  }
   if (!crashed) await mcpPhase()
   if (!crashed) await multipartPhase()
   const endRss = rss()
