@@ -195,10 +195,7 @@ export class ClaudeTools {
     const entry = await this.statOf(handle, path, shown)
     if (entry.type === 'directory') throw new ToolError(`${shown} is a directory: view lists it, the other commands take files`)
     if (entry.size > MAX_EDIT_BYTES) throw new ToolError(`${shown} is ${entry.size} bytes; the editor takes files up to ${MAX_EDIT_BYTES} bytes (use bash to look at larger ones)`)
-    const file = await handle.readFile(path)
-    const chunks: Buffer[] = []
-    for await (const chunk of file.stream) chunks.push(chunk as Buffer)
-    const bytes = Buffer.concat(chunks)
+    const bytes = await handle.readAll(path, MAX_EDIT_BYTES)
     if (bytes.includes(0)) throw new ToolError(`${shown} is a binary file`)
     return bytes.toString('utf8')
   }

@@ -10,6 +10,8 @@ import type { SandboxService } from '../sandbox/service.js'
 
 /** Files the read_file tool returns as text (larger or binary files come back as a base64 resource). */
 const TEXT_LIMIT = 1024 * 1024
+/** The most read_file returns at all (as a resource past TEXT_LIMIT); larger files are an error result saying so. */
+const READ_LIMIT = 32 * 1024 * 1024
 
 const text = (value: string): CallToolResult['content'][number] => ({ type: 'text', text: value })
 const failure = (message: string): CallToolResult => ({ isError: true, content: [text(message)] })
@@ -161,10 +163,7 @@ export function toolset (deps: McpDeps) {
       description: 'Read a file of the sandbox workspace: text as text, anything else as a base64 resource.',
       inputSchema: { path: z.string().min(1).describe('a file relative to the workspace') },
       run: async (session: Session, { path }: { path: string }) => tool(async () => {
-        const { stream } = await (await handle(session)).readFile(path)
-        const chunks: Buffer[] = []
-        for await (const chunk of stream) chunks.push(chunk as Buffer)
-        const bytes = Buffer.concat(chunks)
+        const bytes = await (await handle(session)).readAll(path, READ_LIMIT)
         const decoded = bytes.toString('utf8')
         if (bytes.length <= TEXT_LIMIT && Buffer.from(decoded, 'utf8').equals(bytes)) return { content: [text(decoded)] }
         const mimeType = path.endsWith('.png') ? 'image/png' : 'application/octet-stream'

@@ -9,6 +9,9 @@ import type { Store } from '../store/types.js'
 
 interface ContextRecord { owner: string, name: string, sandbox_id: string }
 
+/** Past this many records of one kind, a key's records whose sandbox is gone are dropped (contexts come and go). */
+export const PRUNE_ABOVE = 64
+
 export class ContextSandboxes {
   /** First uses in flight in this process: two calls of one new context wait for one sandbox, not two. */
   private readonly making = new Map<string, Promise<SandboxRecord>>()
@@ -34,6 +37,7 @@ export class ContextSandboxes {
     const made = (async () => {
       const record = await this.sandboxes.create(principal, { on_timeout: 'pause', ...spec }, null, signal)
       await this.store.saveNamed<ContextRecord>(kind, { owner: principal.name, name, sandbox_id: record.id })
+      void this.prune(principal, kind).catch(() => {})
       return record
     })()
     this.making.set(key, made)
@@ -42,5 +46,21 @@ export class ContextSandboxes {
     } finally {
       this.making.delete(key)
     }
+  }
+
+  /**
+   * Drops a key's records of `kind` that name a removed sandbox, once it has more than PRUNE_ABOVE: every chat or
+   * conversation leaves one, and their sandboxes go (idle, paused past their TTL), so the records would only grow.
+   * `sandboxOf` reads a record's sandbox id (other kinds keyed by sandbox, like Open Terminal's working directories).
+   */
+  async prune (principal: Principal, kind: string, sandboxOf: (record: Record<string, unknown>) => string = r => String(r.sandbox_id)): Promise<number> {
+    const records = await this.store.listNamed<ContextRecord & Record<string, unknown>>(kind, principal.name)
+    if (records.length <= PRUNE_ABOVE) return 0
+    let dropped = 0
+    for (const record of records) {
+      if (await this.store.getSandbox(sandboxOf(record))) continue
+      if (await this.store.deleteNamed(kind, principal.name, record.name)) dropped++
+    }
+    return dropped
   }
 }

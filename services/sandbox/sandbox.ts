@@ -214,6 +214,21 @@ export class SandboxHandle {
     })
   }
 
+  /**
+   * A whole file, for the callers that need it at once (editors, find-and-replace, tools that answer with content):
+   * a 413 past `limit` bytes, the read then abandoned. Callers that can stream use readFile.
+   */
+  async readAll (path: string, limit: number): Promise<Buffer> {
+    const { size, stream } = await this.readFile(path)
+    if (size > limit) {
+      stream.destroy()
+      throw new AppError(413, 'file_too_large', `${path} is ${size} bytes; at most ${limit} bytes are read at once`)
+    }
+    const chunks: Buffer[] = []
+    for await (const chunk of stream) chunks.push(chunk as Buffer)
+    return Buffer.concat(chunks)
+  }
+
   /** Streams `source` into a file in the workspace, one acknowledged chunk at a time; returns its size. */
   async writeFile (path: string, source: AsyncIterable<Buffer | string>, maxBytes: number): Promise<number> {
     return await this.upload('write_open', path, source, maxBytes)

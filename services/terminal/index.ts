@@ -215,7 +215,10 @@ export class OpenTerminal {
     const entry = await this.stat(record, rel)
     if (!entry || entry.type !== 'directory') throw new AppError(404, 'not_found', 'Directory not found')
     const cwd = absolute(rel)
-    if (scope.session) await this.store.saveNamed(CWD_KIND, { owner: principal.name, name: `${record.id}|${scope.session}`, cwd })
+    if (scope.session) {
+      await this.store.saveNamed(CWD_KIND, { owner: principal.name, name: `${record.id}|${scope.session}`, cwd, sandbox_id: record.id })
+      void this.contexts.prune(principal, CWD_KIND).catch(() => {})
+    }
     return { cwd }
   }
 
@@ -240,10 +243,7 @@ export class OpenTerminal {
     const entry = await this.stat(record, rel)
     if (!entry || entry.type === 'directory') throw new AppError(404, 'not_found', 'File not found')
     if (entry.size > limit) throw new AppError(413, 'file_too_large', `${absolute(rel)} is ${entry.size} bytes; this reads files up to ${limit} bytes (use run_command with head, tail or grep)`)
-    const { stream } = await handle.readFile(rel)
-    const chunks: Buffer[] = []
-    for await (const chunk of stream) chunks.push(chunk as Buffer)
-    return Buffer.concat(chunks)
+    return await handle.readAll(rel, limit)
   }
 
   private async writeAll (record: SandboxRecord, rel: string, bytes: Buffer): Promise<number> {

@@ -72,10 +72,7 @@ export class ToolServer {
     const entry = await handle.stat(path)
     if (entry.type === 'directory') throw new AppError(400, 'is_a_directory', `${body.path} is a directory: list_files lists it`)
     if (entry.size > READ_LIMIT) throw new AppError(413, 'file_too_large', `${body.path} is ${entry.size} bytes; read_file returns files up to ${READ_LIMIT} bytes (use run_command with head or grep)`)
-    const { stream } = await handle.readFile(path)
-    const chunks: Buffer[] = []
-    for await (const chunk of stream) chunks.push(chunk as Buffer)
-    const bytes = Buffer.concat(chunks)
+    const bytes = await handle.readAll(path, READ_LIMIT)
     const text = bytes.toString('utf8')
     return Buffer.from(text, 'utf8').equals(bytes) && !bytes.includes(0)
       ? { path, size: bytes.length, encoding: 'utf8', content: text }
