@@ -1,3 +1,5 @@
+import monitorPlugin from './plugins/monitor.js'
+import auditPlugin from './plugins/audit.js'
 import type { IncomingMessage } from 'node:http'
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
@@ -84,9 +86,11 @@ export async function serviceApp (app: FastifyInstance, opts: AppOptions): Promi
   await app.register(storePlugin)
   await app.register(settingsPlugin)
   await app.register(authPlugin)
+  await app.register(auditPlugin)
   await app.register(rateLimitPlugin)
   await app.register(swaggerPlugin)
   await app.register(sandboxesPlugin, opts.sandbox ?? {})
+  await app.register(monitorPlugin)
   await app.register(llmPlugin, { env: opts.env })
   await app.register(interpreterPlugin)
   await app.register(websocketPlugin)

@@ -1,4 +1,5 @@
 import { ContextSandboxes } from '../services/sandbox/contexts.js'
+import { codePrefix } from '../services/audit.js'
 import fp from 'fastify-plugin'
 import { Gauge } from 'prom-client'
 import { randomUUID } from 'node:crypto'
@@ -110,10 +111,12 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
     memoryMb: c.SANDBOX_MEMORY_MB,
     maxSandboxes: c.MAX_SANDBOXES,
     imageProfile: c.SANDBOX_IMAGE_PROFILE,
-    observeExecution: ({ language, status, protocol, seconds }) => {
+    observeExecution: ({ language, status, protocol, seconds, sandbox_id: sandbox, exit_code: exit, code }) => {
       app.metrics.executions.inc({ language, status, protocol })
       app.metrics.executionDuration.observe({ language }, seconds)
+      app.audit.record('execute', sandbox, { language, protocol, status, duration_ms: Math.round(seconds * 1000), exit: exit ?? null, code: codePrefix(code) })
     },
+    audit: (action, record, detail) => { app.audit.record(action, record.id, { ...detail, owner: record.owner }) },
     memoryBudgetMb: c.SANDBOX_MEMORY_BUDGET_MB ?? Math.floor(totalmem() / 1024 / 1024 * 0.75),
     reapIntervalMs: c.SANDBOX_REAP_INTERVAL_MS,
     onRejected: (reason) => app.metrics.capacityRejections.inc({ reason }),
@@ -171,4 +174,4 @@ export default fp<SandboxPluginOptions>(async (app, opts) => {
   })
   if (c.SANDBOX_ENABLED) await service.start(opts.waitWarm ?? false)
   app.addHook('onClose', () => service.close())
-}, { name: 'sandboxes', dependencies: ['config', 'store', 'bus', 'settings', 'metrics'] })
+}, { name: 'sandboxes', dependencies: ['audit', 'config', 'store', 'bus', 'settings', 'metrics'] })

@@ -4,6 +4,7 @@ import { ErrorSchema, commonErrors } from '../schemas/common.js'
 import { CapacityStatusSchema, HostStatusSchema, PoolStatusSchema } from '../schemas/sandboxes.js'
 import { requireAdmin } from '../plugins/auth.js'
 import { openSse } from './sse.js'
+import { Readable } from 'node:stream'
 import type { LogLine } from '../services/log-hub.js'
 
 const StatsSchema = Type.Object({
@@ -76,6 +77,142 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       app.logs.events.off('line', onLine)
     })
     return reply
+  })
+
+  // --- the operator's monitor: charts, sandboxes with their resources, the audit trail ------------------------------
+  const Sample = Type.Object({
+    t: Type.Number({ description: 'the start of the 10 s window, ms since the epoch' }),
+    requests: Type.Integer(),
+    p50_ms: Type.Union([Type.Number(), Type.Null()]),
+    p99_ms: Type.Union([Type.Number(), Type.Null()]),
+    executions: Type.Record(Type.String(), Type.Integer(), { description: 'by protocol' }),
+    live: Type.Integer(),
+    warm: Type.Integer(),
+    paused: Type.Integer(),
+    queued: Type.Integer(),
+    starts: Type.Integer(),
+    start_ms: Type.Union([Type.Integer(), Type.Null()]),
+    memory_used_mb: Type.Integer(),
+    memory_budget_mb: Type.Integer(),
+    hosts: Type.Record(Type.String(), Type.Integer(), { description: 'live sandboxes per Docker host' })
+  })
+  app.get('/admin/timeseries', {
+    preHandler: requireAdmin,
+    schema: {
+      tags: ['admin'],
+      summary: 'The last hour in 10 s samples, every replica added up: requests and latency, executions by protocol, sandboxes live/warm/paused, the start queue and start time, the memory budget, sandboxes per host (admin keys)',
+      querystring: Type.Object({ minutes: Type.Integer({ minimum: 1, maximum: 60, default: 60 }) }),
+      response: { 200: Type.Object({ interval_s: Type.Integer(), replicas: Type.Integer(), samples: Type.Array(Sample) }), 403: ErrorSchema, ...commonErrors }
+    }
+  }, async (request) => ({ interval_s: 10, ...await app.timeseries.series(request.query.minutes) }))
+
+  const LiveSandbox = Type.Object({
+    id: Type.String(),
+    key: Type.String({ description: 'the key\'s name' }),
+    session_id: Type.Union([Type.String(), Type.Null()]),
+    language: Type.String(),
+    host: Type.String(),
+    runtime: Type.String({ description: 'the container runtime (runc, runsc: gVisor)' }),
+    state: Type.Union([Type.Literal('running'), Type.Literal('paused')]),
+    created_at: Type.String(),
+    last_used_at: Type.String(),
+    age_s: Type.Integer(),
+    idle_s: Type.Integer(),
+    cpu_percent: Type.Union([Type.Number(), Type.Null()], { description: 'of one CPU, over the last poll (null until two readings)' }),
+    memory_bytes: Type.Union([Type.Integer(), Type.Null()]),
+    memory_limit_mb: Type.Integer(),
+    network: Type.String({ description: 'the egress allow list, or none' }),
+    source: Type.Union([Type.String(), Type.Null()], { description: 'what made it (metadata.source: mcp, librechat, open-terminal, ...)' })
+  })
+  app.get('/admin/sandboxes', {
+    schema: {
+      tags: ['admin'],
+      summary: 'Sandboxes with their live CPU and memory (an admin key sees every key\'s; a user key its own): read by one poller per Docker host while someone looks, every 5 s',
+      response: { 200: Type.Object({ data: Type.Array(LiveSandbox), pollers: Type.Integer({ description: 'engine pollers running (one per host at most)' }) }), ...commonErrors }
+    }
+  }, async (request) => {
+    const all = await app.sandboxes.list(request.principal, true)
+    const mine = request.principal.role === 'admin' ? all : all.filter(r => r.owner === request.principal.name)
+    const stats = app.sandboxes.liveStats(mine)
+    const now = Date.now()
+    const runtime = app.config.SANDBOX_RUNTIME ?? 'runc'
+    return {
+      pollers: app.sandboxes.statsPollers,
+      data: mine.map(r => {
+        const live = stats.get(r.id)
+        return {
+          id: r.id,
+          key: r.owner,
+          session_id: r.session_id,
+          language: r.language,
+          host: r.host ?? app.sandboxes.hosts[0]?.name ?? 'local',
+          runtime,
+          state: r.paused ? 'paused' as const : 'running' as const,
+          created_at: r.created_at,
+          last_used_at: r.last_used_at,
+          age_s: Math.max(0, Math.round((now - Date.parse(r.created_at)) / 1000)),
+          idle_s: Math.max(0, Math.round((now - Date.parse(r.last_used_at)) / 1000)),
+          cpu_percent: live?.cpu_percent ?? null,
+          memory_bytes: live?.memory_bytes ?? null,
+          memory_limit_mb: r.memory_mb,
+          network: r.network?.join(' ') || 'none',
+          source: r.metadata.source ?? null
+        }
+      })
+    }
+  })
+
+  const AuditEntry = Type.Object({
+    id: Type.String(),
+    at: Type.String(),
+    key: Type.String({ description: 'the key\'s name (system: the server itself)' }),
+    role: Type.String(),
+    action: Type.String({ description: 'sandbox.create, sandbox.delete, sandbox.policy, execute, file.upload, file.download, file.delete, session.create, session.delete, settings.change, secret.set, secret.delete, volume.*, snapshot.delete' }),
+    target: Type.Union([Type.String(), Type.Null()]),
+    ip: Type.Union([Type.String(), Type.Null()]),
+    detail: Type.Record(Type.String(), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Null()]))
+  })
+  const AuditQuery = Type.Object({
+    key: Type.Optional(Type.String({ maxLength: 100, description: 'a key\'s name (a user key always sees its own only)' })),
+    action: Type.Optional(Type.String({ maxLength: 64, description: 'an action, or its family (file, sandbox)' })),
+    target: Type.Optional(Type.String({ maxLength: 128 })),
+    since: Type.Optional(Type.String({ format: 'date-time' })),
+    until: Type.Optional(Type.String({ format: 'date-time' })),
+    limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
+    before: Type.Optional(Type.String({ maxLength: 64, pattern: '^\\d+-\\d+$', description: 'the next of the previous page' }))
+  })
+  const auditFilter = (request: { principal: { role: string, name: string }, query: { key?: string, action?: string, target?: string, since?: string, until?: string } }) => {
+    const q = request.query
+    return {
+      ...(request.principal.role === 'admin' ? (q.key ? { key: q.key } : {}) : { key: request.principal.name }),
+      ...(q.action ? { action: q.action } : {}),
+      ...(q.target ? { target: q.target } : {}),
+      ...(q.since ? { since: Date.parse(q.since) } : {}),
+      ...(q.until ? { until: Date.parse(q.until) } : {})
+    }
+  }
+  app.get('/admin/audit', {
+    schema: {
+      tags: ['admin'],
+      summary: 'The audit trail, newest first: who (a key\'s name) did what to which sandbox or session, when, from where (an admin key sees every key\'s entries; a user key its own)',
+      querystring: AuditQuery,
+      response: { 200: Type.Object({ data: Type.Array(AuditEntry), next: Type.Union([Type.String(), Type.Null()]) }), ...commonErrors }
+    }
+  }, async (request) => {
+    const { entries, next } = await app.audit.list(auditFilter(request), request.query.limit, request.query.before)
+    return { data: entries, next }
+  })
+  app.get('/admin/audit.jsonl', {
+    schema: {
+      tags: ['admin'],
+      summary: 'The audit trail as JSON lines, oldest first (the same filters, no limit)',
+      querystring: Type.Omit(AuditQuery, ['limit', 'before']),
+      response: { 200: Type.String({ description: 'application/x-ndjson: one entry per line' }), ...commonErrors }
+    }
+  }, async (request, reply) => {
+    const entries = app.audit.all(auditFilter(request))
+    reply.type('application/x-ndjson').header('content-disposition', 'attachment; filename="audit.jsonl"')
+    return reply.send(Readable.from((async function * () { for await (const e of entries) yield `${JSON.stringify(e)}\n` })()) as unknown as string)
   })
 }
 

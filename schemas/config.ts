@@ -37,6 +37,8 @@ export const EnvSchema = Type.Object({
   SESSION_TTL_S: Int(1, 7 * 24 * 3600),
   SESSION_STORED_BYTES: Int(65536, 16 * 1024 * 1024, "a session's stored messages, and its event log, are each kept within this many bytes: past it the oldest go"),
   MCP_SESSION_IDLE_S: Int(1, 3600, 'an MCP session unused this long ends, with its session and sandbox'),
+  AUDIT_MAX_ENTRIES: Int(100, 100_000, 'the audit trail keeps at most about this many entries (the oldest go)'),
+  AUDIT_RETENTION_S: Int(60, 30 * 24 * 3600, 'audit entries older than this are dropped'),
   BODY_LIMIT: Int(1024, 2 * 1024 * 1024, 'largest JSON body accepted'),
   REQUEST_TIMEOUT_MS: Int(1000, 120000, 'a request whose headers and body have not all arrived after this long is answered 408 and its connection closed (a trickled body cannot hold a socket forever)'),
   METRICS_PUBLIC: Type.Boolean({ default: false }),

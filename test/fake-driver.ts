@@ -84,6 +84,7 @@ export class FakeDriver implements SandboxDriver {
   readVolume (): NodeJS.ReadableStream { throw new Error('the fake engine has no volumes') }
   async removeVolume (): Promise<void> {}
   async listVolumes (): Promise<Array<{ name: string, labels: Record<string, string> }>> { return [] }
+  async stats (): Promise<null> { return null }
 
   async list (): Promise<ListedContainer[]> {
     return [...this.containers.keys()].map(id => ({ id, labels: {} }))

@@ -31,6 +31,9 @@ export interface ContainerState {
 
 export interface ListedContainer { id: string, labels: Record<string, string> }
 
+/** One reading of a container's use: CPU time (its own and the host's, ns) and memory (without the page cache). */
+export interface ContainerStats { cpuNs: number, systemNs: number, cpus: number, memoryBytes: number, memoryLimitBytes: number }
+
 /** How the engine has a runtime registered (Docker: `docker info` → Runtimes). */
 export interface RuntimeRegistration { path?: string, runtimeArgs?: string[] }
 
@@ -71,6 +74,8 @@ export interface SandboxDriver {
   removeVolume (name: string): Promise<void>
   /** Our volumes (every namespace, or one), with their labels. */
   listVolumes (namespace?: string): Promise<Array<{ name: string, labels: Record<string, string> }>>
+  /** One reading of a running container's CPU time and memory; null when it is not running. */
+  stats (id: string): Promise<ContainerStats | null>
 }
 
 const statusOf = (err: unknown) => (err as { statusCode?: number }).statusCode
@@ -86,6 +91,27 @@ const FILL_PATH = '/fill'
 /** The Docker engine, over one daemon's API. */
 export class DockerDriver implements SandboxDriver {
   constructor (readonly docker: Docker) {}
+
+  async stats (id: string): Promise<ContainerStats | null> {
+    interface Reading { cpu_stats?: { cpu_usage?: { total_usage?: number }, system_cpu_usage?: number, online_cpus?: number }, memory_stats?: { usage?: number, limit?: number, stats?: Record<string, number> } }
+    let s: Reading
+    try {
+      // One reading, at once (Docker's one-shot): the CPU share comes from two of them, a poll apart.
+      s = await this.docker.getContainer(id).stats({ stream: false, 'one-shot': true } as unknown as { stream: false }) as unknown as Reading
+    } catch (err) {
+      if (statusOf(err) === 404 || statusOf(err) === 409) return null
+      throw err
+    }
+    if (!s.cpu_stats?.cpu_usage || !s.memory_stats?.usage) return null
+    const cache = s.memory_stats.stats?.inactive_file ?? s.memory_stats.stats?.total_inactive_file ?? 0
+    return {
+      cpuNs: s.cpu_stats.cpu_usage.total_usage ?? 0,
+      systemNs: s.cpu_stats.system_cpu_usage ?? 0,
+      cpus: s.cpu_stats.online_cpus ?? 1,
+      memoryBytes: Math.max(0, s.memory_stats.usage - cache),
+      memoryLimitBytes: s.memory_stats.limit ?? 0
+    }
+  }
 
   async ping (): Promise<void> {
     await this.docker.ping()

@@ -1,3 +1,4 @@
+import { StatsPoller, type LiveStat, type StatsTarget } from './stats.js'
 import { randomBytes } from 'node:crypto'
 import { AgentGone } from './agent-client.js'
 import { PROXY_URL_IN_SANDBOX, checkAllowed, parsePolicy, parseRule, parseTransforms, templatesOf, type AllowRule, type EgressProxy, type Transform } from './egress.js'
@@ -40,6 +41,11 @@ export interface ExecutionObservation {
   status: 'ok' | 'error' | 'failed'
   protocol: Protocol
   seconds: number
+  sandbox_id: string
+  /** The process's exit code (shell and the fresh-process languages). */
+  exit_code?: number
+  /** The code that ran (the audit trail keeps a short prefix of it, never more). */
+  code: string
 }
 
 export interface SandboxServiceOptions {
@@ -71,6 +77,8 @@ export interface SandboxServiceOptions {
   imageProfile?: ImageProfile
   /** Told of every execution, whichever protocol asked for it (metrics). */
   observeExecution?: (e: ExecutionObservation) => void
+  /** The audit trail: what happened to a sandbox (made, removed, its policy changed), told as it happens. */
+  audit?: (action: string, sandbox: SandboxRecord, detail?: Record<string, string | number | boolean | null>) => void
   /** Containers re-adopted (or removed) at once during start-up's recovery. */
   recoveryConcurrency?: number
   reapIntervalMs?: number
@@ -157,6 +165,7 @@ export class SandboxService {
   /** The first host's pool (the only one with one host). */
   readonly pool: SandboxPool
   private readonly hostSet: HostSet
+  private readonly stats: StatsPoller
   private readonly cap: Capacity
   private readonly recoverer: Recovery
 
@@ -164,6 +173,7 @@ export class SandboxService {
     this.pools = Array.isArray(pools) ? pools : [pools]
     this.pool = this.pools[0]
     this.hostSet = new HostSet(this.pools, log)
+    this.stats = new StatsPoller(new Map(this.pools.map(p => [p.host, async (container: string) => await p.driver.stats(container)])))
     this.cap = new Capacity(this.hostSet, opts)
     this.recoverer = new Recovery(store, this.hostSet, {
       concurrency: opts.recoveryConcurrency ?? 8,
@@ -296,6 +306,7 @@ export class SandboxService {
       await this.store.saveSandbox(record)
       this.track(record.id, handle, record)
       this.cap.countOn(pool.host, 1, memoryMb)
+      this.opts.audit?.('sandbox.create', record, { language: record.language, memory_mb: memoryMb, cpus, network: record.network?.join(' ').slice(0, 200) ?? 'none', source: record.metadata.source ?? null, host: pool.host })
       return record
     } catch (err) {
       handle.agent.close()
@@ -383,6 +394,7 @@ export class SandboxService {
       for (const key of ['network', 'network_trusted', 'network_transforms'] as const) delete cached[key]
       Object.assign(cached, { ...(fresh.network ? { network: fresh.network, network_trusted: fresh.network_trusted } : {}), ...(fresh.network_transforms ? { network_transforms: fresh.network_transforms } : {}) })
     }
+    this.opts.audit?.('sandbox.policy', fresh, { network: fresh.network?.join(' ').slice(0, 200) ?? 'none', transforms: fresh.network_transforms?.length ?? 0 })
     return fresh
   }
 
@@ -504,6 +516,7 @@ export class SandboxService {
     await this.store.deleteSandbox(record.id, record.owner)
     if (record.paused) this.cap.countOn(this.hostSet.hostOf(record), 0, 0, -1)
     else this.cap.countOn(this.hostSet.hostOf(record), -1, record.memory_mb)
+    this.opts.audit?.('sandbox.delete', record, { paused: Boolean(record.paused) })
   }
 
   /** Resolves once no pause or resume of the sandbox is under way, here or (its lock in the store) elsewhere. */
@@ -739,8 +752,8 @@ export class SandboxService {
     // Touched when the run ends, and meanwhile every half idle timeout, so that no reaper (of any replica) takes it.
     const renewal = setInterval(() => { this.touch(record).catch(() => {}) }, Math.max(1000, record.timeout_s * 500))
     const began = Date.now()
-    const observe = (status: ExecutionObservation['status']) =>
-      this.opts.observeExecution?.({ language: context.label ?? language, status, protocol: context.via, seconds: (Date.now() - began) / 1000 })
+    const observe = (status: ExecutionObservation['status'], exitCode?: number) =>
+      this.opts.observeExecution?.({ language: context.label ?? language, status, protocol: context.via, seconds: (Date.now() - began) / 1000, sandbox_id: record.id, code: req.code, ...(exitCode !== undefined ? { exit_code: exitCode } : {}) })
     try {
       const result = await handle.execute({
         kernel: spec.kernel ?? 'shell',
@@ -750,7 +763,7 @@ export class SandboxService {
         maxOutputBytes: this.opts.outputLimit,
         ...(req.kernel ? { named: req.kernel } : {})
       }, onEvent)
-      observe(result.error ? 'error' : 'ok')
+      observe(result.error ? 'error' : 'ok', result.exit_code)
       // The first run after a resume that kept only the files: its kernel started afresh.
       if (this.freshKernels.delete(record.id)) result.state_lost = true
       return { sandbox_id: record.id, ...result }
@@ -843,7 +856,25 @@ export class SandboxService {
   }
 
   /** Detaches from (keep) or removes every sandbox this process knows, then empties the warm pool. */
+  /**
+   * The live CPU and memory of these sandboxes (the paused hold none), from one poller per host: the readings so far,
+   * and the pollers kept going for a minute more.
+   */
+  liveStats (records: SandboxRecord[]): Map<string, LiveStat> {
+    const targets = new Map<string, StatsTarget[]>()
+    for (const r of records) {
+      if (r.paused) continue
+      const host = this.hostSet.hostOf(r)
+      targets.set(host, [...targets.get(host) ?? [], { sandbox: r.id, container: r.container_id }])
+    }
+    return this.stats.read(targets)
+  }
+
+  /** Engine stats pollers running now (one per host at most, whatever the number of monitors open). */
+  get statsPollers (): number { return this.stats.running }
+
   async close (): Promise<void> {
+    this.stats.close()
     if (this.reaper) clearInterval(this.reaper)
     this.hostSet.stop()
     await this.opts.egress?.closeAll()
