@@ -113,7 +113,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     language: Type.String(),
     host: Type.String(),
     runtime: Type.String({ description: 'the container runtime (runc, runsc: gVisor)' }),
-    state: Type.Union([Type.Literal('running'), Type.Literal('paused')]),
+    state: Type.Union([Type.Literal('ready'), Type.Literal('busy'), Type.Literal('paused')], { description: 'busy: running code now (in this process)' }),
+    pause_mode: Type.Optional(Type.Union([Type.Literal('memory'), Type.Literal('files')], { description: 'how a paused one is kept' })),
     created_at: Type.String(),
     last_used_at: Type.String(),
     age_s: Type.Integer(),
@@ -140,6 +141,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
       pollers: app.sandboxes.statsPollers,
       data: mine.map(r => {
         const live = stats.get(r.id)
+        const view = app.sandboxes.view(r)
         return {
           id: r.id,
           key: r.owner,
@@ -147,7 +149,8 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
           language: r.language,
           host: r.host ?? app.sandboxes.hosts[0]?.name ?? 'local',
           runtime,
-          state: r.paused ? 'paused' as const : 'running' as const,
+          state: view.status,
+          ...(view.pause_mode ? { pause_mode: view.pause_mode } : {}),
           created_at: r.created_at,
           last_used_at: r.last_used_at,
           age_s: Math.max(0, Math.round((now - Date.parse(r.created_at)) / 1000)),

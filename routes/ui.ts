@@ -13,6 +13,12 @@ function xtermFile (name: string): string {
   return join(dirname(dirname(main)), name)
 }
 
+/** uPlot for the status page's charts, from the installed npm package. */
+function uplotFile (name: string): string {
+  const main = createRequire(import.meta.url).resolve('uplot') // <package>/dist/uPlot.cjs.js
+  return join(dirname(main), name)
+}
+
 /** The web monitor: static files from ui/ and its vendored libraries, read once at start-up. */
 const routes: FastifyPluginAsync = async (app) => {
   const files: Record<string, { type: string, body: Buffer }> = {
@@ -20,7 +26,9 @@ const routes: FastifyPluginAsync = async (app) => {
     'app.js': { type: JS, body: readFileSync(join(PACKAGE_ROOT, 'ui', 'app.js')) },
     'style.css': { type: CSS, body: readFileSync(join(PACKAGE_ROOT, 'ui', 'style.css')) },
     'vendor/xterm.mjs': { type: JS, body: readFileSync(xtermFile('lib/xterm.mjs')) },
-    'vendor/xterm.css': { type: CSS, body: readFileSync(xtermFile('css/xterm.css')) }
+    'vendor/xterm.css': { type: CSS, body: readFileSync(xtermFile('css/xterm.css')) },
+    'vendor/uPlot.esm.js': { type: JS, body: readFileSync(uplotFile('uPlot.esm.js')) },
+    'vendor/uPlot.min.css': { type: CSS, body: readFileSync(uplotFile('uPlot.min.css')) }
   }
   const options = { config: { public: true, rateLimit: false }, schema: { hide: true } } as const
   app.get('/ui', options, async (_request, reply) => reply.redirect('/ui/'))

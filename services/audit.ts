@@ -37,9 +37,15 @@ const scalar = (v: unknown): string | number | boolean | null => {
   return String(v).replace(/\s+/g, ' ').slice(0, 200)
 }
 
-/** Code as the trail may keep it: its first characters on one line. */
+/**
+ * Code as the trail may keep it: its first characters on one line, with string literals and long token-like runs
+ * (what an inline credential looks like) blanked, so that a key typed into code does not reach the trail.
+ */
 export const codePrefix = (code: string): string => {
-  const line = code.replace(/\s+/g, ' ').trim()
+  const line = code.slice(0, 4 * CODE_PREFIX)
+    .replace(/(["'`])(?:\\.|(?!\1)[^\\\n])*\1/g, '$1…$1')
+    .replace(/[A-Za-z0-9_+/=-]{24,}/g, '…')
+    .replace(/\s+/g, ' ').trim()
   return line.length > CODE_PREFIX ? `${line.slice(0, CODE_PREFIX)}…` : line
 }
 

@@ -1,7 +1,8 @@
-// The web monitor: plain browser JavaScript, served by the server itself.
-/* global confirm, location */
+// The web monitor: plain browser JavaScript, served by the server itself (uPlot for the charts, vendored from npm).
+/* global confirm, location, ResizeObserver */
+import UPlot from '/ui/vendor/uPlot.esm.js'
 const $ = (selector) => document.querySelector(selector)
-const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null, terminal: { sandbox: null, pid: null, socket: null, term: null } }
+const state = { key: sessionStorage.getItem('interpreter-key'), admin: false, tab: 'status', timers: [], socket: null, logs: null, following: null, terminal: { sandbox: null, pid: null, socket: null, term: null }, sandboxes: { rows: [], sort: 'age_s', desc: false }, files: null }
 
 // ---------- API ----------
 async function api (method, path, body) {
@@ -145,7 +146,7 @@ function showTab (tab) {
   if (tab !== 'logs') stopLogs()
   if (tab !== 'sessions') stopFollowing()
   if (tab !== 'terminal') detachTerminal()
-  const open = { status: openStatus, sessions: openSessions, sandboxes: openSandboxes, terminal: openTerminal, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
+  const open = { status: openStatus, sessions: openSessions, sandboxes: openSandboxes, audit: openAudit, terminal: openTerminal, playground: openPlayground, logs: openLogs, settings: openSettings }[tab]
   void attempt(open)
 }
 
@@ -154,7 +155,14 @@ let previous = null
 async function openStatus () {
   await refreshStatus()
   state.timers.push(setInterval(() => { void attempt(refreshStatus) }, 2000))
+  $('#charts').hidden = !state.admin
+  if (state.admin) {
+    await refreshCharts()
+    state.timers.push(setInterval(() => { void attempt(refreshCharts) }, 10_000))
+  }
 }
+
+const mb = (n) => n >= 1024 ? `${(n / 1024).toFixed(1)} GB` : `${n} MB`
 
 async function refreshStatus () {
   const [ready, stats] = await Promise.all([fetch('/v1/ready').then(r => r.json()), api('GET', '/v1/stats')])
@@ -163,22 +171,75 @@ async function refreshStatus () {
   const latency = (count, seconds) => previous && stats[count] > previous.stats[count]
     ? `${(((stats[seconds] - previous.stats[seconds]) / (stats[count] - previous.stats[count])) * 1000).toFixed(1)} ms`
     : '—'
+  const cap = stats.capacity
+  const recovery = ready.sandboxes?.recovery
   const cards = [
     ...Object.entries(ready.checks).map(([name, value]) => [name, value, value === 'ok']),
     ['pool', `${stats.pool.warm} warm / ${stats.pool.busy} busy`],
+    ['capacity', `${cap.live} / ${cap.max} live · ${cap.paused} paused`, cap.live < cap.max],
+    ['memory budget', `${mb(cap.memory_used_mb)} / ${mb(cap.memory_budget_mb)}`, cap.memory_used_mb < cap.memory_budget_mb],
+    ['start queue', `${stats.pool.queued} waiting · ${stats.pool.avg_start_ms} ms starts`],
+    ...(recovery ? [['recovery', `${recovery.state} · ${recovery.adopted}/${recovery.total} adopted`, recovery.state !== 'failed']] : []),
     ['sessions', String(stats.sessions)],
     ['sandboxes', String(stats.sandboxes)],
     ['requests / s', rate('requests_total')],
     ['request latency', latency('requests_total', 'request_seconds_total')],
     ['executions / s', rate('executions_total')],
     ['execution time', latency('executions_total', 'execution_seconds_total')],
-    // One card per Docker host when there are several (SANDBOX_DOCKER_HOSTS).
-    ...(stats.hosts?.length > 1 ? stats.hosts.map(h => [`host ${h.name}`, `${h.status} · ${h.live} sandboxes · ${h.warm} warm`, h.status === 'up']) : [])
+    // One card per Docker host (SANDBOX_DOCKER_HOSTS), always.
+    ...stats.hosts.map(h => [`host ${h.name}`, `${h.status} · ${h.live} live · ${h.warm} warm · ${h.paused} paused · ${mb(h.memory_used_mb)}`, h.status === 'up'])
   ]
   previous = { at: now, stats }
   $('#cards').replaceChildren(...cards.map(([label, value, ok]) =>
     el('div', { class: 'card', 'data-card': label }, el('div', { class: 'label' }, label), el('div', { class: `value ${ok === true ? 'ok' : ok === false ? 'bad' : ''}` }, value))))
 }
+
+// ---------- charts (uPlot) ----------
+const COLORS = ['#1d5fd6', '#d6461d', '#18794e', '#8a5a00', '#7a3fd6', '#0a8a8a', '#b42318', '#4b5563', '#c0267d', '#2f6f00']
+const charts = new Map()
+/** One chart: made once (its series named by `labels`), then fed; remade when its series change (a new protocol). */
+function plot (name, labels, columns) {
+  const figure = document.querySelector(`[data-chart="${name}"]`)
+  let chart = charts.get(name)
+  if (chart && chart.labels.join() !== labels.join()) { chart.plot.destroy(); chart = null }
+  if (!chart) {
+    const opts = {
+      width: Math.max(240, figure.clientWidth - 8),
+      height: 170,
+      legend: { live: false },
+      cursor: { drag: { x: false, y: false } },
+      scales: { x: { time: true } },
+      axes: [{ size: 30 }, { size: 56, values: (_u, ticks) => ticks.map(v => Math.abs(v) >= 10_000 ? `${Math.round(v / 1000)}k` : Math.abs(v) >= 1000 ? `${(v / 1000).toFixed(1)}k` : String(+v.toFixed(2))) }],
+      series: [{}, ...labels.map((label, i) => ({ label, stroke: COLORS[i % COLORS.length], width: 1.6, spanGaps: true, points: { show: false } }))]
+    }
+    chart = { labels, plot: new UPlot(opts, columns, figure) }
+    charts.set(name, chart)
+  } else chart.plot.setData(columns)
+}
+
+async function refreshCharts () {
+  const { samples, interval_s: interval } = await api('GET', '/v1/admin/timeseries?minutes=60')
+  const t = samples.map(s => s.t / 1000)
+  const per = (n) => n / interval
+  const protocols = [...new Set(samples.flatMap(s => Object.keys(s.executions)))].sort()
+  const hosts = [...new Set(samples.flatMap(s => Object.keys(s.hosts)))].sort()
+  plot('requests', ['requests / s'], [t, samples.map(s => per(s.requests))])
+  plot('latency', ['p50', 'p99'], [t, samples.map(s => s.p50_ms), samples.map(s => s.p99_ms)])
+  plot('executions', protocols.length ? protocols : ['(none yet)'], [t, ...(protocols.length ? protocols.map(p => samples.map(s => per(s.executions[p] ?? 0))) : [samples.map(() => 0)])])
+  plot('sandboxes', ['live', 'warm', 'paused'], [t, samples.map(s => s.live), samples.map(s => s.warm), samples.map(s => s.paused)])
+  plot('starts', ['queued', 'start ms'], [t, samples.map(s => s.queued), samples.map(s => s.start_ms)])
+  plot('memory', ['used', 'budget'], [t, samples.map(s => s.memory_used_mb), samples.map(s => s.memory_budget_mb)])
+  plot('hosts', hosts.length ? hosts : ['(no host)'], [t, ...(hosts.length ? hosts.map(h => samples.map(s => s.hosts[h] ?? 0)) : [samples.map(() => 0)])])
+  $('#charts').dataset.samples = String(samples.length)
+}
+
+// Charts follow the page's width (a phone turned, a window resized).
+new ResizeObserver(() => {
+  for (const [name, chart] of charts) {
+    const figure = document.querySelector(`[data-chart="${name}"]`)
+    chart.plot.setSize({ width: Math.max(240, figure.clientWidth - 8), height: 170 })
+  }
+}).observe($('#charts'))
 
 // ---------- sessions ----------
 async function openSessions () {
@@ -188,18 +249,116 @@ async function openSessions () {
   $('#session-list').replaceChildren(...(items.length ? items : [el('li', {}, 'No sessions yet.')]))
 }
 
-/** The sandboxes the key may see (an admin: all), each with what can be done to it: pause or resume, delete. */
+/**
+ * The sandboxes the key may see (an admin: all) with their live CPU and memory, sorted and filtered here; each with
+ * what can be done to it: pause or resume, a terminal, its files, delete.
+ */
 async function openSandboxes () {
-  const list = await api('GET', `/v1/sandboxes${state.admin ? '?all=true' : ''}`)
-  const act = (label, method, path) => el('button', { class: 'quiet', 'data-action': label, onclick: () => attempt(async () => { await api(method, path); await openSandboxes() }) }, label)
-  const rows = list.data.map(s => el('tr', { 'data-id': s.id },
-    el('td', {}, s.id), el('td', {}, s.owner), el('td', {}, s.language),
-    el('td', { class: `state ${s.status}` }, s.status === 'paused' ? `paused (${s.pause_mode === 'memory' ? 'memory kept' : 'files kept'})` : s.status),
-    el('td', {}, s.on_timeout), el('td', {}, new Date(s.last_used_at).toLocaleString()),
-    el('td', {}, s.status === 'paused' ? act('resume', 'POST', `/v1/sandboxes/${s.id}/resume`) : act('pause', 'POST', `/v1/sandboxes/${s.id}/pause`),
+  await refreshSandboxes()
+  state.timers.push(setInterval(() => { void attempt(refreshSandboxes) }, 5000))
+}
+
+const duration = (s) => s < 60 ? `${s} s` : s < 3600 ? `${Math.round(s / 60)} min` : s < 86400 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} d`
+const bytes = (n) => n === null ? '…' : n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(2)} GB` : `${(n / (1 << 20)).toFixed(1)} MB`
+
+async function refreshSandboxes () {
+  const { data } = await api('GET', '/v1/admin/sandboxes')
+  state.sandboxes.rows = data
+  renderSandboxes()
+}
+
+function renderSandboxes () {
+  const { rows, sort, desc } = state.sandboxes
+  const filter = $('#sandbox-filter').value.trim().toLowerCase()
+  const shown = rows
+    .filter(s => !filter || [s.id, s.key, s.session_id, s.language, s.host, s.runtime, s.state, s.network, s.source].some(v => String(v ?? '').toLowerCase().includes(filter)))
+    .sort((a, b) => {
+      const x = a[sort] ?? -1
+      const y = b[sort] ?? -1
+      return (x < y ? -1 : x > y ? 1 : 0) * (desc ? -1 : 1)
+    })
+  const act = (label, method, path) => el('button', { class: 'quiet', 'data-action': label, onclick: () => attempt(async () => { await api(method, path); await refreshSandboxes() }) }, label)
+  const body = shown.map(s => el('tr', { 'data-id': s.id },
+    el('td', { title: s.source ? `made by ${s.source}` : '' }, s.id), el('td', {}, s.key), el('td', {}, s.session_id ?? '—'), el('td', {}, s.language),
+    el('td', {}, s.host), el('td', {}, s.runtime),
+    el('td', { class: `state ${s.state}` }, s.state === 'paused' ? `paused (${s.pause_mode === 'memory' ? 'memory kept' : 'files kept'})` : s.state), el('td', {}, duration(s.age_s)), el('td', {}, duration(s.idle_s)),
+    el('td', { 'data-cell': 'cpu' }, s.state === 'paused' ? '—' : s.cpu_percent === null ? '…' : `${s.cpu_percent.toFixed(1)} %`),
+    el('td', { 'data-cell': 'memory' }, s.state === 'paused' ? '—' : `${bytes(s.memory_bytes)} / ${mb(s.memory_limit_mb)}`),
+    el('td', { class: 'clip', title: s.network }, s.network),
+    el('td', { class: 'actions' }, s.state === 'paused' ? act('resume', 'POST', `/v1/sandboxes/${s.id}/resume`) : act('pause', 'POST', `/v1/sandboxes/${s.id}/pause`),
       el('button', { class: 'quiet', 'data-action': 'terminal', onclick: () => startTerminal(s.id) }, 'terminal'),
-      act('delete', 'DELETE', `/v1/sandboxes/${s.id}`))))
-  $('#sandbox-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: '7' }, 'No sandboxes.'))]))
+      el('button', { class: 'quiet', 'data-action': 'files', onclick: () => attempt(() => openFiles(s.id, '')) }, 'files'),
+      el('button', { class: 'quiet', 'data-action': 'delete', onclick: () => attempt(async () => { if (confirm(`Delete ${s.id} and everything in it?`)) { await api('DELETE', `/v1/sandboxes/${s.id}`); await refreshSandboxes() } }) }, 'delete'))))
+  $('#sandbox-rows').replaceChildren(...(body.length ? body : [el('tr', {}, el('td', { colspan: '13' }, rows.length ? 'No sandbox matches.' : 'No sandboxes.'))]))
+  $('#sandbox-count').textContent = `${shown.length} of ${rows.length}`
+  for (const th of document.querySelectorAll('#sandboxes th[data-sort]')) th.classList.toggle('sorted', th.dataset.sort === sort)
+}
+
+// ---------- a sandbox's files: list, download, upload ----------
+async function openFiles (sandbox, path) {
+  state.files = { sandbox, path }
+  const list = await api('GET', `/v1/sandboxes/${sandbox}/files${path ? `?path=${encodeURIComponent(path)}` : ''}`)
+  $('#files').hidden = false
+  $('#files-where').textContent = `${sandbox} · /home/user/${path}`
+  const items = list.data.map(f => el('li', { 'data-path': f.path },
+    f.type === 'directory'
+      ? el('button', { class: 'quiet', onclick: () => attempt(() => openFiles(sandbox, f.path)) }, `${f.name}/`)
+      : el('button', { class: 'quiet', 'data-action': 'download', onclick: () => attempt(() => download(sandbox, f.path, f.name)) }, f.name),
+    el('small', {}, f.type === 'directory' ? 'directory' : bytes(f.size))))
+  $('#files-list').replaceChildren(...(items.length ? items : [el('li', {}, 'Empty.')]))
+}
+
+async function download (sandbox, path, name) {
+  const response = await fetch(`/v1/sandboxes/${sandbox}/files/${path.split('/').map(encodeURIComponent).join('/')}`, { headers: { authorization: `Bearer ${state.key}` } })
+  if (!response.ok) throw new Error((await response.json()).error.message)
+  const link = el('a', { href: URL.createObjectURL(await response.blob()), download: name })
+  link.click()
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000)
+}
+
+async function upload () {
+  const file = $('#files-upload').files[0]
+  if (!file || !state.files) return
+  const { sandbox, path } = state.files
+  const target = [path, file.name].filter(Boolean).join('/')
+  const response = await fetch(`/v1/sandboxes/${sandbox}/files/${target.split('/').map(encodeURIComponent).join('/')}`, { method: 'PUT', headers: { authorization: `Bearer ${state.key}`, 'content-type': 'application/octet-stream' }, body: file })
+  if (!response.ok) throw new Error((await response.json()).error.message)
+  $('#files-upload').value = ''
+  await openFiles(sandbox, path)
+}
+
+// ---------- audit trail ----------
+function auditQuery () {
+  const q = new URLSearchParams()
+  if (state.admin && $('#audit-key').value.trim()) q.set('key', $('#audit-key').value.trim())
+  if ($('#audit-action').value) q.set('action', $('#audit-action').value)
+  if ($('#audit-target').value.trim()) q.set('target', $('#audit-target').value.trim())
+  return q
+}
+
+async function openAudit () {
+  $('#audit-key').closest('label').hidden = !state.admin
+  await refreshAudit()
+  state.timers.push(setInterval(() => { void attempt(refreshAudit) }, 5000))
+}
+
+async function refreshAudit () {
+  const q = auditQuery()
+  q.set('limit', '200')
+  const { data } = await api('GET', `/v1/admin/audit?${q}`)
+  const detail = (d) => Object.entries(d).filter(([, v]) => v !== null && v !== '').map(([k, v]) => `${k}=${v}`).join(' · ')
+  const rows = data.map(e => el('tr', { 'data-action': e.action, 'data-target': e.target ?? '' },
+    el('td', { title: e.at }, new Date(e.at).toLocaleString()), el('td', {}, e.key), el('td', {}, e.action), el('td', {}, e.target ?? '—'), el('td', {}, e.ip ?? '—'),
+    el('td', { class: 'clip wide', title: detail(e.detail) }, detail(e.detail))))
+  $('#audit-rows').replaceChildren(...(rows.length ? rows : [el('tr', {}, el('td', { colspan: '6' }, 'Nothing recorded yet.'))]))
+}
+
+async function exportAudit () {
+  const response = await fetch(`/v1/admin/audit.jsonl?${auditQuery()}`, { headers: { authorization: `Bearer ${state.key}` } })
+  if (!response.ok) throw new Error((await response.json()).error.message)
+  const link = el('a', { href: URL.createObjectURL(await response.blob()), download: 'audit.jsonl' })
+  link.click()
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000)
 }
 
 /**
@@ -420,6 +579,21 @@ $('#chat-form').addEventListener('submit', (event) => {
   $('#prompt').value = ''
   $('#send').disabled = true
 })
+$('#sandbox-filter').addEventListener('input', renderSandboxes)
+for (const th of document.querySelectorAll('#sandboxes th[data-sort]')) {
+  th.addEventListener('click', () => {
+    const sandboxes = state.sandboxes
+    sandboxes.desc = sandboxes.sort === th.dataset.sort ? !sandboxes.desc : false
+    sandboxes.sort = th.dataset.sort
+    renderSandboxes()
+  })
+}
+$('#files-upload').addEventListener('change', () => attempt(upload))
+$('#files-up').addEventListener('click', () => attempt(() => state.files && openFiles(state.files.sandbox, state.files.path.split('/').slice(0, -1).join('/'))))
+$('#files-close').addEventListener('click', () => { $('#files').hidden = true; state.files = null })
+for (const id of ['#audit-key', '#audit-target']) $(id).addEventListener('change', () => attempt(refreshAudit))
+$('#audit-action').addEventListener('change', () => attempt(refreshAudit))
+$('#audit-export').addEventListener('click', () => attempt(exportAudit))
 $('#term-new').addEventListener('click', () => { if (state.terminal.sandbox) startTerminal(state.terminal.sandbox) })
 $('#term-end').addEventListener('click', () => { state.terminal.socket?.send(JSON.stringify({ type: 'signal', signal: 'SIGHUP' })) })
 $('#interrupt').addEventListener('click', () => state.socket?.send(JSON.stringify({ type: 'interrupt' })))

@@ -172,12 +172,14 @@ t.test('Open WebUI\'s terminal integration, orchestrated per user and chat', asy
   const ws = new WebSocket(`${url.replace('http', 'ws')}/api/terminals/${created.id}?user_id=user-1`, { headers: { 'X-Terminal-Context-Id': 'chat:chat-1' } })
   await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject) })
   ws.send(JSON.stringify({ type: 'auth', token: connection.key }))
+  // One listener for the whole screen from the start: nothing that arrives between two waits is missed.
   let screen = ''
+  const waits = new Set<() => void>()
+  ws.on('message', (data: Buffer) => { screen += data.toString(); for (const check of waits) check() })
   const saw = (re: RegExp) => new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no ${re} on the terminal; it showed ${JSON.stringify(screen.slice(-300))}`)), 20_000)
-    const check = () => { if (re.test(screen)) { clearTimeout(timer); ws.off('message', on); resolve() } }
-    const on = (data: Buffer) => { screen += data.toString(); check() }
-    ws.on('message', on)
+    const timer = setTimeout(() => { waits.delete(check); reject(new Error(`no ${re} on the terminal; it showed ${JSON.stringify(screen.slice(-300))}`)) }, 20_000)
+    const check = () => { if (re.test(screen)) { clearTimeout(timer); waits.delete(check); resolve() } }
+    waits.add(check)
     check()
   })
   ws.send(JSON.stringify({ type: 'resize', cols: 100, rows: 30 }))
