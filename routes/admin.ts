@@ -182,7 +182,7 @@ const routes: FastifyPluginAsyncTypebox = async (app) => {
     since: Type.Optional(Type.String({ format: 'date-time' })),
     until: Type.Optional(Type.String({ format: 'date-time' })),
     limit: Type.Integer({ minimum: 1, maximum: 1000, default: 100 }),
-    before: Type.Optional(Type.String({ maxLength: 64, pattern: '^\\d+-\\d+$', description: 'the next of the previous page' }))
+    before: Type.Optional(Type.String({ maxLength: 32, pattern: '^\\d{1,15}-\\d{1,15}$', description: 'the next of the previous page' }))
   })
   const auditFilter = (request: { principal: { role: string, name: string }, query: { key?: string, action?: string, target?: string, since?: string, until?: string } }) => {
     const q = request.query

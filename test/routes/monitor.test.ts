@@ -39,6 +39,8 @@ t.test('the audit trail, the charts\' samples and the live sandboxes', async (t)
   t.same(jsonl.body.trim().split('\n').map(l => (JSON.parse(l) as { action: string }).action), ['sandbox.create', 'execute', 'sandbox.delete'], 'the export, oldest first')
   t.equal((await app.inject({ method: 'GET', url: '/v1/admin/audit?since=yesterday', headers: auth(KEYS.admin) })).statusCode, 400)
   t.equal((await app.inject({ method: 'GET', url: '/v1/admin/audit?limit=100000', headers: auth(KEYS.admin) })).statusCode, 400)
+  t.equal((await app.inject({ method: 'GET', url: '/v1/admin/audit?before=99999999999999999999-0', headers: auth(KEYS.admin) })).statusCode, 400, 'a stream id Redis could not parse is the client\'s 400, not a 500')
+  t.equal((await app.inject({ method: 'GET', url: '/v1/admin/audit?before=999999999999999-0', headers: auth(KEYS.admin) })).statusCode, 200)
 
   // Bounded: past AUDIT_MAX_ENTRIES (100 here) the oldest go.
   for (let i = 0; i < 400; i++) app.audit.record('test.flood', `t${i}`)
