@@ -140,9 +140,10 @@ t.test('the OpenAI Agents SDK against sandboxes of ours', async (t) => {
       'const session = await client.resume(state)',
       'process.stdout.write((await session.exec({ cmd: "cat state.txt" })).output)'
     ].join('\n'))
-    // A process of its own, outside tap's coverage (which would record it without source maps).
+    // A process of its own, outside tap's coverage (which would record it without source maps): tap's process tracker
+    // puts its options back into every child's environment, so `env -u` takes them out again just before node starts.
     const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|_TAPJS|TAP)/.test(k)))
-    const child = await run(process.execPath, ['--import', 'tsx', script], { env: { ...env, URL: url, KEY: KEYS.alice, STATE: JSON.stringify(serialized) } })
+    const child = await run('env', ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath, '--import', 'tsx', script], { env: { ...env, URL: url, KEY: KEYS.alice, STATE: JSON.stringify(serialized) } })
     t.equal(child.stdout, 'kept\n', 'a new process reached the same sandbox from the state alone')
     const other = new InterpreterSandboxClient({ url, apiKey: KEYS.bob })
     await t.rejects(other.resume(await other.deserializeSessionState(serialized)), /not found/i, 'another key cannot resume it')

@@ -29,12 +29,17 @@ t.test('the packed package installs, its client imports with types, and its comm
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'stranger', version: '1.0.0', type: 'module', private: true }))
   npm(['install', '--prefer-offline', '--no-audit', '--no-fund', join(work, tarball)], app)
 
-  const imported = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8' })
+  // A stranger's Node, not under this run's coverage: the package's dist files map back to our sources, and a child
+  // that recorded them (only their loading) would make tap's merge lose those sources' coverage. Tap's process
+  // tracker puts its options back into every child's environment, so `env -u` takes them out just before node starts.
+  const plain = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(NODE_OPTIONS|NODE_V8_COVERAGE|_TAPJS|TAP)/.test(k)))
+  const untracked = ['-u', 'NODE_OPTIONS', '-u', 'NODE_V8_COVERAGE', process.execPath]
+  const imported = execFileSync('env', [...untracked, '--input-type=module', '-e', "import { InterpreterClient } from 'interpreter-server/client'; const c = new InterpreterClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }); console.log(typeof InterpreterClient, typeof c.models)"], { cwd: app, encoding: 'utf8', env: plain })
   t.equal(imported, 'function function\n', 'plain Node ESM imports the client')
-  const aiSdk = execFileSync(process.execPath, ['--input-type=module', '-e', "import { createHarnessSandboxProvider, InterpreterSandboxSession } from 'interpreter-server/ai-sdk'; console.log(createHarnessSandboxProvider({ url: 'http://127.0.0.1:1', apiKey: 'k' }).specificationVersion, typeof InterpreterSandboxSession)"], { cwd: app, encoding: 'utf8' })
+  const aiSdk = execFileSync('env', [...untracked, '--input-type=module', '-e', "import { createHarnessSandboxProvider, InterpreterSandboxSession } from 'interpreter-server/ai-sdk'; console.log(createHarnessSandboxProvider({ url: 'http://127.0.0.1:1', apiKey: 'k' }).specificationVersion, typeof InterpreterSandboxSession)"], { cwd: app, encoding: 'utf8', env: plain })
   t.equal(aiSdk, 'harness-sandbox-v1 function\n', 'the AI SDK adapter needs nothing at run time beyond the package')
   npm(['install', '--prefer-offline', '--no-audit', '--no-fund', '@openai/agents-core@0.20.0'], app)
-  const agents = execFileSync(process.execPath, ['--input-type=module', '-e', "import { InterpreterSandboxClient } from 'interpreter-server/openai-agents'; console.log(new InterpreterSandboxClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }).backendId)"], { cwd: app, encoding: 'utf8' })
+  const agents = execFileSync('env', [...untracked, '--input-type=module', '-e', "import { InterpreterSandboxClient } from 'interpreter-server/openai-agents'; console.log(new InterpreterSandboxClient({ url: 'http://127.0.0.1:1', apiKey: 'k' }).backendId)"], { cwd: app, encoding: 'utf8', env: plain })
   t.equal(agents, 'interpreter-server\n', 'the Agents SDK adapter imports with the SDK it plugs into')
 
   writeFileSync(join(app, 'use.ts'), "import { InterpreterClient } from 'interpreter-server/client'\nconst c: InterpreterClient = new InterpreterClient({ url: 'http://x', apiKey: 'k' })\nconst n: number = c.models\nexport { n }\n")
@@ -51,7 +56,7 @@ t.test('the packed package installs, its client imports with types, and its comm
   const port = await freePort()
   const bin = join(app, 'node_modules', '.bin', 'interpreter-server')
   t.ok(existsSync(bin))
-  const child = spawn(bin, ['serve'], { cwd: app, env: { ...process.env, API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn', NODE_OPTIONS: '' }, stdio: 'ignore' })
+  const child = spawn(bin, ['serve'], { cwd: app, env: { ...plain, API_KEYS: 'k:admin:stranger-secret-key', PORT: String(port), HOST: '127.0.0.1', SANDBOX_ENABLED: 'false', REDIS_URL: '', LOG_LEVEL: 'warn', NODE_OPTIONS: '' }, stdio: 'ignore' })
   t.teardown(() => { child.kill('SIGTERM') })
   const health = await waitFor('the packaged server answers', () => fetch(`http://127.0.0.1:${port}/v1/health`).then(r => r.json() as Promise<{ status?: string, version?: string }>, () => null), { every: 100 })
   t.match(health, { status: 'ok', version: '0.1.0' }, 'npx interpreter-server serve answers')
