@@ -100,7 +100,7 @@ t.test('chat in a terminal: a plot is saved as a PNG file; Ctrl-C interrupts a r
 
   fake.script('gpt-test', { code: { language: 'python', code: 'import time\nprint("sleeping", flush=True)\ntime.sleep(30)' } })
   term.keys('sleep', 'Enter')
-  await term.waitFor('sleeping')
+  await term.waitFor(/^sleeping\s*$/m) // the run's output line, not the word inside the code shown before it
   term.keys('C-c')
   await term.waitFor('KeyboardInterrupt')
   t.match(term.screen(), /\^C interrupting \(again to exit\)/)
