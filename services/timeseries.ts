@@ -97,13 +97,32 @@ export class TimeSeries {
     this.last = totals
     this.durations = []
     this.requests = 0
-    this.ring.push(sample)
-    if (this.ring.length > KEEP) this.ring.splice(0, this.ring.length - KEEP)
+    // A second sample of the same window (one asked for between two ticks) is folded into the first: one per window.
+    const prior = this.ring[this.ring.length - 1]
+    const folded = prior?.t === sample.t
+    if (folded) {
+      const last = prior
+      last.requests += sample.requests
+      last.p50_ms = Math.max(last.p50_ms ?? 0, sample.p50_ms ?? 0) || null
+      last.p99_ms = Math.max(last.p99_ms ?? 0, sample.p99_ms ?? 0) || null
+      for (const [p, n] of Object.entries(sample.executions)) last.executions[p] = (last.executions[p] ?? 0) + n
+      const starts = last.starts + sample.starts
+      last.start_ms = starts ? Math.round(((last.start_ms ?? 0) * last.starts + (sample.start_ms ?? 0) * sample.starts) / starts) : null
+      last.starts = starts
+      Object.assign(last, { live: sample.live, warm: sample.warm, paused: sample.paused, queued: sample.queued, memory_used_mb: sample.memory_used_mb, memory_budget_mb: sample.memory_budget_mb, hosts: sample.hosts })
+    } else {
+      this.ring.push(sample)
+      if (this.ring.length > KEEP) this.ring.splice(0, this.ring.length - KEEP)
+    }
     if (this.redis) {
       const key = `${KEY}${this.replica}`
-      await this.redis.multi().rpush(key, JSON.stringify(sample)).ltrim(key, -KEEP, -1).expire(key, 2 * 3600).sadd(`${KEY}replicas`, this.replica).expire(`${KEY}replicas`, 2 * 3600).exec()
+      const kept = folded ? prior : sample
+      const replaced = folded && await this.redis.lset(key, -1, JSON.stringify(kept)).then(() => true, () => false)
+      const write = this.redis.multi()
+      if (!replaced) write.rpush(key, JSON.stringify(kept))
+      await write.ltrim(key, -KEEP, -1).expire(key, 2 * 3600).sadd(`${KEY}replicas`, this.replica).expire(`${KEY}replicas`, 2 * 3600).exec()
     }
-    return sample
+    return folded ? prior : sample
   }
 
   /**

@@ -50,7 +50,8 @@ t.test('the audit trail, the charts\' samples and the live sandboxes', async (t)
   const length = await redis.xlen('audit')
   t.ok(length <= 300, `the stream stays near its bound (${length} entries for 100 allowed, trimmed in blocks)`)
 
-  // Samples: admin keys only; two replicas' rings add up by time.
+  // Samples: admin keys only; two replicas' rings add up by time (a sample asked for here and the 10 s timer's in the
+  // same window are one).
   await app.inject({ method: 'POST', url: `/v1/sandboxes/${bobs}/execute`, headers: auth(KEYS.bob), payload: { code: '1' } })
   const sample = await app.timeseries.sample()
   const t0 = sample.t
