@@ -11,7 +11,9 @@ export default fp(async (app) => {
     app.decorate('bus', null)
     return
   }
-  const sub = app.redis.duplicate()
+  // Resubscribed by the bus on every reconnection (ioredis's own resubscribe leaves its failure unhandled when the
+  // connection drops again at once: a teardown during a Redis restart did).
+  const sub = app.redis.duplicate({ autoResubscribe: false })
   sub.on('error', () => {}) // the shared connection already reports an outage
   // Pub/sub channels span every database of a Redis: the channel names the database, so two deployments told apart
   // only by database number never apply each other's messages.

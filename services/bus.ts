@@ -30,12 +30,12 @@ export class Bus {
 
   /**
    * Subscribes and starts announcing that this process lives; while Redis is down, both happen when it comes back
-   * (ioredis resubscribes by itself after a reconnection).
+   * (the subscription is renewed on every reconnection: the subscriber connection is made without ioredis's own).
    */
   async start (): Promise<void> {
     const subscribe = () => this.sub.subscribe(this.channel).catch(this.onError)
+    this.sub.on('ready', () => { void subscribe() })
     if (this.sub.status === 'ready') await subscribe()
-    else this.sub.once('ready', () => { void subscribe() })
     const announce = () => this.pub.set(this.presenceKey(this.id), '1', 'PX', PRESENCE_TTL_MS).catch(() => {})
     await announce()
     this.presence = setInterval(announce, PRESENCE_TTL_MS / 3)
