@@ -36,6 +36,17 @@ const KEY = 'timeseries:'
 
 const quantile = (sorted: number[], q: number): number | null => sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]! : null
 
+/** Adds one window's traffic to another's: requests, executions and starts summed, latency the slower one's. */
+function addTraffic (into: Sample, from: Sample): void {
+  into.requests += from.requests
+  into.p50_ms = Math.max(into.p50_ms ?? 0, from.p50_ms ?? 0) || null
+  into.p99_ms = Math.max(into.p99_ms ?? 0, from.p99_ms ?? 0) || null
+  for (const [p, n] of Object.entries(from.executions)) into.executions[p] = (into.executions[p] ?? 0) + n
+  const starts = into.starts + from.starts
+  into.start_ms = starts ? Math.round(((into.start_ms ?? 0) * into.starts + (from.start_ms ?? 0) * from.starts) / starts) : null
+  into.starts = starts
+}
+
 export class TimeSeries {
   private readonly ring: Sample[] = []
   private durations: number[] = []
@@ -101,15 +112,8 @@ export class TimeSeries {
     const prior = this.ring[this.ring.length - 1]
     const folded = prior?.t === sample.t
     if (folded) {
-      const last = prior
-      last.requests += sample.requests
-      last.p50_ms = Math.max(last.p50_ms ?? 0, sample.p50_ms ?? 0) || null
-      last.p99_ms = Math.max(last.p99_ms ?? 0, sample.p99_ms ?? 0) || null
-      for (const [p, n] of Object.entries(sample.executions)) last.executions[p] = (last.executions[p] ?? 0) + n
-      const starts = last.starts + sample.starts
-      last.start_ms = starts ? Math.round(((last.start_ms ?? 0) * last.starts + (sample.start_ms ?? 0) * sample.starts) / starts) : null
-      last.starts = starts
-      Object.assign(last, { live: sample.live, warm: sample.warm, paused: sample.paused, queued: sample.queued, memory_used_mb: sample.memory_used_mb, memory_budget_mb: sample.memory_budget_mb, hosts: sample.hosts })
+      addTraffic(prior, sample)
+      Object.assign(prior, { live: sample.live, warm: sample.warm, paused: sample.paused, queued: sample.queued, memory_used_mb: sample.memory_used_mb, memory_budget_mb: sample.memory_budget_mb, hosts: sample.hosts })
     } else {
       this.ring.push(sample)
       if (this.ring.length > KEEP) this.ring.splice(0, this.ring.length - KEEP)
@@ -145,13 +149,7 @@ export class TimeSeries {
         if (s.t < since) continue
         const m = byTime.get(s.t)
         if (!m) { byTime.set(s.t, structuredClone(s)); continue }
-        m.requests += s.requests
-        m.p50_ms = Math.max(m.p50_ms ?? 0, s.p50_ms ?? 0) || null
-        m.p99_ms = Math.max(m.p99_ms ?? 0, s.p99_ms ?? 0) || null
-        for (const [p, n] of Object.entries(s.executions)) m.executions[p] = (m.executions[p] ?? 0) + n
-        const starts = m.starts + s.starts
-        m.start_ms = starts ? Math.round(((m.start_ms ?? 0) * m.starts + (s.start_ms ?? 0) * s.starts) / starts) : null
-        m.starts = starts
+        addTraffic(m, s)
         // Warm containers and queued starts are each replica's own; the rest is read from the shared hosts.
         m.warm += s.warm
         m.queued += s.queued

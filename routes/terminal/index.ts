@@ -4,6 +4,7 @@ import multipart from '@fastify/multipart'
 import type { RawData, WebSocket } from 'ws'
 import { Type, type TSchema } from 'typebox'
 import { OpenTerminal, scopeOf, type TerminalScope } from '../../services/terminal/index.js'
+import { HOME } from '../../services/sandbox/workspace.js'
 import { AppError } from '../../services/errors.js'
 import type { Principal } from '../../services/auth.js'
 import type { SandboxRecord } from '../../schemas/sandboxes.js'
@@ -102,8 +103,8 @@ const routes: FastifyPluginAsyncTypebox<{ policy?: boolean }> = async (app, opts
   route('GET', '/api/config', { summary: 'Open Terminal feature flags (no key)', public: true },
     { response: { 200: Type.Object({ features: Type.Object({ terminal: Type.Boolean(), notebooks: Type.Boolean(), system: Type.Boolean() }) }) } },
     async () => ({ features: { terminal: true, notebooks: true, system: true } }))
-  const environment = () => `A Linux sandbox (Debian) of Interpreter Server, as user "user" with bash; home ${'/home/user'} (the files tools reach it only). ` +
-    `Python ${'3'} and the languages ${app.sandboxes.languages().map(l => l.name).join(', ')} are installed. No network access unless the operator allowed hosts. ` +
+  const environment = () => `A Linux sandbox (Debian) of Interpreter Server, as user "user" with bash; home ${HOME} (the files tools reach it only). ` +
+    `Python 3 and the languages ${app.sandboxes.languages().map(l => l.name).join(', ')} are installed. No network access unless the operator allowed hosts. ` +
     'Files, variables and processes persist between calls of this chat.'
   route('GET', '/system', { summary: 'A system prompt for the model' }, { response: { 200: Type.Object({ prompt: Type.String() }) } }, async () => ({
     prompt: `You have access to a computer: ${environment()}\n\nUse your tools to directly interact with the system: run commands, read and write files, and search the filesystem. ` +
@@ -148,7 +149,7 @@ const routes: FastifyPluginAsyncTypebox<{ policy?: boolean }> = async (app, opts
   const Cwd = Type.Object({ cwd: Type.String(), home: Type.Optional(Type.String()), root: Type.Optional(Type.Object({ path: Type.String(), label: Type.String() })) })
   route('GET', '/files/cwd', { summary: 'The session\'s working directory (X-Session-Id), the home and the file browser\'s root' }, { response: { 200: Cwd } }, async (request, reply) => {
     const { cwd } = await at(request, reply)
-    return { cwd, home: '/home/user', root: { path: '/home/user', label: 'Home' } }
+    return { cwd, home: HOME, root: { path: HOME, label: 'Home' } }
   })
   route('POST', '/files/cwd', { summary: 'Move the session\'s working directory' }, { body: Type.Object({ path: PathText }, loose), response: { 200: Type.Object({ cwd: Type.String() }) } }, async (request, reply) => {
     const s = scope(request)
